@@ -1,0 +1,128 @@
+"""Bus event types and their payloads (SPEC §3).
+
+Money and quantities are exact decimal strings, as Alpaca sends them; times are ISO-8601 UTC.
+Every payload carries ``userId``: the stream routes by it and never crosses users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypedDict
+
+TRADE_EXECUTED: Final = "trade:executed"
+ORDER_UPDATED: Final = "order:updated"
+POSITION_UPDATED: Final = "position:updated"
+POSITION_CLOSED: Final = "position:closed"
+ACCOUNT_UPDATED: Final = "account:updated"
+
+EventType = Literal[
+    "trade:executed", "order:updated", "position:updated", "position:closed", "account:updated"
+]
+
+# The runbook's three first, in its order, then the two this service adds.
+EVENT_TYPES: Final[tuple[EventType, ...]] = (
+    TRADE_EXECUTED,
+    POSITION_UPDATED,
+    POSITION_CLOSED,
+    ORDER_UPDATED,
+    ACCOUNT_UPDATED,
+)
+
+REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    TRADE_EXECUTED: ("userId", "tradeId", "orderId", "symbol", "side", "qty", "price",
+                     "positionQty", "event", "timestamp"),
+    ORDER_UPDATED: ("userId", "orderId", "clientOrderId", "symbol", "side", "type", "qty",
+                    "filledQty", "filledAvgPrice", "status", "event", "timestamp"),
+    POSITION_UPDATED: ("userId", "symbol", "qty", "side", "avgEntryPrice", "currentPrice",
+                       "marketValue", "costBasis", "unrealizedPnl", "unrealizedPnlPercent",
+                       "updatedAt"),
+    POSITION_CLOSED: ("userId", "symbol", "closedAt"),
+    ACCOUNT_UPDATED: ("userId", "equity", "cash", "buyingPower", "updatedAt"),
+}
+
+
+class TradeExecuted(TypedDict):
+    userId: str
+    tradeId: str
+    orderId: str
+    symbol: str
+    side: str
+    qty: str
+    price: str
+    positionQty: str
+    event: str
+    timestamp: str
+
+
+class OrderUpdated(TypedDict):
+    userId: str
+    orderId: str
+    clientOrderId: str
+    symbol: str
+    side: str
+    type: str
+    qty: str | None
+    filledQty: str
+    filledAvgPrice: str | None
+    status: str
+    event: str
+    timestamp: str
+
+
+class PositionUpdated(TypedDict):
+    userId: str
+    symbol: str
+    qty: str
+    side: str
+    avgEntryPrice: str
+    currentPrice: str
+    marketValue: str
+    costBasis: str
+    unrealizedPnl: str
+    unrealizedPnlPercent: str
+    updatedAt: str
+
+
+class PositionClosed(TypedDict):
+    userId: str
+    symbol: str
+    closedAt: str
+
+
+class AccountUpdated(TypedDict):
+    userId: str
+    equity: str
+    cash: str
+    buyingPower: str
+    updatedAt: str
+
+
+class InvalidEvent(ValueError):
+    """A publish with an unknown type or a payload missing a required field."""
+
+
+def validate_payload(event_type: str, payload: dict[str, Any]) -> None:
+    required = REQUIRED_FIELDS.get(event_type)
+    if required is None:
+        raise InvalidEvent(f"unknown event type {event_type!r}")
+    missing = [name for name in required if name not in payload]
+    if missing:
+        raise InvalidEvent(f"{event_type} payload is missing {', '.join(missing)}")
+    if not isinstance(payload["userId"], str) or not payload["userId"]:
+        raise InvalidEvent(f"{event_type} payload needs a non-empty userId")
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """One bus event. ``emitted_at`` is wall-clock seconds (for emit-to-send latency);
+    ``quiet`` marks high-rate price-tick events whose log lines are DEBUG."""
+
+    type: str
+    payload: dict[str, Any]
+    emitted_at: float
+    quiet: bool = False
+    origin: str | None = field(default=None, compare=False)
+
+    @property
+    def user_id(self) -> str:
+        return str(self.payload["userId"])

@@ -1,0 +1,170 @@
+"""Service configuration: every knob is an environment variable (or a line in `.env`).
+
+`Settings()` is only ever built by the CLI; the app factory and tests pass an explicit
+instance, so nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ALPACA_PAPER_API_URL = "https://paper-api.alpaca.markets"
+ALPACA_LIVE_API_URL = "https://api.alpaca.markets"
+ALPACA_PAPER_STREAM_URL = "wss://paper-api.alpaca.markets/stream"
+ALPACA_LIVE_STREAM_URL = "wss://api.alpaca.markets/stream"
+ALPACA_DATA_STREAM_BASE = "wss://stream.data.alpaca.markets/v2"
+
+
+class Settings(BaseSettings):
+    """Validated service settings; field names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # Feature flag and listener
+    enable_realtime_portfolio: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(5000, ge=0, le=65535)
+
+    # Streaming behaviour
+    batch_window_ms: int = Field(1000, ge=0, le=60_000)
+    heartbeat_interval_ms: int = Field(15_000, ge=50, le=600_000)
+    heartbeat_timeout_ms: int = Field(30_000, ge=100, le=3_600_000)
+    max_connections_per_user: int = Field(5, ge=1)
+    max_total_connections: int = Field(100, ge=1)
+    ws_compression: bool = False
+    ws_max_message_bytes: int = Field(64 * 1024, ge=1024)
+    ws_rate_limit_messages: int = Field(50, ge=1)
+    ws_rate_limit_window_s: float = Field(10.0, gt=0)
+    # A connection whose socket buffer holds more than this is "not draining": it gets
+    # nothing new until it drains, only the coalesced latest state.
+    ws_send_buffer_bytes: int = Field(256 * 1024, ge=4096)
+    reconnect_window_s: float = Field(60.0, gt=0)
+    recent_orders_limit: int = Field(50, ge=1)
+
+    # Broker
+    broker: Literal["auto", "alpaca", "simulated"] = "auto"
+    alpaca_api_key: SecretStr | None = None
+    alpaca_secret_key: SecretStr | None = None
+    alpaca_paper: bool = True
+    alpaca_username: str | None = None
+    accounts_file: Path | None = None
+    alpaca_api_url: str | None = None
+    alpaca_stream_url: str | None = None
+    alpaca_data_stream_url: str | None = None
+    alpaca_data_feed: Literal["iex", "sip", "delayed_sip", "test"] = "iex"
+    alpaca_auth_timeout_s: float = Field(10.0, gt=0)
+    alpaca_backoff_initial_s: float = Field(0.5, gt=0)
+    alpaca_backoff_max_s: float = Field(30.0, gt=0)
+
+    # Simulated broker (the embedded default)
+    sim_host: str = "127.0.0.1"
+    sim_port: int = Field(0, ge=0, le=65535)
+    sim_tick_interval_ms: int = Field(500, ge=10)
+    sim_order_interval_s: float = Field(4.0, ge=0)
+    sim_demo_users: bool = True
+    sim_seed: int | None = None
+
+    # Storage, sessions, login
+    database_url: str = "sqlite:///./data/portfolio-stream.db"
+    redis_url: str | None = None
+    session_ttl_hours: float = Field(24 * 7, gt=0)
+    cookie_secure: bool = False
+    login_max_failures: int = Field(5, ge=1)
+    login_lockout_s: float = Field(300.0, gt=0)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Operations
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_file: Path | None = None
+    shutdown_timeout_s: float = Field(10.0, gt=0, le=300)
+    metrics_token: SecretStr | None = None
+    node_id: str | None = None
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith("sqlite:///"):
+            raise ValueError("must start with sqlite:/// (e.g. sqlite:///./data/portfolio-stream.db)")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:
+            raise ValueError(
+                "HEARTBEAT_TIMEOUT_MS must be greater than HEARTBEAT_INTERVAL_MS "
+                f"({self.heartbeat_timeout_ms} <= {self.heartbeat_interval_ms})"
+            )
+        if self.max_connections_per_user > self.max_total_connections:
+            raise ValueError(
+                "MAX_CONNECTIONS_PER_USER must not exceed MAX_TOTAL_CONNECTIONS "
+                f"({self.max_connections_per_user} > {self.max_total_connections})"
+            )
+        if (self.alpaca_api_key is None) != (self.alpaca_secret_key is None):
+            raise ValueError("ALPACA_API_KEY and ALPACA_SECRET_KEY must be set together")
+        if self.broker == "alpaca" and not self.has_alpaca_credentials:
+            raise ValueError("BROKER=alpaca needs ALPACA_API_KEY/ALPACA_SECRET_KEY or ACCOUNTS_FILE")
+        return self
+
+    @property
+    def has_alpaca_credentials(self) -> bool:
+        return self.alpaca_api_key is not None or self.accounts_file is not None
+
+    @property
+    def broker_mode(self) -> Literal["alpaca", "simulated"]:
+        """The broker actually used: `auto` means alpaca when credentials exist."""
+        if self.broker == "auto":
+            return "alpaca" if self.has_alpaca_credentials else "simulated"
+        return self.broker
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.database_url.removeprefix("sqlite:///"))
+
+    @property
+    def batch_window_s(self) -> float:
+        return self.batch_window_ms / 1000
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.heartbeat_interval_ms / 1000
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        return self.heartbeat_timeout_ms / 1000
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming the first offending variable, for the start-up failure message."""
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first.get("loc", ()))
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if not location:
+        return f"invalid configuration: {message}"
+    variable = location.upper()
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or "key" in variable or "secret" in variable else value
+    suffix = f" (got {shown!r})" if shown not in ("", None) else ""
+    return f"invalid configuration: {variable}: {message}{suffix}"
