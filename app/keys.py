@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from alpaca_bridge.service import BrokerBridge
+
     from app.auth import LoginThrottle
     from app.bus import InProcessBus
     from app.metrics import Metrics
@@ -17,14 +18,14 @@ if TYPE_CHECKING:
     from app.stream import PortfolioStreamManager
     from config.settings import Settings
 
-SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings", "Settings")
-STORE_KEY: web.AppKey[Store] = web.AppKey("store", "Store")
-BUS_KEY: web.AppKey[InProcessBus] = web.AppKey("bus", "InProcessBus")
-PORTFOLIO_KEY: web.AppKey[PortfolioStore] = web.AppKey("portfolio", "PortfolioStore")
-STATS_KEY: web.AppKey[StreamStats] = web.AppKey("stats", "StreamStats")
-STREAM_KEY: web.AppKey[PortfolioStreamManager] = web.AppKey("stream", "PortfolioStreamManager")
-THROTTLE_KEY: web.AppKey[LoginThrottle] = web.AppKey("throttle", "LoginThrottle")
-METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", "Metrics")
-BRIDGE_KEY: web.AppKey[BrokerBridge] = web.AppKey("bridge", "BrokerBridge")
+SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings")
+STORE_KEY: web.AppKey[Store] = web.AppKey("store")
+BUS_KEY: web.AppKey[InProcessBus] = web.AppKey("bus")
+PORTFOLIO_KEY: web.AppKey[PortfolioStore] = web.AppKey("portfolio")
+STATS_KEY: web.AppKey[StreamStats] = web.AppKey("stats")
+STREAM_KEY: web.AppKey[PortfolioStreamManager] = web.AppKey("stream")
+THROTTLE_KEY: web.AppKey[LoginThrottle] = web.AppKey("throttle")
+METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics")
+BRIDGE_KEY: web.AppKey[BrokerBridge] = web.AppKey("bridge")
 # Set by the lifecycle when shutdown begins: readiness turns 503 and upgrades are refused.
-DRAINING_KEY: web.AppKey[dict[str, Any]] = web.AppKey("draining", "dict")
+DRAINING_KEY: web.AppKey[dict[str, Any]] = web.AppKey("draining")

@@ -1,0 +1,242 @@
+"""Positions, cash and P&L for one broker account: pure arithmetic, no I/O, injectable clock.
+
+Every ``apply_*`` method returns the bus events the change implies (SPEC §3 payloads, money and
+quantities as exact decimal strings) and the caller publishes them. The ledger is idempotent
+against replays: an order's fills are counted once (its cumulative ``filled_qty`` is remembered
+per order), and order state never moves backwards (see ``_merge_order``), so stream events that
+overlap a REST snapshot can be applied after it without double counting.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from alpaca_bridge.models import (
+    AccountState,
+    OrderState,
+    PositionState,
+    TradeUpdate,
+    decimal_text,
+    iso_utc,
+)
+from alpaca_bridge.positions import Position, position_payload, signed_fill, trade
+
+CENT = Decimal("0.01")
+# Orders kept after they end, so late or replayed updates for them are still recognised.
+RECENT_TERMINAL_ORDERS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class BusEvent:
+    """An event for ``bus.publish(type, payload, quiet=quiet)``."""
+
+    type: str
+    payload: dict[str, Any]
+    quiet: bool = False
+
+
+def money(value: Decimal) -> str:
+    return decimal_text(value.quantize(CENT, rounding=ROUND_HALF_EVEN))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class AccountLedger:
+    """The portfolio of one account, owned by one user (``user_id`` goes on every event)."""
+
+    def __init__(self, user_id: str, clock: Callable[[], datetime] = _utcnow) -> None:
+        self.user_id = user_id
+        self._clock = clock
+        self._positions: dict[str, Position] = {}
+        self._orders: OrderedDict[str, OrderState] = OrderedDict()
+        self._counted: dict[str, Decimal] = {}  # per order: filled qty already in positions/cash
+        self._cash = Decimal(0)
+        self._buying_power_offset = Decimal(0)
+        self._has_account = False
+        self._last_account: tuple[str, str, str] | None = None
+
+    # Read side
+
+    @property
+    def cash(self) -> Decimal:
+        return self._cash
+
+    @property
+    def equity(self) -> Decimal:
+        return self._cash + sum((p.market_value for p in self._positions.values()), Decimal(0))
+
+    @property
+    def buying_power(self) -> Decimal:
+        """Alpaca's figure at the last snapshot, moved by cash since (an estimate in between)."""
+        return self._cash + self._buying_power_offset
+
+    @property
+    def positions(self) -> Mapping[str, Position]:
+        return self._positions
+
+    @property
+    def orders(self) -> Mapping[str, OrderState]:
+        return self._orders
+
+    @property
+    def symbols(self) -> frozenset[str]:
+        return frozenset(self._positions)
+
+    def open_order_ids(self) -> list[str]:
+        return [order.id for order in self._orders.values() if not order.terminal]
+
+    # Write side
+
+    def apply_update(self, update: TradeUpdate) -> list[BusEvent]:
+        """A trade_updates message: ``order:updated``; a fill also moves position and cash."""
+        if not self._merge_order(update.order):
+            return []  # older than what we already know: emitting it would move the UI backwards
+        moment = update.timestamp or self._clock()
+        events = [self._order_event(update.order, update.event, moment)]
+        if update.is_fill:
+            events.extend(self._apply_fill(update, moment))
+        return events
+
+    def apply_price(self, symbol: str, price: Decimal) -> list[BusEvent]:
+        """A market-data tick; events are ``quiet`` (their log lines are DEBUG)."""
+        position = self._positions.get(symbol)
+        if position is None or position.current_price == price:
+            return []
+        position.current_price = price
+        return [self._position_event(position, quiet=True), *self._account_events(quiet=True)]
+
+    def apply_snapshot(
+        self, account: AccountState, positions: Iterable[PositionState],
+        orders: Iterable[OrderState],
+    ) -> list[BusEvent]:
+        """REST truth replaces what we hold; only the differences become events."""
+        events: list[BusEvent] = []
+        seen: set[str] = set()
+        for row in positions:
+            if row.qty == 0:
+                continue
+            seen.add(row.symbol)
+            old = self._positions.get(row.symbol)
+            price = row.current_price or (old.current_price if old else None)
+            new = Position(row.symbol, row.qty, row.avg_entry_price, price)
+            if old is None or old.as_tuple() != new.as_tuple():
+                self._positions[row.symbol] = new
+                events.append(self._position_event(new))
+        for symbol in [s for s in self._positions if s not in seen]:
+            del self._positions[symbol]
+            events.append(self._closed_event(symbol))
+        for order in orders:
+            before = self._orders.get(order.id)
+            self._counted[order.id] = max(self._counted.get(order.id, Decimal(0)),
+                                          order.filled_qty)
+            changed = before is None or (before.status, before.filled_qty) != (
+                order.status, order.filled_qty)
+            if self._merge_order(order) and changed:
+                events.append(self._order_event(order, "reconciled", self._clock()))
+        self._cash = account.cash
+        self._buying_power_offset = account.buying_power - account.cash
+        self._has_account = True
+        events.extend(self._account_events())
+        return events
+
+    # Internals
+
+    def _merge_order(self, order: OrderState) -> bool:
+        """Keep ``order`` unless it is older than ours (less filled, or live after terminal)."""
+        known = self._orders.get(order.id)
+        if known is not None and (
+            order.filled_qty < known.filled_qty or (known.terminal and not order.terminal)
+        ):
+            return False
+        self._orders[order.id] = order
+        self._orders.move_to_end(order.id)
+        self._evict_orders()
+        return True
+
+    def _evict_orders(self) -> None:
+        terminal = [oid for oid, o in self._orders.items() if o.terminal]
+        for oid in terminal[: max(0, len(terminal) - RECENT_TERMINAL_ORDERS)]:
+            del self._orders[oid]
+            self._counted.pop(oid, None)
+
+    def _apply_fill(self, update: TradeUpdate, moment: datetime) -> list[BusEvent]:
+        order = update.order
+        counted = self._counted.get(order.id)
+        if counted is not None and order.filled_qty <= counted:
+            return []  # already reflected (a REST snapshot or this very fill, replayed)
+        fill = signed_fill(update, counted or Decimal(0))
+        if fill is None:
+            return []
+        signed_qty, price = fill
+        position = self._positions.get(order.symbol)
+        if update.position_qty is not None and position is not None and (
+            position.qty == update.position_qty
+        ):
+            return []  # the snapshot already holds the quantity this fill leads to
+        self._counted[order.id] = max(order.filled_qty, (counted or Decimal(0)) + abs(signed_qty))
+        self._cash -= signed_qty * price
+        position = trade(position, order.symbol, signed_qty, price, update.position_qty)
+        events = [self._trade_event(update, signed_qty, price, position, moment)]
+        if position is None:
+            self._positions.pop(order.symbol, None)
+            events.append(self._closed_event(order.symbol))
+        else:
+            self._positions[order.symbol] = position
+            events.append(self._position_event(position))
+        events.extend(self._account_events())
+        return events
+
+    # Payloads
+
+    def _order_event(self, order: OrderState, event: str, moment: datetime) -> BusEvent:
+        return BusEvent("order:updated", {
+            "userId": self.user_id, "orderId": order.id, "clientOrderId": order.client_order_id,
+            "symbol": order.symbol, "side": order.side, "type": order.type,
+            "qty": None if order.qty is None else decimal_text(order.qty),
+            "filledQty": decimal_text(order.filled_qty),
+            "filledAvgPrice": (None if order.filled_avg_price is None
+                               else decimal_text(order.filled_avg_price)),
+            "status": order.status, "event": event, "timestamp": iso_utc(moment),
+        })
+
+    def _trade_event(self, update: TradeUpdate, signed_qty: Decimal, price: Decimal,
+                     position: Position | None, moment: datetime) -> BusEvent:
+        order = update.order
+        after = update.position_qty if update.position_qty is not None else (
+            position.qty if position else Decimal(0))
+        return BusEvent("trade:executed", {
+            "userId": self.user_id,
+            "tradeId": update.execution_id or f"{order.id}:{decimal_text(order.filled_qty)}",
+            "orderId": order.id, "symbol": order.symbol, "side": order.side,
+            "qty": decimal_text(abs(signed_qty)), "price": decimal_text(price),
+            "positionQty": decimal_text(after), "event": update.event,
+            "timestamp": iso_utc(moment),
+        })
+
+    def _position_event(self, position: Position, quiet: bool = False) -> BusEvent:
+        payload = {"userId": self.user_id, **position_payload(position, money),
+                   "updatedAt": iso_utc(self._clock())}
+        return BusEvent("position:updated", payload, quiet)
+
+    def _closed_event(self, symbol: str) -> BusEvent:
+        return BusEvent("position:closed", {
+            "userId": self.user_id, "symbol": symbol, "closedAt": iso_utc(self._clock())})
+
+    def _account_events(self, quiet: bool = False) -> list[BusEvent]:
+        if not self._has_account:
+            return []  # no cash figure yet: an equity of Σ market value would be wrong
+        figures = (money(self.equity), money(self._cash), money(self.buying_power))
+        if figures == self._last_account:
+            return []
+        self._last_account = figures
+        return [BusEvent("account:updated", {
+            "userId": self.user_id, "equity": figures[0], "cash": figures[1],
+            "buyingPower": figures[2], "updatedAt": iso_utc(self._clock()),
+        }, quiet)]

@@ -1,0 +1,219 @@
+"""HTTP API routes: auth, portfolio polling fallback, realtime config, admin stats and trades."""
+
+from __future__ import annotations
+
+import hmac
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import web
+
+from app.auth import (
+    clear_session_cookie,
+    current_user,
+    require_admin,
+    require_user,
+    set_session_cookie,
+)
+from app.errors import ApiError
+from app.keys import (
+    BRIDGE_KEY,
+    BUS_KEY,
+    DRAINING_KEY,
+    METRICS_KEY,
+    PORTFOLIO_KEY,
+    SETTINGS_KEY,
+    STATS_KEY,
+    STORE_KEY,
+    STREAM_KEY,
+    THROTTLE_KEY,
+)
+from app.metrics import CONTENT_TYPE
+from app.stream import WS_PATH
+from config.logging import get_logger, utc_timestamp
+
+log = get_logger()
+routes = web.RouteTableDef()
+
+POLL_INTERVAL_MS = 5000
+MAX_JSON_BODY = 16 * 1024
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise ApiError(413, "payload_too_large", "Request body is too large")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError.bad_request("Request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError.bad_request("Request body must be a JSON object")
+    return body
+
+
+@routes.post("/api/auth/login")
+async def login(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str) or not username:
+        raise ApiError.bad_request("username and password are required strings")
+    throttle = request.app[THROTTLE_KEY]
+    keys = (f"user:{username.strip().lower()}", f"addr:{request.remote}")
+    wait = throttle.retry_after(*keys)
+    if wait > 0:
+        raise ApiError(429, "too_many_attempts", "Too many failed logins; try again later",
+                       headers={"Retry-After": str(int(wait) + 1)})
+    store = request.app[STORE_KEY]
+    user = await store.authenticate(username, password)
+    if user is None:
+        throttle.failed(*keys)
+        log.warning("[Auth] Login failed", username=username[:64], remote=request.remote)
+        raise ApiError(401, "invalid_credentials", "Invalid username or password")
+    throttle.succeeded(*keys)
+    settings = request.app[SETTINGS_KEY]
+    token = await store.create_session(user.id, settings.session_ttl_hours * 3600)
+    log.info("[Auth] Login", userId=user.id, username=user.username)
+    response = web.json_response({"user": user.public()})
+    set_session_cookie(response, request, token)
+    return response
+
+
+@routes.post("/api/auth/logout")
+async def logout(request: web.Request) -> web.Response:
+    token = request.cookies.get("session")
+    if token:
+        await request.app[STORE_KEY].revoke_session(token)
+    response = web.json_response({"ok": True})
+    clear_session_cookie(response)
+    return response
+
+
+@routes.get("/api/auth/me")
+async def me(request: web.Request) -> web.Response:
+    user = await require_user(request)
+    return web.json_response({"user": user.public()})
+
+
+@routes.get("/api/portfolio")
+async def portfolio(request: web.Request) -> web.Response:
+    """The polling fallback: served whether or not the realtime flag is on."""
+    user = await require_user(request)
+    body = request.app[PORTFOLIO_KEY].snapshot(user.id, {"positions", "orders", "account"})
+    return web.json_response({"userId": user.id, **body, "serverTime": utc_timestamp()})
+
+
+@routes.get("/api/realtime/config")
+async def realtime_config(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    return web.json_response({
+        "enabled": settings.enable_realtime_portfolio,
+        "wsPath": WS_PATH,
+        "pollIntervalMs": POLL_INTERVAL_MS,
+        "batchWindowMs": settings.batch_window_ms,
+        "heartbeatIntervalMs": settings.heartbeat_interval_ms,
+    })
+
+
+def stats_document(app: web.Application) -> dict[str, Any]:
+    settings = app[SETTINGS_KEY]
+    stream = app[STREAM_KEY]
+    document = app[STATS_KEY].report(
+        enabled=settings.enable_realtime_portfolio,
+        active=stream.active_connections,
+        by_user=stream.connections_by_user(),
+        events_emitted=app[BUS_KEY].events_emitted,
+        max_per_user=settings.max_connections_per_user,
+        max_total=settings.max_total_connections,
+        timestamp=utc_timestamp(),
+    )
+    document["batchWindowMs"] = settings.batch_window_ms
+    document["node"] = settings.node_id or request_host_name()
+    document["draining"] = app[DRAINING_KEY].get("draining", False)
+    bridge = app.get(BRIDGE_KEY)
+    if bridge is not None:
+        document["broker"] = {
+            "mode": bridge.mode,
+            "accounts": bridge.accounts_status(),
+            "prices": bridge.price_stream_status(),
+        }
+    return document
+
+
+def request_host_name() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+@routes.get("/api/admin/websocket-stats")
+async def websocket_stats(request: web.Request) -> web.Response:
+    await require_admin(request)
+    return web.json_response(stats_document(request.app))
+
+
+@routes.post("/api/admin/test-trade")
+async def test_trade(request: web.Request) -> web.Response:
+    admin = await require_admin(request)
+    body = await _json_body(request)
+    username, symbol, side, qty = (body.get(k) for k in ("username", "symbol", "side", "qty"))
+    if not isinstance(username, str) or not username:
+        raise ApiError.bad_request("username is required")
+    if not isinstance(symbol, str) or not symbol.strip().isalnum() or len(symbol) > 12:
+        raise ApiError.bad_request("symbol must be a ticker such as AAPL")
+    if side not in ("buy", "sell"):
+        raise ApiError.bad_request('side must be "buy" or "sell"')
+    try:
+        quantity = Decimal(str(qty))
+    except (InvalidOperation, ValueError):
+        raise ApiError.bad_request("qty must be a positive number") from None
+    if not quantity.is_finite() or quantity <= 0:
+        raise ApiError.bad_request("qty must be a positive number")
+    bridge = request.app.get(BRIDGE_KEY)
+    if bridge is None:
+        raise ApiError(503, "broker_unavailable", "No broker bridge is running")
+    from alpaca_bridge.service import OrderRejected, UnknownAccount
+
+    try:
+        order = await bridge.place_order(username, symbol.strip().upper(), side, quantity)
+    except UnknownAccount as exc:
+        raise ApiError(404, "unknown_account", str(exc)) from None
+    except OrderRejected as exc:
+        raise ApiError(422, "order_rejected", str(exc)) from None
+    log.info("[PortfolioStream] Test trade placed", admin=admin.username, username=username,
+             symbol=symbol.upper(), side=side, qty=str(quantity), orderId=order.get("id"))
+    return web.json_response({"order": order}, status=201)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS_KEY].metrics_token
+    if token is not None:
+        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not hmac.compare_digest(supplied.encode(), token.get_secret_value().encode()):
+            raise ApiError(401, "unauthorized", "Bearer token required")
+    body = request.app[METRICS_KEY].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@routes.get("/healthz")
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    checks = {
+        "store": app[STORE_KEY].is_open,
+        "bus": app[BUS_KEY].running,
+        "stream": app[STREAM_KEY].accepting or not app[SETTINGS_KEY].enable_realtime_portfolio,
+        "broker": app[BRIDGE_KEY].ready if BRIDGE_KEY in app else True,
+        "notDraining": not app[DRAINING_KEY].get("draining", False),
+    }
+    ready = all(checks.values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def whoami(request: web.Request) -> dict[str, Any] | None:
+    user = await current_user(request)
+    return user.public() if user else None

@@ -1,0 +1,106 @@
+"""Prometheus metrics (`GET /metrics`), one registry per application.
+
+Counters that the stats route also reports are read at scrape time from their single source
+(StreamStats, the bus, the broker bridge) by a custom collector, so the two views never disagree.
+Histograms are observed as things happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.05,
+                   1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
+
+
+@dataclass
+class Sources:
+    """Callables the collector reads at scrape time."""
+
+    active_connections: Callable[[], int] = lambda: 0
+    messages_delivered: Callable[[], int] = lambda: 0
+    events_emitted: Callable[[], int] = lambda: 0
+    event_deliveries: Callable[[], int] = lambda: 0
+    reconnects: Callable[[], int] = lambda: 0
+    batch_efficiency: Callable[[], float] = lambda: 1.0
+    bus_queue_depth: Callable[[], int] = lambda: 0
+    enabled: Callable[[], bool] = lambda: True
+    # (account username, mode, up?) per broker account
+    broker_streams: Callable[[], Iterable[tuple[str, str, bool]]] = field(
+        default=lambda: ())
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, sources: Sources) -> None:
+        self._s = sources
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._s
+        yield GaugeMetricFamily("websocket_active_connections",
+                                "Open /ws/portfolio connections on this node",
+                                value=s.active_connections())
+        yield CounterMetricFamily("websocket_messages_delivered",
+                                  "Snapshot and batch messages sent to clients",
+                                  value=s.messages_delivered())
+        yield CounterMetricFamily("websocket_event_deliveries",
+                                  "Events carried to connections (one event to one connection)",
+                                  value=s.event_deliveries())
+        yield CounterMetricFamily("portfolio_events_emitted", "Events published on the bus",
+                                  value=s.events_emitted())
+        yield CounterMetricFamily("websocket_reconnects",
+                                  "Connections from users who disconnected within 60 s",
+                                  value=s.reconnects())
+        yield GaugeMetricFamily("websocket_batch_efficiency",
+                                "1 - batch messages / event deliveries",
+                                value=s.batch_efficiency())
+        yield GaugeMetricFamily("portfolio_bus_queue_depth", "Events queued on the bus",
+                                value=s.bus_queue_depth())
+        yield GaugeMetricFamily("portfolio_realtime_enabled",
+                                "ENABLE_REALTIME_PORTFOLIO (1 on, 0 off)",
+                                value=1 if s.enabled() else 0)
+        up = GaugeMetricFamily("alpaca_stream_up", "Broker trade_updates stream connected",
+                               labels=["account", "mode"])
+        for account, mode, is_up in s.broker_streams():
+            up.add_metric([account, mode], 1 if is_up else 0)
+        yield up
+
+
+class Metrics:
+    """The application's metrics registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.sources = Sources()
+        self.registry.register(_SnapshotCollector(self.sources))
+        self.disconnects = Counter("websocket_disconnects", "Closed connections by close code",
+                                   ["code"], registry=self.registry)
+        self.connection_duration = Histogram(
+            "websocket_connection_duration_seconds", "Lifetime of closed connections",
+            buckets=DURATION_BUCKETS, registry=self.registry)
+        self.delivery_latency = Histogram(
+            "websocket_delivery_latency_seconds",
+            "From bus emit of the oldest event in a message to its send",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.connections_opened = Counter("websocket_connections_opened",
+                                          "Accepted connections", registry=self.registry)
+
+    def connection_opened(self) -> None:
+        self.connections_opened.inc()
+
+    def connection_closed(self, code: int | None, duration_s: float) -> None:
+        self.disconnects.labels(code=str(code if code is not None else 1006)).inc()
+        self.connection_duration.observe(duration_s)
+
+    def observe_latency(self, seconds: float) -> None:
+        self.delivery_latency.observe(max(seconds, 0.0))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

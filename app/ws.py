@@ -1,0 +1,52 @@
+"""The `/ws/portfolio` upgrade handler: admission in the contract's order, then the stream.
+
+1. session cookie valid, else 401 (JSON, no upgrade)
+2. Origin allowed, else 403
+3. feature flag on (and not draining), else 503
+4. upgrade
+5. connection limits, else close 1013 ``Maximum connections exceeded``
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from app.auth import current_user, origin_allowed
+from app.errors import ApiError
+from app.keys import DRAINING_KEY, SETTINGS_KEY, STREAM_KEY
+from app.protocol import CloseCode, CloseReason
+from config.logging import get_logger
+
+log = get_logger()
+
+
+async def portfolio_ws(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS_KEY]
+    user = await current_user(request)
+    if user is None:
+        raise ApiError.unauthorized()
+    if not origin_allowed(request, settings.allowed_origins):
+        log.warning("[PortfolioStream] Rejected cross-origin upgrade", userId=user.id,
+                    origin=request.headers.get("Origin", "")[:200])
+        raise ApiError.forbidden("Origin not allowed")
+    if not settings.enable_realtime_portfolio:
+        return web.json_response({"status": "disabled"}, status=503)
+    manager = request.app[STREAM_KEY]
+    if request.app[DRAINING_KEY].get("draining") or not manager.accepting:
+        return web.json_response({"status": "draining"}, status=503,
+                                 headers={"Retry-After": "1"})
+    ws = web.WebSocketResponse(
+        autoping=False,  # pongs must reach us: they are what "heard from" means
+        compress=settings.ws_compression,
+        max_msg_size=settings.ws_max_message_bytes,
+        decode_text=False,
+    )
+    await ws.prepare(request)
+    conn = manager.admit(user.id, ws, request)
+    if conn is None:
+        log.warning("[PortfolioStream] Connection rejected: Maximum connections exceeded",
+                    userId=user.id, activeConnections=manager.active_connections)
+        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=CloseReason.LIMIT.encode())
+        return ws
+    await manager.serve(conn)
+    return ws
