@@ -95,11 +95,13 @@ class AccountLedger:
     # Write side
 
     def apply_update(self, update: TradeUpdate) -> list[BusEvent]:
-        """A trade_updates message: ``order:updated``; a fill also moves position and cash."""
-        if not self._merge_order(update.order):
-            return []  # older than what we already know: emitting it would move the UI backwards
+        """A trade_updates message: ``order:updated``; a fill also ``trade:executed`` and, unless
+        a snapshot already holds it, the position and account it moves."""
         moment = update.timestamp or self._clock()
-        events = [self._order_event(update.order, update.event, moment)]
+        events: list[BusEvent] = []
+        # An update older than what we know would move the UI backwards: no order:updated.
+        if self._merge_order(update.order):
+            events.append(self._order_event(update.order, update.event, moment))
         if update.is_fill:
             events.extend(self._apply_fill(update, moment))
         return events
@@ -169,21 +171,25 @@ class AccountLedger:
     def _apply_fill(self, update: TradeUpdate, moment: datetime) -> list[BusEvent]:
         order = update.order
         counted = self._counted.get(order.id)
-        if counted is not None and order.filled_qty <= counted:
-            return []  # already reflected (a REST snapshot or this very fill, replayed)
         fill = signed_fill(update, counted or Decimal(0))
         if fill is None:
             return []
         signed_qty, price = fill
         position = self._positions.get(order.symbol)
-        if update.position_qty is not None and position is not None and (
-            position.qty == update.position_qty
-        ):
-            return []  # the snapshot already holds the quantity this fill leads to
-        self._counted[order.id] = max(order.filled_qty, (counted or Decimal(0)) + abs(signed_qty))
+        held = position.qty if position is not None else Decimal(0)
+        # Already reflected: the order's cumulative fill was counted (a REST snapshot, or this
+        # very fill replayed), or the position already has the quantity this fill leads to.
+        reflected = (counted is not None and order.filled_qty <= counted) or (
+            update.position_qty is not None and held == update.position_qty)
+        self._counted[order.id] = max(order.filled_qty, counted or Decimal(0))
+        if reflected:
+            return [self._trade_event(update, signed_qty, price, held, moment)]
+        self._counted[order.id] = max(self._counted[order.id],
+                                      (counted or Decimal(0)) + abs(signed_qty))
         self._cash -= signed_qty * price
         position = trade(position, order.symbol, signed_qty, price, update.position_qty)
-        events = [self._trade_event(update, signed_qty, price, position, moment)]
+        after = position.qty if position is not None else Decimal(0)
+        events = [self._trade_event(update, signed_qty, price, after, moment)]
         if position is None:
             self._positions.pop(order.symbol, None)
             events.append(self._closed_event(order.symbol))
@@ -207,10 +213,9 @@ class AccountLedger:
         })
 
     def _trade_event(self, update: TradeUpdate, signed_qty: Decimal, price: Decimal,
-                     position: Position | None, moment: datetime) -> BusEvent:
+                     held: Decimal, moment: datetime) -> BusEvent:
         order = update.order
-        after = update.position_qty if update.position_qty is not None else (
-            position.qty if position else Decimal(0))
+        after = update.position_qty if update.position_qty is not None else held
         return BusEvent("trade:executed", {
             "userId": self.user_id,
             "tradeId": update.execution_id or f"{order.id}:{decimal_text(order.filled_qty)}",
