@@ -95,7 +95,7 @@ class Batch:
         return not self.counts
 
     def body(self, channels: frozenset[str] | set[str], ts: str) -> dict[str, Any] | None:
-        """The ``batch`` message fields for a connection on ``channels``; None if nothing applies."""
+        """The ``batch`` fields for a connection on ``channels``; None if nothing applies."""
         count = self.event_count(channels)
         if count == 0:
             return None

@@ -1,7 +1,7 @@
 """Stream statistics and the runbook's health arithmetic (pure, injectable clock).
 
 Formulas (SPEC §5):
-- batch efficiency = 1 − batch messages ÷ event deliveries they carried (one event reaching one
+- batch efficiency = 1 - batch messages ÷ event deliveries they carried (one event reaching one
   connection is one delivery); 1.0 before anything was delivered (nothing was wasted);
 - disconnect rate = disconnects in the last 5 minutes ÷ 5;
 - average connection duration = connection-seconds of closed and open connections ÷ connections;

@@ -2,10 +2,10 @@
 
 Call sites log a message plus fields: ``log.info("[PortfolioStream] Client connected",
 userId="user-1", connectionId="conn_1")``. The text renderer turns that into
-``2026-01-04T10:30:00.000Z INFO [PortfolioStream] Client connected: userId=user-1, connectionId=conn_1``
-— exactly the runbook's lines. Fields whose name starts with ``_`` are kept out of the text line
-but appear (without the underscore) in JSON lines, so a message that already embeds its values
-word for word can still carry structured context.
+``2026-01-04T10:30:00.000Z INFO [PortfolioStream] Client connected: userId=user-1,
+connectionId=conn_1`` (one line) — exactly the runbook's lines. Fields whose name starts
+with ``_`` are kept out of the text line but appear (without the underscore) in JSON lines, so
+a message that already embeds its values word for word can still carry structured context.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class TeeLogger:
 
 
 class ReopeningFile:
-    """An append-mode file that reopens itself when logrotate moved it (WatchedFileHandler semantics)."""
+    """Append-mode file that reopens itself once logrotate moved it (WatchedFileHandler-like)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path

@@ -125,7 +125,9 @@ class Settings(BaseSettings):
         if (self.alpaca_api_key is None) != (self.alpaca_secret_key is None):
             raise ValueError("ALPACA_API_KEY and ALPACA_SECRET_KEY must be set together")
         if self.broker == "alpaca" and not self.has_alpaca_credentials:
-            raise ValueError("BROKER=alpaca needs ALPACA_API_KEY/ALPACA_SECRET_KEY or ACCOUNTS_FILE")
+            raise ValueError(
+                "BROKER=alpaca needs ALPACA_API_KEY/ALPACA_SECRET_KEY or ACCOUNTS_FILE"
+            )
         return self
 
     @property
