@@ -42,7 +42,20 @@ class SnapshotRequest:
     channels: frozenset[str]
 
 
-ControlFrame = bytes | SnapshotRequest | _Ping
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch serialized once for every connection sharing a channel set; ``seq`` is spliced
+    in when it is sent. ``body`` is the JSON object without its type and seq."""
+
+    body: bytes
+    deliveries: int
+    oldest_emit: float | None
+
+    def frame(self, seq: int) -> bytes:
+        return b'{"type":"batch","seq":%d,%s' % (seq, self.body[1:])
+
+
+ControlFrame = bytes | SnapshotRequest | _Ping | PreparedBatch
 
 
 def new_connection_id(now_ms: int | None = None) -> str:

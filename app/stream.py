@@ -21,6 +21,8 @@ from app.bus import EventBus, Unsubscribe
 from app.connection import (
     PING,
     Connection,
+    ControlFrame,
+    PreparedBatch,
     SnapshotRequest,
     batch_frame,
     encode,
@@ -304,17 +306,32 @@ class PortfolioStreamManager:
         positions, orders, total = batch.summary()
         log.info("[PortfolioStream] Batch flushed", userId=user_id, positionUpdates=positions,
                  orderUpdates=orders, totalEvents=total)
+        # Serialize once per distinct channel set; most of a user's tabs share one.
+        prepared: dict[frozenset[str], PreparedBatch | None] = {}
+        ts = utc_timestamp(self._wall())
         for conn in conns.values():
-            if conn.channels and batch.event_count(conn.channels):
+            channels = conn.channels
+            if not channels or not batch.event_count(channels):
+                continue
+            if conn.sending or conn.pending is not None:
+                # Busy or not draining: fold into its coalesced pending state instead.
                 conn.merge_pending(batch)
                 self._schedule(conn)
+                continue
+            if channels not in prepared:
+                body = batch.body(channels, ts)
+                prepared[channels] = None if body is None else PreparedBatch(
+                    orjson.dumps(body), body["eventCount"], batch.oldest_emit)
+            ready = prepared[channels]
+            if ready is not None:
+                self._send_control(conn, ready)
 
     # The writer
 
-    def _send_control(self, conn: Connection, frame: bytes | SnapshotRequest | object) -> None:
+    def _send_control(self, conn: Connection, frame: ControlFrame) -> None:
         if conn.closing:
             return
-        if not conn.queue_control(frame):  # type: ignore[arg-type]
+        if not conn.queue_control(frame):
             self._abort(conn, CloseCode.POLICY_VIOLATION, "Client is not reading")
             return
         self._schedule(conn)
@@ -361,6 +378,8 @@ class PortfolioStreamManager:
         control = conn.control
         if control:
             item = control.popleft()
+            if isinstance(item, PreparedBatch):
+                return item.frame(conn.next_seq()), item.deliveries, item.oldest_emit
             if isinstance(item, SnapshotRequest):
                 body = self._portfolio.snapshot(conn.user_id, item.channels & conn.channels)
                 return snapshot_frame(conn.next_seq(), body), 0, None
