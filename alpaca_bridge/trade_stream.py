@@ -1,0 +1,273 @@
+"""One account's ``trade_updates`` websocket, spoken directly on aiohttp's client.
+
+alpaca-py's ``TradingStream`` owns its loop, waits for the auth reply forever, retries bad
+credentials forever in silence and parses money as floats (research §2, §3), so this consumer
+speaks the same protocol itself (research §7, option B) as a task in the app's loop:
+
+- authenticate with alpaca-py's frame shape and a timeout; ``unauthorized`` is fatal: one ERROR
+  line, state ``unauthorized``, and the task ends (the keys come from configuration, so retrying
+  them cannot succeed until an operator fixes it and restarts);
+- ``listen`` and check the ``listening`` ack, then ``on_connected`` (the REST reconciliation);
+- accept TEXT and BINARY frames (paper sends JSON in binary frames), ignore non-JSON ones;
+- drop duplicate updates (bounded memory), hand the rest to ``on_update`` synchronously;
+- reconnect with capped exponential backoff and full jitter, reset after a healthy session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import SecretStr
+
+from alpaca_bridge.models import MalformedUpdate, TradeUpdate, decode_frame, parse_trade_update
+from config.logging import get_logger
+
+log = get_logger()
+
+# Updates remembered for duplicate detection: far more than can be in flight across a reconnect.
+DEDUP_WINDOW = 10_000
+
+
+class StreamState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    UNAUTHORIZED = "unauthorized"
+    STOPPED = "stopped"
+
+
+class AuthenticationFailed(Exception):
+    """The broker answered ``unauthorized``: the credentials are wrong or revoked."""
+
+
+class SessionEnded(Exception):
+    """The connection ended or misbehaved; the message is the reason logged."""
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: uniform(0, min(max, initial * 2**n))."""
+
+    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        self.attempt += 1
+        cap = min(self.max_s, self.initial_s * 2 ** (self.attempt - 1))
+        return self._rng.uniform(0, cap)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class RecentKeys:
+    """A bounded set remembering the newest keys (LRU eviction)."""
+
+    def __init__(self, capacity: int = DEDUP_WINDOW) -> None:
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+        self._capacity = capacity
+
+    def add(self, key: Hashable) -> bool:
+        """Remember ``key``; False if it was already there."""
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._capacity:
+            self._keys.popitem(last=False)
+        return True
+
+
+class TradeUpdatesStream:
+    """The trade_updates consumer of one account; ``start`` it, ``await stop()`` it."""
+
+    def __init__(
+        self, *, account: str, url: str, key_id: SecretStr, secret_key: SecretStr,
+        session: aiohttp.ClientSession, auth_timeout_s: float, backoff: Backoff,
+        on_update: Callable[[TradeUpdate], None], on_connected: Callable[[], None],
+        heartbeat_s: float = 20.0, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.account = account
+        self._url = url
+        self._key_id = key_id
+        self._secret_key = secret_key
+        self._session = session
+        self._auth_timeout_s = auth_timeout_s
+        self._backoff = backoff
+        self._on_update = on_update
+        self._on_connected = on_connected
+        self._heartbeat_s = heartbeat_s
+        self._clock = clock
+        self._dedup = RecentKeys()
+        self._task: asyncio.Task[None] | None = None
+        self._received_in_session = 0
+        self.state = StreamState.CONNECTING
+        self.reconnects = 0
+        self.last_event_at: float | None = None
+        self.duplicates = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"alpaca-trade-updates:{self.account}")
+
+    async def wait_closed(self) -> None:
+        """Return when the consumer has ended for good (stopped, or unauthorized)."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    async def stop(self) -> None:
+        """Cancel and close; the socket close waits at most a quarter second for the server."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.state is not StreamState.UNAUTHORIZED:
+            self.state = StreamState.STOPPED
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                reason = await self._connect_once()
+            except AuthenticationFailed as exc:
+                self.state = StreamState.UNAUTHORIZED
+                log.error("[AlpacaStream] Authentication failed", account=self.account,
+                          reason=str(exc) or "unauthorized", _url=self._url)
+                return
+            healthy = self._received_in_session > 0 or (
+                loop.time() - started >= self._backoff.max_s)
+            if healthy:
+                self._backoff.reset()
+            delay = self._backoff.next_delay()
+            self.reconnects += 1
+            self.state = StreamState.RECONNECTING
+            log.info(f"[AlpacaStream] Reconnecting in {round(delay * 1000)}ms",
+                     account=self.account, attempt=self._backoff.attempt, _reason=reason)
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> str:
+        """One connection from handshake to close; returns why it ended."""
+        self._received_in_session = 0
+        connected = False
+        try:
+            async with self._session.ws_connect(
+                self._url, heartbeat=self._heartbeat_s,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.25),
+            ) as ws:
+                early = await self._handshake(ws)
+                connected = True
+                self.state = StreamState.CONNECTED
+                log.info("[AlpacaStream] Connected to trade_updates stream",
+                         account=self.account, _url=self._url)
+                self._on_connected()
+                for item in early:
+                    self._dispatch(item)
+                reason = await self._consume(ws)
+        except TimeoutError:
+            reason = f"no authorization reply within {self._auth_timeout_s}s"
+            log.warning("[AlpacaStream] Authentication timed out", account=self.account,
+                        timeoutS=self._auth_timeout_s)
+        except SessionEnded as exc:
+            reason = str(exc)
+        except aiohttp.WSServerHandshakeError as exc:
+            reason = f"handshake rejected with HTTP {exc.status}"
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        if connected:
+            log.info("[AlpacaStream] Disconnected from trade_updates stream",
+                     account=self.account, reason=reason)
+        else:
+            log.warning("[AlpacaStream] Connection attempt failed", account=self.account,
+                        reason=reason)
+        return reason
+
+    async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+        """Authenticate and listen; returns trade updates that raced ahead of the ack."""
+        early: list[dict[str, Any]] = []
+        async with asyncio.timeout(self._auth_timeout_s):
+            await ws.send_str(orjson.dumps({"action": "authenticate", "data": {
+                "key_id": self._key_id.get_secret_value(),
+                "secret_key": self._secret_key.get_secret_value()}}).decode())
+            reply = await self._next_control(ws, "authorization", early)
+            if reply.get("status") != "authorized":
+                raise AuthenticationFailed(str(reply.get("message") or reply.get("status")))
+            await ws.send_str('{"action": "listen", "data": {"streams": ["trade_updates"]}}')
+            ack = await self._next_control(ws, "listening", early)
+        if "trade_updates" not in (ack.get("streams") or []):
+            raise SessionEnded(f"listen not acknowledged for trade_updates: {ack}")
+        return early
+
+    async def _next_control(self, ws: aiohttp.ClientWebSocketResponse, stream: str,
+                            early: list[dict[str, Any]]) -> dict[str, Any]:
+        while True:
+            for item in await self._receive(ws):
+                raw = item.get("data")
+                data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+                if item.get("stream") == "authorization" and data.get("status") != "authorized":
+                    raise AuthenticationFailed(str(data.get("message") or data.get("status")))
+                if item.get("stream") == stream:
+                    return data
+                if item.get("stream") == "trade_updates":
+                    early.append(item)
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+        message = await ws.receive()
+        if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            return decode_frame(message.data)
+        if message.type is aiohttp.WSMsgType.ERROR:
+            raise SessionEnded(f"connection error: {ws.exception() or message.data}")
+        code = ws.close_code if ws.close_code is not None else message.data
+        extra = f" {message.extra}" if message.type is aiohttp.WSMsgType.CLOSE and (
+            message.extra) else ""
+        raise SessionEnded(f"closed by server (code {code}){extra}" if code not in (
+            None, 1006) else "connection lost")
+
+    async def _consume(self, ws: aiohttp.ClientWebSocketResponse) -> str:
+        while True:
+            try:
+                items = await self._receive(ws)
+            except SessionEnded as exc:
+                return str(exc)
+            for item in items:
+                self._dispatch(item)
+
+    def _dispatch(self, item: dict[str, Any]) -> None:
+        stream = item.get("stream")
+        if stream == "authorization":
+            data = item.get("data") or {}
+            if isinstance(data, dict) and data.get("status") == "unauthorized":
+                raise AuthenticationFailed(str(data.get("message") or "unauthorized"))
+        if stream != "trade_updates":
+            return
+        try:
+            update = parse_trade_update(item.get("data"))
+        except MalformedUpdate as exc:
+            log.warning("[AlpacaStream] Ignored malformed trade update", account=self.account,
+                        error=str(exc))
+            return
+        self.last_event_at = self._clock()
+        self._received_in_session += 1
+        if not self._dedup.add(update.dedup_key):
+            self.duplicates += 1
+            log.debug("[AlpacaStream] Ignored duplicate trade update", account=self.account,
+                      orderId=update.order.id, executionId=update.execution_id)
+            return
+        try:
+            self._on_update(update)
+        except Exception:
+            # One update the portfolio cannot take must not end the account's stream.
+            log.exception("[AlpacaStream] Failed to apply trade update", account=self.account,
+                          orderId=update.order.id, tradeEvent=update.event)

@@ -1,0 +1,74 @@
+"""Fixtures for the broker bridge tests: captured log lines and a running in-process bus."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from app.bus import InProcessBus
+from app.events import EVENT_TYPES, Event
+from config.logging import configure_logging
+from config.settings import Settings
+
+
+class LogLines:
+    """Every rendered log line since the fixture started (text format, DEBUG and up)."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        self._stream = stream
+
+    def all(self) -> list[str]:
+        return self._stream.getvalue().splitlines()
+
+    def matching(self, *needles: str) -> list[str]:
+        return [line for line in self.all() if all(n in line for n in needles)]
+
+
+@pytest.fixture
+def log_lines() -> LogLines:
+    stream = io.StringIO()
+    configure_logging(Settings(_env_file=None, log_level="DEBUG"), extra_streams=[stream])
+    return LogLines(stream)
+
+
+class EventCollector:
+    """Everything published on the bus, with a way to await a particular event."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[Event], bool], within: float = 5.0) -> Event:
+        async with asyncio.timeout(within):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+    def of_type(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.type == kind]
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[InProcessBus]:
+    bus = InProcessBus()
+    await bus.start()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+def collected(bus: InProcessBus) -> EventCollector:
+    collector = EventCollector()
+    for kind in EVENT_TYPES:
+        bus.subscribe(kind, collector)
+    return collector
