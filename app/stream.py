@@ -363,8 +363,9 @@ class PortfolioStreamManager:
                     self._stats.message_sent(deliveries)
                     if oldest is not None and self._metrics is not None:
                         self._metrics.observe_latency(self._wall() - oldest)
-        except (ConnectionResetError, RuntimeError) as exc:
-            # The peer went away mid-write; the receive loop sees the close and releases it.
+        except (ConnectionError, RuntimeError) as exc:
+            # The peer went away mid-write (a writer parked in drain gets aiohttp's bare
+            # ConnectionError("Connection lost")); the receive loop sees the close and releases it.
             log.debug("[PortfolioStream] Send failed", connectionId=conn.id, error=str(exc))
         except Exception:
             log.exception("[PortfolioStream] Unexpected send error", connectionId=conn.id,
