@@ -97,6 +97,10 @@ def _wire_metrics(app: web.Application) -> None:
     sources.batch_efficiency = stats.batch_efficiency
     sources.bus_queue_depth = lambda: app[BUS_KEY].queue_depth
     sources.enabled = lambda: settings.enable_realtime_portfolio
+    sources.batch_messages = lambda: stats.batch_messages
+    sources.draining = lambda: bool(app[DRAINING_KEY].get("draining"))
+    sources.max_total_connections = lambda: settings.max_total_connections
+    sources.max_connections_per_user = lambda: settings.max_connections_per_user
 
     def broker_streams() -> list[tuple[str, str, bool]]:
         bridge = app.get(BRIDGE_KEY)

@@ -29,10 +29,14 @@ class Sources:
     messages_delivered: Callable[[], int] = lambda: 0
     events_emitted: Callable[[], int] = lambda: 0
     event_deliveries: Callable[[], int] = lambda: 0
+    batch_messages: Callable[[], int] = lambda: 0
     reconnects: Callable[[], int] = lambda: 0
     batch_efficiency: Callable[[], float] = lambda: 1.0
     bus_queue_depth: Callable[[], int] = lambda: 0
     enabled: Callable[[], bool] = lambda: True
+    draining: Callable[[], bool] = lambda: False
+    max_total_connections: Callable[[], int] = lambda: 0
+    max_connections_per_user: Callable[[], int] = lambda: 0
     # (account username, mode, up?) per broker account
     broker_streams: Callable[[], Iterable[tuple[str, str, bool]]] = field(
         default=lambda: ())
@@ -53,19 +57,32 @@ class _SnapshotCollector(Collector):
         yield CounterMetricFamily("websocket_event_deliveries",
                                   "Events carried to connections (one event to one connection)",
                                   value=s.event_deliveries())
+        yield CounterMetricFamily("websocket_batch_messages",
+                                  "Batch messages sent (snapshots excluded); with event "
+                                  "deliveries this gives batch efficiency over any window",
+                                  value=s.batch_messages())
         yield CounterMetricFamily("portfolio_events_emitted", "Events published on the bus",
                                   value=s.events_emitted())
         yield CounterMetricFamily("websocket_reconnects",
                                   "Connections from users who disconnected within 60 s",
                                   value=s.reconnects())
         yield GaugeMetricFamily("websocket_batch_efficiency",
-                                "1 - batch messages / event deliveries",
+                                "1 - batch messages / event deliveries, since start",
                                 value=s.batch_efficiency())
         yield GaugeMetricFamily("portfolio_bus_queue_depth", "Events queued on the bus",
                                 value=s.bus_queue_depth())
         yield GaugeMetricFamily("portfolio_realtime_enabled",
                                 "ENABLE_REALTIME_PORTFOLIO (1 on, 0 off)",
                                 value=1 if s.enabled() else 0)
+        yield GaugeMetricFamily("portfolio_draining",
+                                "1 while a graceful shutdown drains connections",
+                                value=1 if s.draining() else 0)
+        limits = GaugeMetricFamily("websocket_connections_limit",
+                                   "MAX_TOTAL_CONNECTIONS (scope=total) and "
+                                   "MAX_CONNECTIONS_PER_USER (scope=user)", labels=["scope"])
+        limits.add_metric(["total"], s.max_total_connections())
+        limits.add_metric(["user"], s.max_connections_per_user())
+        yield limits
         up = GaugeMetricFamily("alpaca_stream_up", "Broker trade_updates stream connected",
                                labels=["account", "mode"])
         for account, mode, is_up in s.broker_streams():

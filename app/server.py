@@ -1,8 +1,17 @@
-"""Running the service: listener, signals, bounded graceful shutdown (SPEC §9).
+"""Running the service: listener, systemd protocol, signals, bounded graceful shutdown (SPEC §9).
 
-SIGTERM/SIGINT start the graceful sequence (the app's on_shutdown: stop accepting, stop broker
-streams, flush batches, close sockets with 1001, then cleanup contexts). The whole stop is bounded
-by SHUTDOWN_TIMEOUT_S; the process exits 0 when it completes in time.
+Start-up: the app's cleanup contexts run (store, bus, broker streams, stream manager), then the
+listener starts — the socket systemd passed (LISTEN_FDS, socket activation) or a TCP socket on
+HOST:PORT — and only then is ``READY=1`` sent. While serving, the event loop itself pings the
+systemd watchdog and refreshes ``STATUS=``.
+
+SIGTERM/SIGINT: ``STOPPING=1``, then the graceful sequence (stop listening, the app's on_shutdown:
+``/readyz`` and upgrades 503, stop broker streams, flush batches, close sockets with 1001, then
+the cleanup contexts), bounded by SHUTDOWN_TIMEOUT_S; exit 0 when it completes in time. With
+socket activation the listening socket stays open in systemd between the old and the new
+process, so a restart queues new connections in the backlog instead of refusing them.
+
+SIGHUP reopens LOG_FILE (after logrotate moved it).
 """
 
 from __future__ import annotations
@@ -11,15 +20,19 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable, MutableMapping
 
 from aiohttp import web
 
 from app.factory import create_app
-from app.keys import BRIDGE_KEY
+from app.keys import BRIDGE_KEY, DRAINING_KEY, STREAM_KEY
+from app.systemd import Notifier, describe_address, inherited_sockets, supervise, watchdog_interval
 from config.logging import configure_logging, get_logger
 from config.settings import Settings
 
 log = get_logger()
+
+LISTEN_BACKLOG = 1024
 
 
 def _install_uvloop() -> None:
@@ -29,43 +42,101 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def run_service(settings: Settings, stop: asyncio.Event | None = None) -> int:
+def service_status(app: web.Application) -> str:
+    """The one-line STATUS= shown by ``systemctl status``."""
+    stream = app[STREAM_KEY]
+    users = len(stream.connections_by_user())
+    text = f"{stream.active_connections} WebSocket connections ({users} users)"
+    bridge = app.get(BRIDGE_KEY)
+    if bridge is not None:
+        accounts = bridge.accounts_status()
+        up = sum(1 for account in accounts if account.get("status") == "connected")
+        text += f"; broker streams {up}/{len(accounts)} up"
+    if app[DRAINING_KEY].get("draining"):
+        text = "Draining: " + text
+    return text
+
+
+def _sites(runner: web.AppRunner, settings: Settings,
+           environ: MutableMapping[str, str] | None) -> list[tuple[web.BaseSite, str]]:
+    """The listeners with their log line: systemd's sockets if it passed any, else HOST:PORT."""
+    inherited = inherited_sockets(environ)
+    if inherited:
+        return [(web.SockSite(runner, sock),
+                 f"[STARTUP] Listening on inherited socket http://{describe_address(sock)} "
+                 "(socket activation; HOST/PORT ignored)") for sock in inherited]
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG,
+                       reuse_address=True)
+    return [(site, f"[STARTUP] Listening on http://{settings.host}:{settings.port}")]
+
+
+async def run_service(settings: Settings, stop: asyncio.Event | None = None, *,
+                      environ: MutableMapping[str, str] | None = None,
+                      reopen_logs: Callable[[], None] | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop``), then shut down within SHUTDOWN_TIMEOUT_S."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, reopen_logs)
 
+    notifier = Notifier.from_environ(environ)
     app = create_app(settings)
     # handler_cancellation: a handler still running once shutdown_timeout passed is cancelled.
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=settings.shutdown_timeout_s / 2)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
-    await site.start()
-    log.info(f"[STARTUP] Listening on http://{settings.host}:{settings.port}",
-             _mode=settings.broker_mode, _enabled=settings.enable_realtime_portfolio)
+    supervisor: asyncio.Task[None] | None = None
+    try:
+        await runner.setup()  # the cleanup contexts: store, bus, broker streams, stream manager
+        for site, listening in _sites(runner, settings, environ):
+            await site.start()
+            log.info(listening, _mode=settings.broker_mode,
+                     _enabled=settings.enable_realtime_portfolio)
+        _log_demo_logins(app, settings)
+        notifier.ready(service_status(app))
+        supervisor = asyncio.create_task(
+            supervise(notifier, lambda: service_status(app),
+                      watchdog_s=watchdog_interval(environ)),
+            name="systemd-supervisor")
+        await stop.wait()
+        log.info("[PortfolioStream] Signal received: starting graceful shutdown")
+        notifier.stopping("Draining: " + service_status(app))
+        try:
+            await asyncio.wait_for(runner.cleanup(), timeout=settings.shutdown_timeout_s)
+        except TimeoutError:
+            log.error("[PortfolioStream] Shutdown exceeded SHUTDOWN_TIMEOUT_S; exiting anyway",
+                      timeoutS=settings.shutdown_timeout_s)
+            return 1
+        return 0
+    finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+        notifier.close()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
+def _on_sighup(reopen_logs: Callable[[], None] | None) -> None:
+    if reopen_logs is not None:
+        reopen_logs()
+    log.info("[PortfolioStream] SIGHUP received: log file reopened")
+
+
+def _log_demo_logins(app: web.Application, settings: Settings) -> None:
     bridge = app.get(BRIDGE_KEY)
     if bridge is not None:
         for username, password in bridge.demo_logins:
             log.info(f"[STARTUP] Demo login: {username} / {password} at "
                      f"http://localhost:{settings.port}/login")
-    await stop.wait()
-    log.info("[PortfolioStream] Signal received: starting graceful shutdown")
-    try:
-        await asyncio.wait_for(runner.cleanup(), timeout=settings.shutdown_timeout_s)
-    except TimeoutError:
-        log.error("[PortfolioStream] Shutdown exceeded SHUTDOWN_TIMEOUT_S; exiting anyway",
-                  timeoutS=settings.shutdown_timeout_s)
-        return 1
-    return 0
 
 
 def serve(settings: Settings) -> int:
-    configure_logging(settings)
+    sink = configure_logging(settings)
     _install_uvloop()
     try:
-        return asyncio.run(run_service(settings))
+        return asyncio.run(run_service(settings, reopen_logs=sink.reopen))
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1

@@ -88,6 +88,12 @@ class TeeLogger:
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
+    def reopen(self) -> None:
+        """Reopen every file stream (the SIGHUP action, after logrotate moved LOG_FILE)."""
+        for stream in self._streams:
+            if isinstance(stream, ReopeningFile):
+                stream.reopen()
+
 
 class ReopeningFile:
     """Append-mode file that reopens itself once logrotate moved it (WatchedFileHandler-like)."""
