@@ -6,6 +6,7 @@ instance, so nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -158,6 +159,9 @@ class Settings(BaseSettings):
         return self.heartbeat_timeout_ms / 1000
 
 
+_URL_CREDENTIALS = re.compile(r"://[^/@\s]*@")
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming the first offending variable, for the start-up failure message."""
     first = error.errors()[0]
@@ -168,5 +172,8 @@ def describe_validation_error(error: ValidationError) -> str:
     variable = location.upper()
     value = first.get("input")
     shown = "" if isinstance(value, dict) or "key" in variable or "secret" in variable else value
+    if isinstance(shown, str):
+        # DATABASE_URL/REDIS_URL may carry a password: never echo URL credentials.
+        shown = _URL_CREDENTIALS.sub("://***@", shown)
     suffix = f" (got {shown!r})" if shown not in ("", None) else ""
     return f"invalid configuration: {variable}: {message}{suffix}"
