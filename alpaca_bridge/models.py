@@ -70,6 +70,10 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_from_epoch(seconds: float) -> str:
+    return iso_utc(datetime.fromtimestamp(seconds, UTC))
+
+
 def decimal_text(value: Decimal) -> str:
     """Plain positional notation (never ``1E+2``), as Alpaca writes numbers."""
     text = format(value, "f")

@@ -1,0 +1,141 @@
+"""One account's ledger kept in step with its stream, its REST truth and market prices.
+
+The consumer calls ``on_connected`` after every (re)connect and ``on_update`` for each new
+trade update. While a reconciliation runs, updates are held back; the REST fetch is repeated
+(up to ``MAX_QUIET_PASSES``) until one pass saw no stream activity, so the snapshot is
+consistent with the stream; then the snapshot's differences are published, and the held-back
+updates are applied after it (the ledger counts a fill the snapshot already holds only once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from decimal import Decimal
+
+from alpaca.trading.client import TradingClient
+
+from alpaca_bridge.ledger import AccountLedger, BusEvent
+from alpaca_bridge.models import TradeUpdate
+from alpaca_bridge.reconcile import BrokerSnapshot, fetch_snapshot
+from alpaca_bridge.trade_stream import Backoff
+from app.bus import BusClosed, EventBus
+from config.logging import get_logger
+
+log = get_logger()
+
+MAX_QUIET_PASSES = 3
+# Updates held back during one reconciliation; past this the oldest go (the snapshot has them).
+MAX_HELD_UPDATES = 10_000
+
+
+class AccountSync:
+    """Owns the ledger of ``account`` (a username) for ``user_id``; publishes what it implies."""
+
+    def __init__(
+        self, *, account: str, user_id: str, client: TradingClient, bus: EventBus,
+        backoff: Backoff, on_symbols_changed: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.account = account
+        self.ledger = AccountLedger(user_id)
+        self._client = client
+        self._bus = bus
+        self._backoff = backoff
+        self._on_symbols_changed = on_symbols_changed
+        self._clock = clock
+        self._held: deque[TradeUpdate] = deque(maxlen=MAX_HELD_UPDATES)
+        self._activity = False
+        self._again = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_symbols: frozenset[str] = frozenset()
+        self.reconciled_at: float | None = None
+
+    @property
+    def reconciling(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def on_connected(self) -> None:
+        """Start a reconciliation, or queue one more after the running one."""
+        if self.reconciling:
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(
+            self._reconcile(), name=f"alpaca-reconcile:{self.account}")
+
+    def on_update(self, update: TradeUpdate) -> None:
+        if self.reconciling:
+            self._activity = True
+            self._held.append(update)
+            return
+        self._publish(self.ledger.apply_update(update))
+
+    def on_prices(self, prices: dict[str, Decimal]) -> None:
+        for symbol, price in prices.items():
+            self._publish(self.ledger.apply_price(symbol, price))
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _reconcile(self) -> None:
+        self._again = True
+        try:
+            while self._again:
+                self._again = False
+                snapshot = await self._quiet_snapshot()
+                changes = self.ledger.apply_snapshot(snapshot.account, snapshot.positions,
+                                                     snapshot.orders)
+                self._publish(changes)
+                self.reconciled_at = self._clock()
+                log.info("[AlpacaStream] Reconciled account", account=self.account,
+                         positions=len(snapshot.positions),
+                         openOrders=len(self.ledger.open_order_ids()), changes=len(changes))
+        except Exception:
+            log.exception("[AlpacaStream] Reconciliation crashed", account=self.account)
+        # Held-back updates go through the ledger after the snapshot, in arrival order.
+        held = list(self._held)
+        self._held.clear()
+        self._task = None
+        for update in held:
+            self.on_update(update)
+
+    async def _quiet_snapshot(self) -> BrokerSnapshot:
+        passes = 0
+        while True:
+            self._activity = False
+            believed_open = [*self.ledger.open_order_ids(), *(u.order.id for u in self._held)]
+            try:
+                snapshot = await asyncio.to_thread(fetch_snapshot, self._client, believed_open)
+            except Exception as exc:
+                # REST down or refusing: keep the stream's updates held and try again later.
+                delay = self._backoff.next_delay() + self._backoff.initial_s
+                log.error("[AlpacaStream] Reconciliation failed", account=self.account,
+                          error=f"{type(exc).__name__}: {exc}", retryInMs=round(delay * 1000))
+                await asyncio.sleep(delay)
+                continue
+            self._backoff.reset()
+            passes += 1
+            if not self._activity or passes >= MAX_QUIET_PASSES:
+                return snapshot
+
+    def _publish(self, events: list[BusEvent]) -> None:
+        symbols = self.ledger.symbols
+        for event in events:
+            try:
+                self._bus.publish(event.type, event.payload, quiet=event.quiet)
+            except BusClosed:
+                return  # shutting down
+            if event.type == "trade:executed":
+                log.info("[AlpacaStream] Emitted trade:executed event",
+                         tradeId=event.payload["tradeId"], symbol=event.payload["symbol"],
+                         _userId=event.payload["userId"], _account=self.account)
+        if symbols != self._last_symbols:
+            self._last_symbols = symbols
+            self._on_symbols_changed()
