@@ -106,6 +106,14 @@ class BrokerBridge:
         self._plan = plan
         self._http = aiohttp.ClientSession()
         self._running = True
+        try:
+            await self._start_accounts(plan)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("[AlpacaStream] Bridge started", mode=self.mode, accounts=len(self._accounts))
+
+    async def _start_accounts(self, plan: BridgePlan) -> None:
         for account in plan.accounts:
             entry = _Account(account, trading_client(account, plan.endpoints(account).api_url))
             self._accounts[account.username.lower()] = entry
@@ -119,12 +127,13 @@ class BrokerBridge:
             self._start_account(entry, plan)
         feeders = [e.account for e in self._accounts.values() if e.sync is not None]
         if feeders:
+            # One market-data connection per key is the plan limit; the first account's will do.
             self._prices = PriceFeed(
-                url=plan.data_stream_url, feed=settings.alpaca_data_feed,
+                url=plan.data_stream_url, feed=self._settings.alpaca_data_feed,
                 key_id=feeders[0].api_key, secret_key=feeders[0].secret_key,
                 on_prices=self._on_prices)
             self._prices.start()
-        log.info("[AlpacaStream] Bridge started", mode=self.mode, accounts=len(self._accounts))
+            self._on_symbols_changed()
 
     def _start_account(self, entry: _Account, plan: BridgePlan) -> None:
         settings = self._settings
@@ -150,9 +159,8 @@ class BrokerBridge:
         self._running = False
         entries = list(self._accounts.values())
         await asyncio.gather(*(e.stream.stop() for e in entries if e.stream is not None),
-                             *(e.sync.stop() for e in entries if e.sync is not None))
-        if self._prices is not None:
-            await self._prices.stop()
+                             *(e.sync.stop() for e in entries if e.sync is not None),
+                             *([self._prices.stop()] if self._prices is not None else []))
         if self._http is not None:
             await self._http.close()
         if self._plan is not None and self._plan.simulator is not None:
