@@ -1,0 +1,80 @@
+"""Fault injection and observation of the simulated broker's websockets, for tests and demos.
+
+Mixed into :class:`~alpaca_bridge.simulator.broker.SimulatedBroker`. The ``wait_*`` methods
+block until a condition holds and have no timeout of their own: wrap them in
+``asyncio.timeout``/``asyncio.wait_for``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import orjson
+
+from alpaca_bridge.simulator.data_ws import MarketDataHub
+from alpaca_bridge.simulator.desk import OrderDesk
+from alpaca_bridge.simulator.trading_ws import AuthBehaviour, TradingStreamHub
+from alpaca_bridge.simulator.wire import Json
+
+
+class StreamControls:
+    """Ways to misbehave like Alpaca does, and to see who is connected."""
+
+    _trading: TradingStreamHub
+    _data: MarketDataHub
+    _desk: OrderDesk
+
+    def drop_trading_streams(self, api_key: str | None = None, how: str = "abort",
+                             hold_s: float = 0.0) -> None:
+        """Cut trade_updates connections (all keys when None).
+
+        ``how``: ``abort`` (TCP reset, no close frame), ``close``/``"1000"``, ``"1001"`` or
+        ``"1011"`` (a close frame with that code). ``hold_s`` keeps the key's slot taken
+        afterwards, as Alpaca's reaping of half-dead connections does, so an immediate
+        reconnect that names its key in the handshake headers gets HTTP 429.
+        """
+        self._trading.drop(api_key, how, hold_s)
+
+    def set_auth_behaviour(self, api_key: str, behaviour: AuthBehaviour) -> None:
+        """How both websockets answer this key's auth: ``ok``, ``reject`` or ``silent``."""
+        if behaviour not in ("ok", "reject", "silent"):
+            raise ValueError(f"unknown auth behaviour: {behaviour!r}")
+        self._trading.behaviour[api_key] = behaviour
+
+    def set_trading_frame_type(self, frame_type: Literal["binary", "text"]) -> None:
+        """BINARY frames like paper (the default) or TEXT frames like live."""
+        self._trading.set_frame_type(frame_type)
+
+    def set_single_connection(self, enabled: bool) -> None:
+        """Whether a second concurrent connection per key is refused (Alpaca: yes)."""
+        self._trading.single_connection = self._data.single_connection = enabled
+
+    def send_trading_frame(self, api_key: str, frame: bytes | str | Json) -> None:
+        """Send any frame to the key's listening connections (an unknown event, junk, ...)."""
+        self._trading.send_raw(
+            api_key, frame if isinstance(frame, (bytes, str)) else orjson.dumps(frame).decode())
+
+    def send_trading_heartbeat(self, api_key: str) -> None:
+        """The 1-byte ``b"\\x01"`` binary heartbeat older Alpaca servers sent."""
+        self._trading.send_raw(api_key, b"\x01")
+
+    def resend_last_fill(self, api_key: str) -> Json | None:
+        """Deliver the account's latest fill event again, unchanged (a duplicate execution)."""
+        return self._desk.resend_last_fill(api_key)
+
+    def trading_connections(self, api_key: str) -> int:
+        """Open trade_updates connections authorized as this key."""
+        return len(self._trading.connections(api_key))
+
+    async def wait_trading_listener(self, api_key: str) -> None:
+        """Return once a connection for the key is authorized and listening to trade_updates."""
+        await self._trading.watch.wait_until(lambda: self._trading.listening(api_key))
+
+    async def wait_trading_disconnected(self, api_key: str) -> None:
+        """Return once no trade_updates connection is authorized as this key."""
+        await self._trading.watch.wait_until(lambda: not self._trading.connections(api_key))
+
+    async def wait_data_subscription(self, symbol: str, subscribed: bool = True) -> None:
+        """Return once some data connection is (or, with False, none is) subscribed to trades."""
+        await self._data.watch.wait_until(
+            lambda: self._data.subscribed(symbol.upper()) == subscribed)

@@ -1,0 +1,45 @@
+"""Random but plausible orders for demo accounts, so a fresh install shows live activity.
+
+A pure decision from the account's book and the market: mostly small buys, and sells only of
+what is held (never more), sized so cash stays comfortably positive.
+"""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+from typing import Any
+
+from alpaca_bridge.simulator.ledger import AccountBook
+from alpaca_bridge.simulator.market import MarketEngine
+
+SELL_PROBABILITY = 0.35
+MAX_SPEND_FRACTION = Decimal("0.08")  # of buying power, per order
+MAX_HOLDINGS = 6  # keep a demo portfolio readable
+
+
+def random_order(book: AccountBook, market: MarketEngine,
+                 rng: random.Random) -> dict[str, Any] | None:
+    """An order body for ``POST /v2/orders``, or None when nothing sensible can be done."""
+    sellable = {s: book.qty_available(s) for s in book.holdings}
+    sellable = {s: q for s, q in sellable.items() if q >= 1}
+    if sellable and (rng.random() < SELL_PROBABILITY or len(book.holdings) >= MAX_HOLDINGS):
+        symbol = rng.choice(sorted(sellable))
+        held = int(sellable[symbol])
+        # Usually trim, sometimes close the whole position.
+        qty = held if rng.random() < 0.3 else rng.randint(1, max(1, held // 2))
+        return _market(symbol, "sell", qty)
+    candidates = sorted(book.holdings) if len(book.holdings) >= MAX_HOLDINGS else market.symbols
+    if not candidates:
+        return None
+    symbol = rng.choice(candidates)
+    budget = book.valuation(market.price).buying_power * MAX_SPEND_FRACTION
+    most = int(budget / (market.price(symbol) * Decimal("1.05")))
+    if most < 1:
+        return None
+    return _market(symbol, "buy", rng.randint(1, min(most, 25)))
+
+
+def _market(symbol: str, side: str, qty: int) -> dict[str, Any]:
+    return {"symbol": symbol, "side": side, "qty": str(qty), "type": "market",
+            "time_in_force": "day"}

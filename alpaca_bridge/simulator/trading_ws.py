@@ -1,0 +1,187 @@
+"""``GET /stream``: Alpaca's ``trade_updates`` websocket, as paper trading speaks it.
+
+No welcome frame; the client authenticates in-band (both the alpaca-py 0.44.0 shape and the
+current docs' shape), then ``listen``s. Server frames are one JSON object each, sent as BINARY
+frames like paper (TEXT like live on request). Events reach only connections listening at that
+moment: nothing is replayed after a reconnect (research §3.1, §6.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from alpaca_bridge.simulator.sockets import StateWatch, StreamSocket
+from alpaca_bridge.simulator.wire import Json
+
+AuthBehaviour = Literal["ok", "reject", "silent"]
+Authenticate = Callable[[str, str], bool]
+AUTH_TIMEOUT_S = 10.0  # a socket that never even tries to authenticate is closed
+STREAMS = frozenset({"trade_updates"})
+
+
+@dataclass(eq=False, slots=True)
+class TradingConnection:
+    socket: StreamSocket
+    api_key: str | None = None  # set once authorized
+    listening: bool = False
+
+
+def _frame(payload: Json) -> str:
+    return orjson.dumps(payload).decode()
+
+
+def _credentials(message: Mapping[str, Any]) -> tuple[str, str]:
+    """Key and secret from either auth shape; empty strings when absent."""
+    data = message.get("data")
+    if isinstance(data, Mapping):
+        return str(data.get("key_id") or ""), str(data.get("secret_key") or "")
+    return str(message.get("key") or ""), str(message.get("secret") or "")
+
+
+class TradingStreamHub:
+    """Every ``/stream`` connection, and the per-key rules of who may connect."""
+
+    def __init__(self, authenticate: Authenticate, *, binary: bool = True,
+                 single_connection: bool = True) -> None:
+        self._authenticate = authenticate
+        self.binary = binary
+        self.single_connection = single_connection
+        self.behaviour: dict[str, AuthBehaviour] = {}
+        self._connections: set[TradingConnection] = set()
+        self._held_until: dict[str, float] = {}  # key -> loop time its slot frees up
+        self.watch = StateWatch()
+
+    def connections(self, api_key: str | None = None) -> list[TradingConnection]:
+        return [c for c in self._connections
+                if not c.socket.closed and (api_key is None or c.api_key == api_key)]
+
+    def listening(self, api_key: str) -> bool:
+        return any(c.listening for c in self.connections(api_key))
+
+    def publish(self, api_key: str, payload: Json) -> None:
+        """Send a ``trade_updates`` message to the account's listening connections, if any."""
+        self.send_raw(api_key, _frame(payload))
+
+    def send_raw(self, api_key: str, frame: bytes | str) -> None:
+        """Send any frame (e.g. a ``b"\\x01"`` heartbeat or a malformed payload) to listeners."""
+        for conn in self.connections(api_key):
+            if conn.listening:
+                conn.socket.send(frame)
+
+    def set_frame_type(self, frame_type: Literal["binary", "text"]) -> None:
+        self.binary = frame_type == "binary"
+        for conn in self._connections:
+            conn.socket.binary = self.binary
+
+    def drop(self, api_key: str | None, how: str = "abort", hold_s: float = 0.0) -> None:
+        """Cut connections: ``abort`` (TCP reset) or ``close`` codes "1000"/"1001"/"1011".
+
+        ``hold_s`` keeps the key's slot taken afterwards, like Alpaca's reaping of half-dead
+        connections, so a prompt reconnect is refused with 429.
+        """
+        code = {"close": 1000, "1000": 1000, "1001": 1001, "1011": 1011}.get(how)
+        if how != "abort" and code is None:
+            raise ValueError(f"unknown drop kind: {how!r}")
+        for conn in self.connections(api_key):
+            if code is None:
+                conn.socket.abort()
+            else:
+                conn.socket.close(code, "going away" if code == 1001 else "")
+            if hold_s > 0 and conn.api_key is not None:
+                self._held_until[conn.api_key] = asyncio.get_running_loop().time() + hold_s
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(c.socket.finish() for c in list(self._connections)))
+
+    def _slot_taken(self, api_key: str, conn: TradingConnection | None = None) -> bool:
+        if not self.single_connection:
+            return False
+        if self._held_until.get(api_key, 0.0) > asyncio.get_running_loop().time():
+            return True
+        return any(c is not conn for c in self.connections(api_key))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        # A key sent in the handshake headers lets the limit be enforced before the upgrade,
+        # as Alpaca does with HTTP 429; in-band-only clients are limited after auth instead.
+        header_key = request.headers.get("APCA-API-KEY-ID")
+        if header_key and self._slot_taken(header_key):
+            raise web.HTTPTooManyRequests(
+                text='{"code":42910000,"message":"connection limit exceeded"}',
+                content_type="application/json")
+        ws = web.WebSocketResponse(timeout=1.0)
+        await ws.prepare(request)
+        conn = TradingConnection(StreamSocket(request, ws, binary=self.binary))
+        self._connections.add(conn)
+        try:
+            await self._serve(conn, ws)
+        finally:
+            self._connections.discard(conn)
+            self.watch.notify()
+            await conn.socket.finish()
+        return ws
+
+    async def _serve(self, conn: TradingConnection, ws: web.WebSocketResponse) -> None:
+        tried_auth = False
+        while not ws.closed:
+            timeout = None if tried_auth else AUTH_TIMEOUT_S
+            try:
+                msg = await ws.receive(timeout=timeout)
+            except TimeoutError:
+                conn.socket.close(1008, "auth timeout")
+                continue
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
+                                WSMsgType.ERROR):
+                    return
+                continue
+            try:
+                message = orjson.loads(msg.data)
+            except orjson.JSONDecodeError:
+                continue  # Alpaca ignores garbage on this stream
+            if isinstance(message, dict):
+                tried_auth |= message.get("action") in ("auth", "authenticate")
+                self._on_message(conn, message)
+
+    def _on_message(self, conn: TradingConnection, message: dict[str, Any]) -> None:
+        action = message.get("action")
+        if action in ("auth", "authenticate"):
+            self._on_auth(conn, message)
+        elif action == "listen":
+            self._on_listen(conn, message)
+
+    def _on_auth(self, conn: TradingConnection, message: Mapping[str, Any]) -> None:
+        key, secret = _credentials(message)
+        behaviour = self.behaviour.get(key, "ok")
+        if behaviour == "silent":
+            return
+        if behaviour == "ok" and self._authenticate(key, secret):
+            if self._slot_taken(key, conn):
+                conn.socket.close(1008, "connection limit exceeded")
+                return
+            conn.api_key = key
+            conn.socket.send(_frame({"stream": "authorization",
+                                     "data": {"status": "authorized", "action": "authenticate"}}))
+            self.watch.notify()
+            return
+        conn.socket.send(_frame({"stream": "authorization", "data": {
+            "action": "authenticate", "message": "access key verification failed",
+            "status": "unauthorized"}}))
+        conn.socket.close(1008, "access key verification failed")
+
+    def _on_listen(self, conn: TradingConnection, message: Mapping[str, Any]) -> None:
+        if conn.api_key is None:
+            conn.socket.send(_frame({"stream": "authorization",
+                                     "data": {"status": "unauthorized", "action": "listen"}}))
+            return
+        data = message.get("data")
+        wanted = data.get("streams") if isinstance(data, Mapping) else None
+        streams = [s for s in wanted if s in STREAMS] if isinstance(wanted, list) else []
+        conn.listening = "trade_updates" in streams
+        conn.socket.send(_frame({"stream": "listening", "data": {"streams": streams}}))
+        self.watch.notify()
