@@ -13,8 +13,9 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from alpaca_bridge.models import TradeUpdate, decimal_text
 
-# A computed average (e.g. 2255 / 15) is shown to this many places; given prices stay as given.
-PRICE_PLACES = 6
+# A computed average (e.g. 2255 / 15) is shown to this many places, as the embedded broker's REST
+# shows it; prices with fewer places are shown exactly as given.
+PRICE_PLACES = 7
 _PRICE_QUANTUM = Decimal(10) ** -PRICE_PLACES
 
 
@@ -48,7 +49,7 @@ class Position:
 
 def price_text(value: Decimal) -> str:
     if int(value.as_tuple().exponent) < -PRICE_PLACES:
-        value = value.quantize(_PRICE_QUANTUM, rounding=ROUND_HALF_EVEN)
+        value = value.quantize(_PRICE_QUANTUM, rounding=ROUND_HALF_EVEN).normalize()
     return decimal_text(value)
 
 

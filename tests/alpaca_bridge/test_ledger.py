@@ -76,7 +76,7 @@ def test_adding_moves_the_average_to_the_weighted_mean() -> None:
     events = apply(ledger, fill("AAPL", "buy", "5", "151"))
     position = of_type(events, "position:updated")[0]
     assert position["qty"] == "15"
-    assert position["avgEntryPrice"] == "150.333333"
+    assert position["avgEntryPrice"] == "150.3333333"
     assert ledger.positions["AAPL"].cost_basis == Decimal("2255")
 
 
