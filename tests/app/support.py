@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import login
+from app.keys import STORE_KEY
 
 WS_PATH = "/ws/portfolio"
 ALL_CHANNELS = ["positions", "orders", "account"]
@@ -48,31 +49,37 @@ def closed(user: str, symbol: str) -> dict[str, str]:
     return {"userId": user, "symbol": symbol, "closedAt": "2026-01-04T10:31:00.000Z"}
 
 
-async def session_for(client: Client, username: str, *, admin: bool = False) -> str:
-    """Log in and return the session id, leaving the client's cookie jar empty.
+@dataclass(frozen=True)
+class Session:
+    """A logged-in user as a test sees it: the session id and the user id events carry."""
 
-    aiohttp lets jar cookies override an explicit ``Cookie`` header, so tests that act as
-    several users pass the cookie explicitly and keep the jar clean.
+    token: str
+    user_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return cookie(self.token)
+
+
+async def session_for(client: Client, username: str, *, admin: bool = False) -> Session:
+    """A user and a session created through the store (the login route has its own tests).
+
+    Tests acting as several users pass the cookie explicitly: aiohttp lets cookie-jar entries
+    override an explicit ``Cookie`` header, so the jar is never used for sessions here.
     """
-    token = await login(client, username, admin=admin)
-    client.session.cookie_jar.clear()
-    return token
+    store = client.app[STORE_KEY]
+    user = await store.ensure_user(username, "correct horse", is_admin=admin)
+    return Session(await store.create_session(user.id, 3600), user.id)
 
 
 def cookie(token: str) -> dict[str, str]:
     return {"Cookie": f"session={token}"}
 
 
-async def user_id_of(client: Client, token: str) -> str:
-    response = await client.get("/api/auth/me", headers=cookie(token))
-    assert response.status == 200
-    return str((await response.json())["user"]["userId"])
-
-
-async def connect(client: Client, token: str, **kwargs: Any
+async def connect(client: Client, session: Session, **kwargs: Any
                   ) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
     """Open `/ws/portfolio` with the session and return the socket and its `connected` message."""
-    headers = {**cookie(token), **kwargs.pop("headers", {})}
+    headers = {**session.headers, **kwargs.pop("headers", {})}
     ws = await client.ws_connect(WS_PATH, headers=headers, **kwargs)
     connected = await receive(ws)
     assert connected["type"] == "connected", connected
