@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,3 +135,11 @@ async def nothing_arrives(ws: aiohttp.ClientWebSocketResponse, within: float) ->
     except TimeoutError:
         return
     raise AssertionError(f"unexpected message: {msg.type} {msg.data!r}")
+
+
+async def until(condition: Callable[[], bool], limit_s: float = TIMEOUT) -> None:
+    """Wait (polling the loop) until ``condition()`` holds; fails after ``limit_s``."""
+    async with asyncio.timeout(limit_s):
+        # Server-side state (connection maps, counters) has no event to await.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
