@@ -1,0 +1,193 @@
+/**
+ * websocket.js — /admin/websocket: the runbook's daily checks at a glance.
+ *
+ * Polls /api/admin/websocket-stats every few seconds, keeps the last minutes of samples in
+ * memory and draws two small SVG plots (active connections, messages delivered per second),
+ * the per-user connection table, the status badge and, when the service reports them, the
+ * broker streams per account.
+ */
+import { api, ApiError, clockTime, currentUser, el, redirectToLogin, setupHeader } from "./ui.js";
+import { drawSparkline } from "./sparkline.js";
+
+const REFRESH_MS = 3000;
+const HISTORY_MS = 10 * 60 * 1000;
+
+/** @type {{ t: number, active: number, delivered: number, rate: number | null }[]} */
+const samples = [];
+
+/**
+ * Seconds as "1h 02m", "4m 10s" or "12s".
+ * @param {number} seconds
+ * @returns {string}
+ */
+function duration(seconds) {
+  const s = Math.max(0, Math.round(Number(seconds) || 0));
+  if (s >= 3600) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+  if (s >= 60) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  return `${s}s`;
+}
+
+/** @param {number} n */
+const count = (n) => Number(n ?? 0).toLocaleString();
+
+/** Record one stats document and derive messages/s from the previous sample. */
+function record(stats, now) {
+  const previous = samples.at(-1);
+  const delivered = Number(stats.totalMessagesDelivered) || 0;
+  let rate = null;
+  if (previous && now > previous.t && delivered >= previous.delivered) {
+    rate = (delivered - previous.delivered) / ((now - previous.t) / 1000);
+  }
+  samples.push({ t: now, active: Number(stats.activeConnections) || 0, delivered, rate });
+  while (samples.length && samples[0].t < now - HISTORY_MS) samples.shift();
+}
+
+function renderSummary(stats) {
+  const badge = document.getElementById("status");
+  badge.dataset.status = stats.status;
+  badge.textContent = stats.status;
+  document.getElementById("active").textContent = count(stats.activeConnections);
+  const max = stats.limits?.maxTotalConnections;
+  document.getElementById("capacity").textContent = max
+    ? `of ${count(max)} (${Math.round((100 * stats.activeConnections) / max)}% of capacity)`
+    : "";
+  document.getElementById("efficiency").textContent = stats.performance?.batchEfficiency ?? "—";
+  document.getElementById("disconnect-rate").textContent =
+    stats.performance?.disconnectRatePerMinute ?? "—";
+  document.getElementById("avg-duration").textContent =
+    duration(stats.performance?.avgConnectionDurationSeconds);
+  document.getElementById("refreshed").textContent =
+    `Refreshed ${clockTime(stats.timestamp)} · every ${REFRESH_MS / 1000} s`;
+  const node = stats.node ? ` · node ${stats.node}` : "";
+  const uptime = stats.uptime?.formatted ? ` · up ${stats.uptime.formatted}` : "";
+  document.getElementById("node").textContent = `${node}${uptime}`;
+}
+
+/** Batch efficiency is only judged once enough deliveries were made to mean something. */
+function efficiencyCheck(stats, efficiency) {
+  const text = `Batch efficiency ${stats.performance?.batchEfficiency ?? "?"}`;
+  const deliveries = Number(stats.totalMessagesDelivered) || 0;
+  if (deliveries < 100) return [true, text, "judged after 100 messages"];
+  return [!(efficiency < 0.9), text, "above 90%"];
+}
+
+/** The runbook's daily checks, each marked ok or warn. */
+function renderChecks(stats) {
+  const efficiency = Number(stats.performance?.batchEfficiencyRaw);
+  const disconnects = Number(stats.performance?.disconnectRatePerMinute);
+  const max = Number(stats.limits?.maxTotalConnections) || Infinity;
+  const checks = [
+    [stats.status === "healthy" || stats.status === "offline",
+      `Status is ${stats.status}`, stats.enabled ? "" : "realtime disabled: clients poll"],
+    [!(disconnects >= 5), `Disconnect rate ${stats.performance?.disconnectRatePerMinute ?? "?"}/min`,
+      "below 5"],
+    efficiencyCheck(stats, efficiency),
+    [stats.activeConnections <= 0.9 * max,
+      `${count(stats.activeConnections)} active connections`, "below 90% of the limit"],
+  ];
+  document.getElementById("checks").replaceChildren(
+    ...checks.map(([ok, text, note]) =>
+      el("li", { class: ok ? "ok" : "warn", dataset: { ok: String(ok) } },
+        el("span", { class: "mark", "aria-hidden": "true" }, ok ? "✓" : "!"),
+        el("span", {}, text),
+        note ? el("span", { class: "muted" }, ` — ${note}`) : null)),
+  );
+  const totals = [
+    ["Messages delivered", count(stats.totalMessagesDelivered)],
+    ["Events emitted", count(stats.totalEventsEmitted)],
+    ["Disconnects", count(stats.totalDisconnects)],
+    ["Reconnects", count(stats.totalReconnects)],
+    ["Batch window", stats.batchWindowMs !== undefined ? `${stats.batchWindowMs} ms` : "—"],
+    ["Limits", `${stats.limits?.maxConnectionsPerUser ?? "?"} per user · ${stats.limits?.maxTotalConnections ?? "?"} total`],
+  ];
+  document.getElementById("totals").replaceChildren(
+    ...totals.map(([k, v]) => el("tr", {}, el("th", { scope: "row" }, k), el("td", {}, v))),
+  );
+}
+
+function renderUsers(stats) {
+  const perUser = Number(stats.limits?.maxConnectionsPerUser) || 0;
+  const entries = Object.entries(stats.connectionsByUser || {}).sort((a, b) => b[1] - a[1]);
+  document.querySelector("#by-user tbody").replaceChildren(
+    ...entries.map(([user, n]) => el("tr", { dataset: { user } },
+      el("td", { class: "sym" }, user),
+      el("td", { class: "num" }, count(n)),
+      el("td", {}, el("meter", { min: 0, max: perUser || n, value: n, low: perUser * 0.6,
+        high: perUser * 0.99, optimum: 0, title: `${n} of ${perUser}` })))),
+  );
+  document.getElementById("by-user-empty").hidden = entries.length > 0;
+}
+
+/** Broker stream status per account, with whatever fields the bridge reports. */
+function renderBroker(stats) {
+  const panel = document.getElementById("broker-panel");
+  const accounts = stats.broker?.accounts;
+  if (!Array.isArray(accounts)) {
+    panel.hidden = true;
+    return;
+  }
+  panel.hidden = false;
+  document.getElementById("broker-mode").textContent = stats.broker.mode ? `mode: ${stats.broker.mode}` : "";
+  const preferred = ["username", "mode", "status"];
+  const keys = [...new Set([...preferred, ...accounts.flatMap((a) => Object.keys(a))])]
+    .filter((key) => accounts.some((a) => a[key] !== undefined && typeof a[key] !== "object"));
+  document.querySelector("#broker thead tr").replaceChildren(
+    ...keys.map((key) => el("th", { scope: "col" }, key)),
+  );
+  document.querySelector("#broker tbody").replaceChildren(
+    ...accounts.map((account) => el("tr", { dataset: { account: account.username ?? "" } },
+      ...keys.map((key) => {
+        const value = account[key];
+        const text = value === undefined || value === null ? "—" : String(value);
+        return key === "status"
+          ? el("td", {}, el("span", { class: "badge", dataset: { status: text } }, text))
+          : el("td", {}, text);
+      }))),
+  );
+}
+
+function renderCharts() {
+  const now = Date.now();
+  const range = { from: now - HISTORY_MS, to: now };
+  drawSparkline(document.getElementById("chart-connections"),
+    samples.map((s) => [s.t, s.active]), { ...range, integer: true });
+  drawSparkline(document.getElementById("chart-messages"),
+    samples.filter((s) => s.rate !== null).map((s) => [s.t, s.rate]), range);
+  const last = samples.at(-1);
+  document.getElementById("active-now").textContent = last ? `now ${last.active}` : "";
+  document.getElementById("rate-now").textContent =
+    last && last.rate !== null ? `now ${last.rate.toFixed(1)}/s` : "";
+}
+
+async function refresh() {
+  try {
+    const stats = await api("/api/admin/websocket-stats");
+    record(stats, Date.now());
+    renderSummary(stats);
+    renderChecks(stats);
+    renderUsers(stats);
+    renderBroker(stats);
+    renderCharts();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) {
+      redirectToLogin();
+      return;
+    }
+    const badge = document.getElementById("status");
+    badge.dataset.status = "unreachable";
+    badge.textContent = "unreachable";
+    document.getElementById("refreshed").textContent =
+      `Stats unavailable (${error.message}); retrying every ${REFRESH_MS / 1000} s`;
+  }
+}
+
+async function main() {
+  const user = await currentUser();
+  setupHeader(user);
+  await refresh();
+  setInterval(refresh, REFRESH_MS);
+}
+
+main().catch((error) => {
+  if (error?.status !== 401) console.error("[Admin] Stats page failed to start", error);
+});
