@@ -115,27 +115,22 @@ def watchdog_interval(environ: Mapping[str, str] | None = None,
 async def supervise(notifier: Notifier, describe: Callable[[], str], *,
                     watchdog_s: float | None,
                     status_interval_s: float = STATUS_INTERVAL_S) -> None:
-    """Until cancelled: ``WATCHDOG=1`` every ``watchdog_s`` and ``STATUS=`` when it changes.
+    """Until cancelled: ``WATCHDOG=1`` every ``watchdog_s``; ``STATUS=`` whenever it changed.
 
     It runs on the service's event loop on purpose: if a callback blocks the loop, the pings
-    stop and systemd's WatchdogSec restarts the process.
+    stop and systemd's WatchdogSec restarts the process. The status text is looked at on every
+    tick (the watchdog's, or ``status_interval_s`` without one) and sent only when it changed.
     """
     if not notifier.enabled:
         return
-    loop = asyncio.get_running_loop()
     tick = min(watchdog_s, status_interval_s) if watchdog_s else status_interval_s
     last_status: str | None = None
-    next_status = loop.time() + status_interval_s
     while True:
-        fields: list[str] = []
-        if watchdog_s:
-            fields.append("WATCHDOG=1")
-        if loop.time() >= next_status:
-            next_status = loop.time() + status_interval_s
-            text = describe()
-            if text != last_status:
-                last_status = text
-                fields.append(f"STATUS={text}")
+        fields: list[str] = ["WATCHDOG=1"] if watchdog_s else []
+        text = describe()
+        if text != last_status:
+            last_status = text
+            fields.append(f"STATUS={text}")
         if fields:
             notifier.notify(*fields)
         await asyncio.sleep(tick)
