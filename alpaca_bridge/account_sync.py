@@ -1,10 +1,11 @@
 """One account's ledger kept in step with its stream, its REST truth and market prices.
 
-The consumer calls ``on_connected`` after every (re)connect and ``on_update`` for each new
-trade update. While a reconciliation runs, updates are held back; the REST fetch is repeated
-(up to ``MAX_QUIET_PASSES``) until one pass saw no stream activity, so the snapshot is
-consistent with the stream; then the snapshot's differences are published, and the held-back
-updates are applied after it (the ledger counts a fill the snapshot already holds only once).
+The consumer calls ``on_connected`` after every (re)connect (with the time the gap began) and
+``on_update`` for each new trade update. While a reconciliation runs, updates are held back;
+the REST fetch is repeated (up to ``MAX_QUIET_PASSES``) until one pass saw no stream activity,
+so the snapshot is consistent with the stream; then the snapshot's differences are published,
+and the held-back updates are applied after it (the ledger counts a fill the snapshot already
+holds only once).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from alpaca.trading.client import TradingClient
@@ -28,6 +30,8 @@ from config.logging import get_logger
 log = get_logger()
 
 MAX_QUIET_PASSES = 3
+# Orders submitted this long before a gap began are read again: the broker's clock is not ours.
+GAP_CLOCK_SKEW_S = 30.0
 # Updates held back during one reconciliation; past this the oldest go (the snapshot has them).
 MAX_HELD_UPDATES = 10_000
 
@@ -38,6 +42,7 @@ class AccountSync:
     def __init__(
         self, *, account: str, user_id: str, client: TradingClient, bus: EventBus,
         backoff: Backoff, on_symbols_changed: Callable[[], None],
+        on_reconciled: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.account = account
@@ -46,6 +51,8 @@ class AccountSync:
         self._bus = bus
         self._backoff = backoff
         self._on_symbols_changed = on_symbols_changed
+        self._on_reconciled = on_reconciled
+        self._gap_started_at: float | None = None
         self._clock = clock
         self._held: deque[TradeUpdate] = deque(maxlen=MAX_HELD_UPDATES)
         self._activity = False
@@ -58,8 +65,10 @@ class AccountSync:
     def reconciling(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def on_connected(self) -> None:
+    def on_connected(self, gap_started_at: float | None) -> None:
         """Start a reconciliation, or queue one more after the running one."""
+        if gap_started_at is not None:
+            self._gap_started_at = min(gap_started_at, self._gap_started_at or gap_started_at)
         if self.reconciling:
             self._again = True
             return
@@ -94,6 +103,7 @@ class AccountSync:
                                                      snapshot.orders)
                 self._publish(changes)
                 self.reconciled_at = self._clock()
+                self._on_reconciled()
                 log.info("[AlpacaStream] Reconciled account", account=self.account,
                          positions=len(snapshot.positions),
                          openOrders=len(self.ledger.open_order_ids()), changes=len(changes))
@@ -111,8 +121,11 @@ class AccountSync:
         while True:
             self._activity = False
             believed_open = [*self.ledger.open_order_ids(), *(u.order.id for u in self._held)]
+            gap = self._gap_started_at
+            since = None if gap is None else datetime.fromtimestamp(gap - GAP_CLOCK_SKEW_S, UTC)
             try:
-                snapshot = await asyncio.to_thread(fetch_snapshot, self._client, believed_open)
+                snapshot = await asyncio.to_thread(
+                    fetch_snapshot, self._client, believed_open, since)
             except Exception as exc:
                 # REST down or refusing: keep the stream's updates held and try again later.
                 delay = self._backoff.next_delay() + self._backoff.initial_s
@@ -123,6 +136,8 @@ class AccountSync:
             self._backoff.reset()
             passes += 1
             if not self._activity or passes >= MAX_QUIET_PASSES:
+                if gap == self._gap_started_at:
+                    self._gap_started_at = None  # covered (a newer gap waits for its own pass)
                 return snapshot
 
     def _publish(self, events: list[BusEvent]) -> None:

@@ -6,18 +6,21 @@ through alpaca-py's ``TradingClient`` (synchronous ``requests``: call ``fetch_sn
 worker thread). The client is built with ``raw_data=True`` so numbers stay strings and become
 ``Decimal`` in our parser rather than floats.
 
-Orders we believed open are re-fetched one by one because ``GET /v2/orders?after=`` filters on
-submission time: an order submitted before a gap and filled during it is not in that list.
-Orders are read first and positions last, so a fill the order list shows is always in the
-positions too (the ledger then counts it once).
+Orders submitted since the gap began come from ``GET /v2/orders?status=all&after=`` (the most
+recent ones on the first connect); orders we believed open are re-fetched one by one because
+``after`` filters on submission time, so an order submitted before a gap and filled during it is
+not in that list. Orders are read first and positions last, so a fill the order list shows is
+always in the positions too (the ledger then counts it once).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
@@ -35,7 +38,9 @@ from alpaca_bridge.models import (
 )
 
 # Alpaca's maximum page size for GET /v2/orders.
-OPEN_ORDERS_LIMIT = 500
+ORDERS_PAGE_LIMIT = 500
+# Closed orders loaded on the first connect, so the portfolio shows some history at once.
+RECENT_ORDERS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +56,25 @@ def trading_client(account: BrokerAccount, api_url: str) -> TradingClient:
                          raw_data=True, url_override=api_url)
 
 
-def fetch_snapshot(client: TradingClient, believed_open: Iterable[str]) -> BrokerSnapshot:
-    """Blocking: orders (open, then each believed-open one), account, positions."""
+def fetch_snapshot(
+    client: TradingClient, believed_open: Iterable[str], since: datetime | None,
+) -> BrokerSnapshot:
+    """Blocking: orders (submitted since ``since`` or the most recent, the open ones, each one
+    believed open), then the account, then positions. Later reads of an order win."""
+    recent = (GetOrdersRequest(status=QueryOrderStatus.ALL, limit=RECENT_ORDERS)
+              if since is None else GetOrdersRequest(
+                  status=QueryOrderStatus.ALL, after=since, direction=Sort.ASC,
+                  limit=ORDERS_PAGE_LIMIT))
+    orders = {order.id: order for order in map(parse_order, _array(client.get_orders(recent)))}
     rows = client.get_orders(
-        GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=OPEN_ORDERS_LIMIT))
-    orders = {order.id: order for order in map(parse_order, _array(rows))}
+        GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=ORDERS_PAGE_LIMIT))
+    open_now = [parse_order(row) for row in _array(rows)]
+    orders.update((order.id, order) for order in open_now)
+    open_ids = {order.id for order in open_now}
     for order_id in dict.fromkeys(believed_open):
-        if order_id in orders:
-            continue
+        known = orders.get(order_id)
+        if order_id in open_ids or (known is not None and known.terminal):
+            continue  # its latest state was just read
         try:
             orders[order_id] = parse_order(client.get_order_by_id(order_id))
         except APIError as exc:

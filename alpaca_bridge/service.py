@@ -82,6 +82,7 @@ class BrokerBridge:
         self._http: aiohttp.ClientSession | None = None
         self._plan: BridgePlan | None = None
         self._running = False
+        self._ready = asyncio.Event()
 
     @property
     def simulator(self) -> SimulatedBroker | None:
@@ -98,6 +99,14 @@ class BrokerBridge:
             entry.sync is None or entry.sync.reconciled_at is not None
             or (entry.stream is not None and entry.stream.state is StreamState.UNAUTHORIZED)
             for entry in self._accounts.values())
+
+    async def wait_ready(self) -> None:
+        """Return once ``ready`` (see there) has been true; use with a timeout."""
+        await self._ready.wait()
+
+    def _state_changed(self, *_: object) -> None:
+        if self.ready:
+            self._ready.set()
 
     async def start(self) -> None:
         settings = self._settings
@@ -134,6 +143,7 @@ class BrokerBridge:
                 on_prices=self._on_prices)
             self._prices.start()
             self._on_symbols_changed()
+        self._state_changed()
 
     def _start_account(self, entry: _Account, plan: BridgePlan) -> None:
         settings = self._settings
@@ -142,13 +152,15 @@ class BrokerBridge:
         sync = AccountSync(
             account=entry.account.username, user_id=entry.user_id, client=entry.client,
             bus=self._bus, on_symbols_changed=self._on_symbols_changed,
+            on_reconciled=self._state_changed,
             backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s))
         stream = TradeUpdatesStream(
             account=entry.account.username, url=plan.endpoints(entry.account).stream_url,
             key_id=entry.account.api_key, secret_key=entry.account.secret_key,
             session=self._http, auth_timeout_s=settings.alpaca_auth_timeout_s,
             backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s),
-            on_update=sync.on_update, on_connected=sync.on_connected)
+            on_update=sync.on_update, on_connected=sync.on_connected,
+            on_state=self._state_changed)
         entry.sync, entry.stream = sync, stream
         stream.start()
 

@@ -61,7 +61,9 @@ async def plan_simulated(settings: Settings, store: Store) -> BridgePlan:
             accounts.append(BrokerAccount(
                 username, SecretStr(f"SIM{secrets.token_hex(8).upper()}"),
                 SecretStr(secrets.token_urlsafe(24)), paper=True))
-            logins.append((username, password))
+            # An existing user keeps its own password: only advertise logins that work.
+            if await store.authenticate(username, password) is not None:
+                logins.append((username, password))
     broker = SimulatedBroker(
         host=settings.sim_host, port=settings.sim_port,
         tick_interval_s=settings.sim_tick_interval_ms / 1000,

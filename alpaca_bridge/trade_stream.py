@@ -7,7 +7,8 @@ speaks the same protocol itself (research §7, option B) as a task in the app's 
 - authenticate with alpaca-py's frame shape and a timeout; ``unauthorized`` is fatal: one ERROR
   line, state ``unauthorized``, and the task ends (the keys come from configuration, so retrying
   them cannot succeed until an operator fixes it and restarts);
-- ``listen`` and check the ``listening`` ack, then ``on_connected`` (the REST reconciliation);
+- ``listen`` and check the ``listening`` ack, then ``on_connected(gap_started_at)`` (the REST
+  reconciliation; ``gap_started_at`` is when the previous session ended, None at first);
 - accept TEXT and BINARY frames (paper sends JSON in binary frames), ignore non-JSON ones;
 - drop duplicate updates (bounded memory), hand the rest to ``on_update`` synchronously;
 - reconnect with capped exponential backoff and full jitter, reset after a healthy session.
@@ -95,7 +96,9 @@ class TradeUpdatesStream:
     def __init__(
         self, *, account: str, url: str, key_id: SecretStr, secret_key: SecretStr,
         session: aiohttp.ClientSession, auth_timeout_s: float, backoff: Backoff,
-        on_update: Callable[[TradeUpdate], None], on_connected: Callable[[], None],
+        on_update: Callable[[TradeUpdate], None],
+        on_connected: Callable[[float | None], None],
+        on_state: Callable[[StreamState], None] | None = None,
         heartbeat_s: float = 20.0, clock: Callable[[], float] = time.time,
     ) -> None:
         self.account = account
@@ -107,15 +110,27 @@ class TradeUpdatesStream:
         self._backoff = backoff
         self._on_update = on_update
         self._on_connected = on_connected
+        self._on_state = on_state
+        self._gap_started_at: float | None = None
         self._heartbeat_s = heartbeat_s
         self._clock = clock
         self._dedup = RecentKeys()
         self._task: asyncio.Task[None] | None = None
         self._received_in_session = 0
-        self.state = StreamState.CONNECTING
+        self._state = StreamState.CONNECTING
         self.reconnects = 0
         self.last_event_at: float | None = None
         self.duplicates = 0
+
+    @property
+    def state(self) -> StreamState:
+        return self._state
+
+    def _set_state(self, state: StreamState) -> None:
+        if state is not self._state:
+            self._state = state
+            if self._on_state is not None:
+                self._on_state(state)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -133,8 +148,8 @@ class TradeUpdatesStream:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.state is not StreamState.UNAUTHORIZED:
-            self.state = StreamState.STOPPED
+        if self._state is not StreamState.UNAUTHORIZED:
+            self._set_state(StreamState.STOPPED)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,7 +158,7 @@ class TradeUpdatesStream:
             try:
                 reason = await self._connect_once()
             except AuthenticationFailed as exc:
-                self.state = StreamState.UNAUTHORIZED
+                self._set_state(StreamState.UNAUTHORIZED)
                 log.error("[AlpacaStream] Authentication failed", account=self.account,
                           reason=str(exc) or "unauthorized", _url=self._url)
                 return
@@ -153,7 +168,7 @@ class TradeUpdatesStream:
                 self._backoff.reset()
             delay = self._backoff.next_delay()
             self.reconnects += 1
-            self.state = StreamState.RECONNECTING
+            self._set_state(StreamState.RECONNECTING)
             log.info(f"[AlpacaStream] Reconnecting in {round(delay * 1000)}ms",
                      account=self.account, attempt=self._backoff.attempt, _reason=reason)
             await asyncio.sleep(delay)
@@ -169,10 +184,11 @@ class TradeUpdatesStream:
             ) as ws:
                 early = await self._handshake(ws)
                 connected = True
-                self.state = StreamState.CONNECTED
+                self._set_state(StreamState.CONNECTED)
                 log.info("[AlpacaStream] Connected to trade_updates stream",
                          account=self.account, _url=self._url)
-                self._on_connected()
+                gap_started_at, self._gap_started_at = self._gap_started_at, None
+                self._on_connected(gap_started_at)
                 for item in early:
                     self._dispatch(item)
                 reason = await self._consume(ws)
@@ -187,6 +203,7 @@ class TradeUpdatesStream:
         except (aiohttp.ClientError, OSError) as exc:
             reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
         if connected:
+            self._gap_started_at = self._clock()
             log.info("[AlpacaStream] Disconnected from trade_updates stream",
                      account=self.account, reason=reason)
         else:

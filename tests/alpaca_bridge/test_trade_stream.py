@@ -27,7 +27,7 @@ async def fake() -> AsyncIterator[FakeTradingStream]:
 class Harness:
     def __init__(self) -> None:
         self.updates: asyncio.Queue[TradeUpdate] = asyncio.Queue()
-        self.connects: asyncio.Queue[None] = asyncio.Queue()
+        self.connects: asyncio.Queue[float | None] = asyncio.Queue()
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ async def consumer_for(
             secret_key=SecretStr("s3cret-value"), session=session,
             auth_timeout_s=auth_timeout_s, backoff=Backoff(*backoff, random.Random(7)),
             on_update=harness.updates.put_nowait,
-            on_connected=lambda: harness.connects.put_nowait(None))
+            on_connected=harness.connects.put_nowait)
         stream.start()
         made.append(stream)
         return stream, harness
@@ -123,9 +123,10 @@ async def test_an_aborted_connection_reconnects_with_backoff(
     log_lines: Any,
 ) -> None:
     stream, harness = consumer_for("good")
-    await asyncio.wait_for(harness.connects.get(), 5)
+    assert await asyncio.wait_for(harness.connects.get(), 5) is None
     fake.drop()
-    await asyncio.wait_for(harness.connects.get(), 5)
+    gap_started_at = await asyncio.wait_for(harness.connects.get(), 5)
+    assert gap_started_at is not None
     assert stream.state is StreamState.CONNECTED
     assert stream.reconnects == 1
     [disconnected] = log_lines.matching("[AlpacaStream] Disconnected from trade_updates stream")
