@@ -121,7 +121,11 @@ async def hold(opts: Options, server: ServerProcess, protocol: str,
     group = ClientGroup(protocol, server, conns, procs, opts.workdir, stop_on_failure=True,
                         max_seconds=opts.ramp_timeout_s + 600)
     await group.start()
-    ready = await group.wait_ready(opts.ramp_timeout_s)
+    try:
+        ready = await group.wait_ready(opts.ramp_timeout_s)
+    except BaseException:
+        await group.close()
+        raise
     await asyncio.sleep(opts.settle_s)
     held = ready["ready"]
     rss1, cpu1 = server.rss_kib(), server.cpu_s()

@@ -28,9 +28,19 @@ ZIPF_S = 1.1
 TABLE = 1 << 16  # pre-drawn random choices, cycled
 
 
-def iso_us(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z")
+class IsoClock:
+    """ISO-8601 UTC with microseconds; the date-time prefix is formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def stamp(self, ts: float) -> str:
+        second = int(ts)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{int((ts - second) * 1e6):06d}Z"
 
 
 class Workload:
@@ -46,6 +56,8 @@ class Workload:
         self._kinds = rng.choices((0, 1, 2), weights=(94, 5, 1), k=TABLE)
         self._moves = [rng.uniform(-0.002, 0.002) for _ in range(TABLE)]
         self._prices = {s: 50.0 + 10 * i for i, s in enumerate(SYMBOLS)}
+        self._qtys = [rng.randint(10, 99) for _ in range(TABLE)]
+        self._clock = IsoClock()
         self._i = 0
         self._order_seq = 0
 
@@ -55,10 +67,10 @@ class Workload:
         symbol = self._symbols[i]
         price = self._prices[symbol] = self._prices[symbol] * (1 + self._moves[i])
         now = time.time()
-        stamp = iso_us(now)
+        stamp = self._clock.stamp(now)
         kind = self._kinds[i]
         if kind == 0:
-            qty = 10 + (hash(user) ^ hash(symbol)) % 90
+            qty = self._qtys[i]
             entry = price * 0.98
             value = qty * price
             pnl = qty * (price - entry)
