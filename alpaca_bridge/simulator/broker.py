@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import random
 import time
 from collections.abc import Coroutine, Sequence
 from decimal import Decimal
@@ -21,11 +20,10 @@ from aiohttp import web
 
 from alpaca_bridge.simulator.controls import StreamControls
 from alpaca_bridge.simulator.data_ws import MarketDataHub
-from alpaca_bridge.simulator.demo import random_order
+from alpaca_bridge.simulator.demo import DemoTrader
 from alpaca_bridge.simulator.desk import OrderDesk
 from alpaca_bridge.simulator.ledger import AccountBook, SimAccount
 from alpaca_bridge.simulator.market import MarketEngine, Print
-from alpaca_bridge.simulator.orders import OrderRejected
 from alpaca_bridge.simulator.rest import TradingRest, json_errors, place_order
 from alpaca_bridge.simulator.trading_ws import TradingStreamHub
 from alpaca_bridge.simulator.wire import Json, account_json, order_json, position_json
@@ -36,30 +34,41 @@ log = structlog.get_logger()
 class SimulatedBroker(StreamControls):
     """A local Alpaca: accounts, a moving market, order fills, REST and both websockets."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, tick_interval_s: float = 0.5,
-                 order_interval_s: float = 4.0, seed: int | None = None,
-                 symbols: Sequence[str] | None = None,
-                 starting_cash: Decimal = Decimal("100000"), feed: str = "iex",
-                 fill_delay_s: float = 0.05, trading_frames: Literal["binary", "text"] = "binary",
-                 single_connection: bool = True, shorting: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tick_interval_s: float = 0.5,
+        order_interval_s: float = 4.0,
+        seed: int | None = None,
+        symbols: Sequence[str] | None = None,
+        starting_cash: Decimal = Decimal("100000"),
+        feed: str = "iex",
+        fill_delay_s: float = 0.05,
+        trading_frames: Literal["binary", "text"] = "binary",
+        single_connection: bool = True,
+        shorting: bool = False,
+    ) -> None:
         self.host, self.port = host, port
         self.tick_interval_s = tick_interval_s
-        self.order_interval_s = order_interval_s
         self.starting_cash = starting_cash
         self.feed = feed
         self.shorting = shorting
         self._accounts: dict[str, SimAccount] = {}
         self._market = MarketEngine(symbols, seed=seed)
-        # A separate generator, so placing an extra order never changes the price path.
-        self._rng = random.Random(None if seed is None else seed + 1)
-        self._trading = TradingStreamHub(self._authenticate, binary=trading_frames == "binary",
-                                         single_connection=single_connection)
-        self._data = MarketDataHub(self._authenticate, self._trading.behaviour,
-                                   single_connection=single_connection)
+        self._trading = TradingStreamHub(
+            self._authenticate,
+            binary=trading_frames == "binary",
+            single_connection=single_connection,
+        )
+        self._data = MarketDataHub(
+            self._authenticate, self._trading.behaviour, single_connection=single_connection
+        )
         self._desk = OrderDesk(self._market, self._trading.publish, fill_delay_s=fill_delay_s)
+        self._demo = DemoTrader(self._desk, order_interval_s, seed)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._orders_paused = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -95,8 +104,8 @@ class SimulatedBroker(StreamControls):
         self.port = int(runner.addresses[0][1])
         if self.tick_interval_s > 0:
             self._spawn(self._run_ticks(), "sim-market-ticks")
-        if self.order_interval_s > 0:
-            self._spawn(self._run_random_orders(), "sim-random-orders")
+        if self._demo.interval_s > 0:
+            self._spawn(self._demo.run(), "sim-random-orders")
         log.info("[SimulatedBroker] Listening", url=self.base_url, accounts=len(self._accounts))
 
     async def stop(self) -> None:
@@ -123,16 +132,22 @@ class SimulatedBroker(StreamControls):
 
     # ---- accounts --------------------------------------------------------------------------
 
-    def add_account(self, api_key: str, secret_key: str, label: str = "",
-                    cash: Decimal | None = None) -> SimAccount:
+    def add_account(
+        self, api_key: str, secret_key: str, label: str = "", cash: Decimal | None = None
+    ) -> SimAccount:
         """Open an account (before or after ``start``); re-adding the same key is an error."""
         if api_key in self._accounts:
             raise ValueError(f"account {api_key!r} already exists")
         account = SimAccount(api_key, secret_key, label)
         self._accounts[api_key] = account
-        self._desk.open_book(AccountBook(
-            account, self.starting_cash if cash is None else cash,
-            opened_ns=time.time_ns(), shorting=self.shorting))
+        self._desk.open_book(
+            AccountBook(
+                account,
+                self.starting_cash if cash is None else cash,
+                opened_ns=time.time_ns(),
+                shorting=self.shorting,
+            )
+        )
         return account
 
     @property
@@ -141,8 +156,9 @@ class SimulatedBroker(StreamControls):
 
     def _authenticate(self, api_key: str, secret_key: str) -> bool:
         account = self._accounts.get(api_key)
-        return account is not None and hmac.compare_digest(account.secret_key.encode(),
-                                                           secret_key.encode())
+        return account is not None and hmac.compare_digest(
+            account.secret_key.encode(), secret_key.encode()
+        )
 
     # ---- market ----------------------------------------------------------------------------
 
@@ -176,15 +192,27 @@ class SimulatedBroker(StreamControls):
 
     # ---- orders ----------------------------------------------------------------------------
 
-    async def submit_order(self, api_key: str, symbol: str, side: str, qty: Decimal,
-                           type: str = "market", limit_price: Decimal | None = None,
-                           client_order_id: str | None = None,
-                           time_in_force: str = "day") -> Json:
+    async def submit_order(
+        self,
+        api_key: str,
+        symbol: str,
+        side: str,
+        qty: Decimal,
+        type: str = "market",
+        limit_price: Decimal | None = None,
+        client_order_id: str | None = None,
+        time_in_force: str = "day",
+    ) -> Json:
         """Place an order exactly as ``POST /v2/orders`` would; raises OrderRejected."""
-        body: dict[str, Any] = {"symbol": symbol, "side": side, "qty": str(qty), "type": type,
-                                "time_in_force": time_in_force,
-                                "limit_price": None if limit_price is None else str(limit_price),
-                                "client_order_id": client_order_id}
+        body: dict[str, Any] = {
+            "symbol": symbol,
+            "side": side,
+            "qty": str(qty),
+            "type": type,
+            "time_in_force": time_in_force,
+            "limit_price": None if limit_price is None else str(limit_price),
+            "client_order_id": client_order_id,
+        }
         return place_order(self._desk, api_key, body)
 
     def cancel_order(self, api_key: str, order_id: str) -> Json:
@@ -196,33 +224,14 @@ class SimulatedBroker(StreamControls):
         self._desk.partial_fills = enabled
 
     def pause_random_orders(self) -> None:
-        self._orders_paused = True
+        self._demo.paused = True
 
     def resume_random_orders(self) -> None:
-        self._orders_paused = False
+        self._demo.paused = False
 
     def place_random_orders(self) -> list[Json]:
         """One round of demo orders (one per account where sensible), as the timer places."""
-        placed = []
-        for account in list(self._accounts.values()):
-            body = random_order(self._desk.book(account.api_key), self._market, self._rng)
-            if body is None:
-                continue
-            try:
-                placed.append(place_order(self._desk, account.api_key, body))
-            except OrderRejected as exc:
-                log.debug("[SimulatedBroker] Demo order rejected", reason=exc.message)
-        return placed
-
-    async def _run_random_orders(self) -> None:
-        while True:
-            await asyncio.sleep(self.order_interval_s)
-            if self._orders_paused:
-                continue
-            try:
-                self.place_random_orders()
-            except Exception:
-                log.exception("[SimulatedBroker] Demo orders failed")
+        return self._demo.place_round()
 
     # ---- REST-shaped views -----------------------------------------------------------------
 
@@ -231,14 +240,19 @@ class SimulatedBroker(StreamControls):
 
     def positions(self, api_key: str) -> list[Json]:
         book = self._desk.book(api_key)
-        return [position_json(h, listing, self._market.price(s), book.qty_available(s))
-                for s, h in sorted(book.holdings.items())
-                if (listing := self._market.listing(s)) is not None]
+        return [
+            position_json(h, listing, self._market.price(s), book.qty_available(s))
+            for s, h in sorted(book.holdings.items())
+            if (listing := self._market.listing(s)) is not None
+        ]
 
     def orders(self, api_key: str, status: Literal["open", "closed", "all"] = "all") -> list[Json]:
         """Oldest first (REST defaults to newest first; tests read more naturally this way)."""
-        return [order_json(o) for o in self._desk.book(api_key).orders.values()
-                if status == "all" or o.is_open == (status == "open")]
+        return [
+            order_json(o)
+            for o in self._desk.book(api_key).orders.values()
+            if status == "all" or o.is_open == (status == "open")
+        ]
 
     def trade_updates(self, api_key: str) -> list[Json]:
         """Every trade update announced for the account (delivered or lost), oldest first."""

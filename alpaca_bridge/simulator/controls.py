@@ -24,8 +24,9 @@ class StreamControls:
     _data: MarketDataHub
     _desk: OrderDesk
 
-    def drop_trading_streams(self, api_key: str | None = None, how: str = "abort",
-                             hold_s: float = 0.0) -> None:
+    def drop_trading_streams(
+        self, api_key: str | None = None, how: str = "abort", hold_s: float = 0.0
+    ) -> None:
         """Cut trade_updates connections (all keys when None).
 
         ``how``: ``abort`` (TCP reset, no close frame), ``close``/``"1000"``, ``"1001"`` or
@@ -52,7 +53,8 @@ class StreamControls:
     def send_trading_frame(self, api_key: str, frame: bytes | str | Json) -> None:
         """Send any frame to the key's listening connections (an unknown event, junk, ...)."""
         self._trading.send_raw(
-            api_key, frame if isinstance(frame, (bytes, str)) else orjson.dumps(frame).decode())
+            api_key, frame if isinstance(frame, (bytes, str)) else orjson.dumps(frame).decode()
+        )
 
     def send_trading_heartbeat(self, api_key: str) -> None:
         """The 1-byte ``b"\\x01"`` binary heartbeat older Alpaca servers sent."""
@@ -77,4 +79,20 @@ class StreamControls:
     async def wait_data_subscription(self, symbol: str, subscribed: bool = True) -> None:
         """Return once some data connection is (or, with False, none is) subscribed to trades."""
         await self._data.watch.wait_until(
-            lambda: self._data.subscribed(symbol.upper()) == subscribed)
+            lambda: self._data.subscribed(symbol.upper()) == subscribed
+        )
+
+    async def wait_trade_updates(
+        self, api_key: str, count: int, event: str | None = None
+    ) -> list[Json]:
+        """Return the account's trade updates once ``count`` (of ``event``, if given) exist."""
+
+        def matching() -> list[Json]:
+            return [
+                u
+                for u in self._desk.history(api_key)
+                if event is None or u["data"]["event"] == event
+            ]
+
+        await self._desk.watch.wait_until(lambda: len(matching()) >= count)
+        return matching()

@@ -55,21 +55,45 @@ def _json_default(value: object) -> object:
 
 
 def _trade(p: Print, at: msgpack.Timestamp) -> dict[str, Any]:
-    return {"T": "t", "S": p.symbol, "i": p.trade_id, "x": "V", "p": float(p.price),
-            "s": p.size, "t": at, "c": ["@"], "z": p.tape}
+    return {
+        "T": "t",
+        "S": p.symbol,
+        "i": p.trade_id,
+        "x": "V",
+        "p": float(p.price),
+        "s": p.size,
+        "t": at,
+        "c": ["@"],
+        "z": p.tape,
+    }
 
 
 def _quote(p: Print, at: msgpack.Timestamp) -> dict[str, Any]:
-    return {"T": "q", "S": p.symbol, "bx": "V", "bp": float(p.price - HALF_SPREAD),
-            "bs": 1 + p.size // 100, "ax": "V", "ap": float(p.price + HALF_SPREAD),
-            "as": 1 + p.trade_id % 5, "t": at, "c": ["R"], "z": p.tape}
+    return {
+        "T": "q",
+        "S": p.symbol,
+        "bx": "V",
+        "bp": float(p.price - HALF_SPREAD),
+        "bs": 1 + p.size // 100,
+        "ax": "V",
+        "ap": float(p.price + HALF_SPREAD),
+        "as": 1 + p.trade_id % 5,
+        "t": at,
+        "c": ["R"],
+        "z": p.tape,
+    }
 
 
 class MarketDataHub:
     """Every data-stream connection and its subscriptions."""
 
-    def __init__(self, authenticate: Authenticate, behaviour: dict[str, AuthBehaviour], *,
-                 single_connection: bool = True) -> None:
+    def __init__(
+        self,
+        authenticate: Authenticate,
+        behaviour: dict[str, AuthBehaviour],
+        *,
+        single_connection: bool = True,
+    ) -> None:
         self._authenticate = authenticate
         self._behaviour = behaviour  # shared with the trading hub: one switch per account
         self.single_connection = single_connection
@@ -98,13 +122,15 @@ class MarketDataHub:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.match_info.get("feed") not in FEEDS:
-            raise web.HTTPNotFound(text='{"code":404,"msg":"unknown feed"}',
-                                   content_type="application/json")
+            raise web.HTTPNotFound(
+                text='{"code":404,"msg":"unknown feed"}', content_type="application/json"
+            )
         use_msgpack = request.headers.get("Content-Type", "").startswith("application/msgpack")
         ws = web.WebSocketResponse(timeout=1.0)
         await ws.prepare(request)
-        conn = DataConnection(StreamSocket(request, ws, binary=False), use_msgpack,
-                              request.match_info["feed"])
+        conn = DataConnection(
+            StreamSocket(request, ws, binary=False), use_msgpack, request.match_info["feed"]
+        )
         self._connections.add(conn)
         conn.socket.send(conn.encode([{"T": "success", "msg": "connected"}]))
         try:
@@ -124,8 +150,12 @@ class MarketDataHub:
                 self._error(conn, 404, "auth timeout", close=True)
                 continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
-                                WSMsgType.ERROR):
+                if msg.type in (
+                    WSMsgType.CLOSE,
+                    WSMsgType.CLOSING,
+                    WSMsgType.CLOSED,
+                    WSMsgType.ERROR,
+                ):
                     return
                 continue
             message = self._decode(msg.data)
@@ -173,8 +203,7 @@ class MarketDataHub:
         conn.socket.send(conn.encode([{"T": "success", "msg": "authenticated"}]))
         self.watch.notify()
 
-    def _on_subscription(self, conn: DataConnection, message: dict[str, Any], *,
-                         add: bool) -> None:
+    def _on_subscription(self, conn: DataConnection, message: dict[str, Any], *, add: bool) -> None:
         requested: dict[str, set[str]] = {}
         for channel in CHANNELS:
             symbols = message.get(channel) or []
@@ -183,8 +212,12 @@ class MarketDataHub:
                 return
             requested[channel] = set(symbols)
         if add and conn.feed == "iex":
-            wanted = (conn.channels["trades"] | requested["trades"]
-                      | conn.channels["quotes"] | requested["quotes"]) - {"*"}
+            wanted = (
+                conn.channels["trades"]
+                | requested["trades"]
+                | conn.channels["quotes"]
+                | requested["quotes"]
+            ) - {"*"}
             if len(wanted) > SYMBOL_LIMIT:
                 self._error(conn, 405, "symbol limit exceeded")
                 return
@@ -203,4 +236,3 @@ class MarketDataHub:
         conn.socket.send(conn.encode([{"T": "error", "code": code, "msg": text}]))
         if close:
             conn.socket.close(1008, text)
-

@@ -1,25 +1,36 @@
 """Random but plausible orders for demo accounts, so a fresh install shows live activity.
 
-A pure decision from the account's book and the market: mostly small buys, and sells only of
-what is held (never more), sized so cash stays comfortably positive.
+``random_order`` is a pure decision from the account's book and the market: mostly small buys,
+and sells only of what is held (never more), sized so cash stays comfortably positive.
+``DemoTrader`` places one such order per account on a timer, through the REST order path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from decimal import Decimal
 from typing import Any
 
+import structlog
+
+from alpaca_bridge.simulator.desk import OrderDesk
 from alpaca_bridge.simulator.ledger import AccountBook
 from alpaca_bridge.simulator.market import MarketEngine
+from alpaca_bridge.simulator.orders import OrderRejected
+from alpaca_bridge.simulator.rest import place_order
+from alpaca_bridge.simulator.wire import Json
+
+log = structlog.get_logger()
 
 SELL_PROBABILITY = 0.35
 MAX_SPEND_FRACTION = Decimal("0.08")  # of buying power, per order
 MAX_HOLDINGS = 6  # keep a demo portfolio readable
 
 
-def random_order(book: AccountBook, market: MarketEngine,
-                 rng: random.Random) -> dict[str, Any] | None:
+def random_order(
+    book: AccountBook, market: MarketEngine, rng: random.Random
+) -> dict[str, Any] | None:
     """An order body for ``POST /v2/orders``, or None when nothing sensible can be done."""
     sellable = {s: book.qty_available(s) for s in book.holdings}
     sellable = {s: q for s, q in sellable.items() if q >= 1}
@@ -41,5 +52,44 @@ def random_order(book: AccountBook, market: MarketEngine,
 
 
 def _market(symbol: str, side: str, qty: int) -> dict[str, Any]:
-    return {"symbol": symbol, "side": side, "qty": str(qty), "type": "market",
-            "time_in_force": "day"}
+    return {
+        "symbol": symbol,
+        "side": side,
+        "qty": str(qty),
+        "type": "market",
+        "time_in_force": "day",
+    }
+
+
+class DemoTrader:
+    """One random order per account every ``interval_s`` while not paused."""
+
+    def __init__(self, desk: OrderDesk, interval_s: float, seed: int | None) -> None:
+        self._desk = desk
+        self.interval_s = interval_s
+        self.paused = False
+        # Its own generator, so placing an extra order never changes the price path.
+        self._rng = random.Random(None if seed is None else seed + 1)
+
+    def place_round(self) -> list[Json]:
+        """One round of orders, as the timer places them; returns the accepted orders."""
+        placed = []
+        for api_key, book in list(self._desk.books.items()):
+            body = random_order(book, self._desk.market, self._rng)
+            if body is None:
+                continue
+            try:
+                placed.append(place_order(self._desk, api_key, body))
+            except OrderRejected as exc:
+                log.debug("[SimulatedBroker] Demo order rejected", reason=exc.message)
+        return placed
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if self.paused:
+                continue
+            try:
+                self.place_round()
+            except Exception:
+                log.exception("[SimulatedBroker] Demo orders failed")

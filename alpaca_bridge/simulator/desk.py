@@ -17,6 +17,7 @@ from decimal import ROUND_FLOOR, Decimal
 from alpaca_bridge.simulator.ledger import AccountBook, Execution
 from alpaca_bridge.simulator.market import MarketEngine
 from alpaca_bridge.simulator.orders import OrderRejected, OrderRequest, SimOrder, invalid
+from alpaca_bridge.simulator.sockets import StateWatch
 from alpaca_bridge.simulator.wire import Json, trade_update
 
 Announce = Callable[[str, Json], None]
@@ -26,8 +27,9 @@ HISTORY = 1000  # trade updates remembered per account, for tests and duplicate 
 class OrderDesk:
     """Order lifecycle for every account: ``new`` → (``partial_fill``) → ``fill`` | ``canceled``."""
 
-    def __init__(self, market: MarketEngine, announce: Announce, *,
-                 fill_delay_s: float = 0.05) -> None:
+    def __init__(
+        self, market: MarketEngine, announce: Announce, *, fill_delay_s: float = 0.05
+    ) -> None:
         self.market = market
         self.books: dict[str, AccountBook] = {}
         self.fill_delay_s = fill_delay_s
@@ -35,6 +37,7 @@ class OrderDesk:
         self._announce = announce
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._history: dict[str, deque[Json]] = {}
+        self.watch = StateWatch()  # notified on every announcement
 
     def open_book(self, book: AccountBook) -> None:
         self.books[book.account.api_key] = book
@@ -85,8 +88,11 @@ class OrderDesk:
         """A new price for ``symbol``: resting limit orders that became marketable fill now."""
         for api_key, book in self.books.items():
             for order in list(book.open_orders()):
-                if (order.symbol == symbol and order.id not in self._timers
-                        and self._marketable(order)):
+                if (
+                    order.symbol == symbol
+                    and order.id not in self._timers
+                    and self._marketable(order)
+                ):
                     self._schedule(api_key, order, delay=0.0)
 
     def resend_last_fill(self, api_key: str) -> Json | None:
@@ -124,16 +130,19 @@ class OrderDesk:
         qty = order.leaves_qty
         if self.partial_fills and order.filled_qty == 0 and qty >= 2:
             qty = (qty / 2).to_integral_value(rounding=ROUND_FLOOR)
-        execution = self.book(api_key).execute(order, qty, self.market.price(order.symbol),
-                                               time.time_ns())
+        execution = self.book(api_key).execute(
+            order, qty, self.market.price(order.symbol), time.time_ns()
+        )
         self._emit(api_key, execution.event, order, execution)
         if order.is_open:
             self._schedule(api_key, order)
 
-    def _emit(self, api_key: str, event: str, order: SimOrder,
-              execution: Execution | None = None) -> None:
+    def _emit(
+        self, api_key: str, event: str, order: SimOrder, execution: Execution | None = None
+    ) -> None:
         at_ns = execution.at_ns if execution is not None else order.updated_ns
         execution_id = execution.id if execution is not None else str(uuid.uuid4())
         payload = trade_update(event, order, at_ns, execution_id, execution)
         self._history[api_key].append(payload)
         self._announce(api_key, payload)
+        self.watch.notify()

@@ -84,8 +84,9 @@ class Valuation:
 class AccountBook:
     """Everything the broker knows about one account. Not thread-safe: used on one loop."""
 
-    def __init__(self, account: SimAccount, cash: Decimal, *, opened_ns: int,
-                 shorting: bool = False) -> None:
+    def __init__(
+        self, account: SimAccount, cash: Decimal, *, opened_ns: int, shorting: bool = False
+    ) -> None:
         self.account = account
         self.id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim-account:{account.api_key}"))
         self.account_number = "PA" + self.id.replace("-", "")[:10].upper()
@@ -101,16 +102,20 @@ class AccountBook:
         return (order for order in self.orders.values() if order.is_open)
 
     def find_client_order(self, client_order_id: str) -> SimOrder | None:
-        return next((o for o in self.orders.values()
-                     if o.request.client_order_id == client_order_id), None)
+        return next(
+            (o for o in self.orders.values() if o.request.client_order_id == client_order_id), None
+        )
 
     def valuation(self, price_of: PriceOf) -> Valuation:
-        long_value = sum((h.qty * price_of(h.symbol) for h in self.holdings.values()
-                          if h.qty > 0), Decimal(0))
-        short_value = sum((h.qty * price_of(h.symbol) for h in self.holdings.values()
-                           if h.qty < 0), Decimal(0))
-        reserved = sum((self._reserve(o, price_of) for o in self.open_orders()
-                        if o.side == "buy"), Decimal(0))
+        long_value = sum(
+            (h.qty * price_of(h.symbol) for h in self.holdings.values() if h.qty > 0), Decimal(0)
+        )
+        short_value = sum(
+            (h.qty * price_of(h.symbol) for h in self.holdings.values() if h.qty < 0), Decimal(0)
+        )
+        reserved = sum(
+            (self._reserve(o, price_of) for o in self.open_orders() if o.side == "buy"), Decimal(0)
+        )
         equity = self.cash + long_value + short_value
         # A cash account: no leverage, and short-sale proceeds are not spendable.
         buying_power = max(min(self.cash, equity) - reserved, Decimal(0))
@@ -122,8 +127,14 @@ class AccountBook:
         if holding is None:
             return Decimal(0)
         closing_side = "sell" if holding.qty > 0 else "buy"
-        promised = sum((o.leaves_qty for o in self.open_orders()
-                        if o.symbol == symbol and o.side == closing_side), Decimal(0))
+        promised = sum(
+            (
+                o.leaves_qty
+                for o in self.open_orders()
+                if o.symbol == symbol and o.side == closing_side
+            ),
+            Decimal(0),
+        )
         return holding.qty - promised if holding.qty > 0 else holding.qty + promised
 
     def check(self, request: OrderRequest, price_of: PriceOf) -> None:
@@ -140,8 +151,10 @@ class AccountBook:
         if request.qty <= available:
             return
         if not self.shorting:
-            raise forbidden(f"insufficient qty available for order "
-                            f"(requested: {request.qty}, available: {available})")
+            raise forbidden(
+                f"insufficient qty available for order "
+                f"(requested: {request.qty}, available: {available})"
+            )
         short_part = request.qty - available
         if short_part != short_part.to_integral_value():
             raise forbidden("fractional orders cannot be sold short")
@@ -172,11 +185,18 @@ class AccountBook:
         else:
             order.status = "partially_filled"
         execution = Execution(
-            id=str(uuid.uuid4()), order_id=order.id, symbol=order.symbol, side=order.side,
-            qty=qty, price=price, at_ns=at_ns,
+            id=str(uuid.uuid4()),
+            order_id=order.id,
+            symbol=order.symbol,
+            side=order.side,
+            qty=qty,
+            price=price,
+            at_ns=at_ns,
             event="fill" if order.status == "filled" else "partial_fill",
-            position_qty=holding.qty, cum_qty=order.filled_qty,
-            leaves_qty=order.leaves_qty, order_status=order.status,
+            position_qty=holding.qty,
+            cum_qty=order.filled_qty,
+            leaves_qty=order.leaves_qty,
+            order_status=order.status,
         )
         self.executions.append(execution)
         return execution

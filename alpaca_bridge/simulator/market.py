@@ -144,4 +144,3 @@ class MarketEngine:
         self._next_trade_id += 1
         size = self._rng.choice((1, 1, 5, 10, 25, 50, 100, 100, 100, 200, 300, 500))
         return Print(listing.symbol, trade_id, self._prices[listing.symbol], size, listing.tape)
-

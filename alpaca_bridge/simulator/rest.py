@@ -31,7 +31,8 @@ from alpaca_bridge.simulator.wire import (
 Authenticate = Callable[[str, str], bool]
 Handler = Callable[[web.Request, AccountBook], Awaitable[web.StreamResponse]]
 _INSTANT = re.compile(
-    r"^(\d{4}-\d\d-\d\d)(?:[T ](\d\d:\d\d(?::\d\d)?)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?)?$")
+    r"^(\d{4}-\d\d-\d\d)(?:[T ](\d\d:\d\d(?::\d\d)?)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?)?$"
+)
 UNAUTHORIZED = {"code": 40110000, "message": "request is not authorized"}
 BAD_BODY = {"code": 40010000, "message": "request body format is invalid"}
 
@@ -50,8 +51,11 @@ def parse_instant(text: str, name: str) -> int:
     stamp = f"{day}T{clock or '00:00:00'}" + (f".{fraction[:6]}" if fraction else "")
     moment = datetime.fromisoformat(stamp + ("+00:00" if offset in (None, "Z") else offset))
     extra_ns = int(fraction[6:9].ljust(3, "0")) if fraction and len(fraction) > 6 else 0
-    return int(moment.astimezone(UTC).timestamp()) * 1_000_000_000 + moment.microsecond * 1000 \
+    return (
+        int(moment.astimezone(UTC).timestamp()) * 1_000_000_000
+        + moment.microsecond * 1000
         + extra_ns
+    )
 
 
 def _choice(query: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
@@ -78,9 +82,10 @@ def _window(query: Mapping[str, str]) -> tuple[int, int]:
 
 
 @web.middleware
-async def json_errors(request: web.Request,
-                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                      ) -> web.StreamResponse:
+async def json_errors(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
     """Alpaca answers every failure with a JSON ``{"code", "message"}`` body."""
     try:
         return await handler(request)
@@ -89,8 +94,9 @@ async def json_errors(request: web.Request,
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        return web.json_response({"code": exc.status * 100_000, "message": exc.reason.lower()},
-                                 status=exc.status)
+        return web.json_response(
+            {"code": exc.status * 100_000, "message": exc.reason.lower()}, status=exc.status
+        )
 
 
 class TradingRest:
@@ -122,6 +128,7 @@ class TradingRest:
             if not self._authenticate(key, secret):
                 return web.json_response(UNAUTHORIZED, status=401)
             return await handler(request, self._desk.book(key))
+
         return checked
 
     def _price(self, symbol: str) -> Decimal:
@@ -143,17 +150,24 @@ class TradingRest:
     async def position(self, request: web.Request, book: AccountBook) -> web.StreamResponse:
         found = self._position(book, request.match_info["symbol"].upper())
         if found is None:
-            return web.json_response({"code": 40410000, "message": "position does not exist"},
-                                     status=404)
+            return web.json_response(
+                {"code": 40410000, "message": "position does not exist"}, status=404
+            )
         return web.json_response(found)
 
     async def close_position(self, request: web.Request, book: AccountBook) -> web.StreamResponse:
         holding = book.holdings.get(request.match_info["symbol"].upper())
         if holding is None:
-            return web.json_response({"code": 40410000, "message": "position does not exist"},
-                                     status=404)
-        body = {"symbol": holding.symbol, "qty": str(abs(holding.qty)), "type": "market",
-                "side": "sell" if holding.qty > 0 else "buy", "time_in_force": "day"}
+            return web.json_response(
+                {"code": 40410000, "message": "position does not exist"}, status=404
+            )
+        body = {
+            "symbol": holding.symbol,
+            "qty": str(abs(holding.qty)),
+            "type": "market",
+            "side": "sell" if holding.qty > 0 else "buy",
+            "time_in_force": "day",
+        }
         return web.json_response(place_order(self._desk, book.account.api_key, body))
 
     async def orders(self, request: web.Request, book: AccountBook) -> web.StreamResponse:
@@ -166,13 +180,18 @@ class TradingRest:
         side = query.get("side")
 
         def selected(order: SimOrder) -> bool:
-            return ((status == "all" or order.is_open == (status == "open"))
-                    and after < order.submitted_ns < until
-                    and (not symbols or order.symbol in symbols)
-                    and (side is None or order.side == side))
+            return (
+                (status == "all" or order.is_open == (status == "open"))
+                and after < order.submitted_ns < until
+                and (not symbols or order.symbol in symbols)
+                and (side is None or order.side == side)
+            )
 
-        chosen = sorted((o for o in book.orders.values() if selected(o)),
-                        key=lambda o: o.submitted_ns, reverse=direction == "desc")
+        chosen = sorted(
+            (o for o in book.orders.values() if selected(o)),
+            key=lambda o: o.submitted_ns,
+            reverse=direction == "desc",
+        )
         return web.json_response([order_json(o) for o in chosen[:limit]])
 
     async def submit(self, request: web.Request, book: AccountBook) -> web.StreamResponse:
@@ -190,8 +209,9 @@ class TradingRest:
             raise OrderRejected(404, 40410000, "order not found")
         return web.json_response(order_json(order))
 
-    async def order_by_client_id(self, request: web.Request,
-                                 book: AccountBook) -> web.StreamResponse:
+    async def order_by_client_id(
+        self, request: web.Request, book: AccountBook
+    ) -> web.StreamResponse:
         order = book.find_client_order(request.query.get("client_order_id", ""))
         if order is None:
             raise OrderRejected(404, 40410000, "order not found")
@@ -215,10 +235,13 @@ class TradingRest:
         if "date" in query:
             day = parse_instant(query["date"], "date")
             after, until = day - 1, day + 86_400 * 1_000_000_000
-        rows = sorted((e for e in book.executions if after < e.at_ns < until),
-                      key=lambda e: (e.at_ns, e.id), reverse=direction == "desc")
+        rows = sorted(
+            (e for e in book.executions if after < e.at_ns < until),
+            key=lambda e: (e.at_ns, e.id),
+            reverse=direction == "desc",
+        )
         token = query.get("page_token")
         if token:
             ids = [activity_id(e.at_ns, e.id) for e in rows]
-            rows = rows[ids.index(token) + 1:] if token in ids else []
+            rows = rows[ids.index(token) + 1 :] if token in ids else []
         return web.json_response([fill_activity_json(e) for e in rows[:page_size]])

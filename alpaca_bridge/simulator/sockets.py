@@ -29,7 +29,7 @@ class StreamSocket:
         self.request = request
         self.ws = ws
         self.binary = binary  # frame type for str payloads: BINARY (paper) or TEXT (live)
-        self._queue: asyncio.Queue[bytes | str | _Close] = asyncio.Queue()
+        self._queue: asyncio.Queue[bytes | str | _Close] = asyncio.Queue()  # str: a TEXT frame
         self._writer = asyncio.create_task(self._write(), name="sim-ws-writer")
 
     @property
@@ -43,7 +43,8 @@ class StreamSocket:
         if self._queue.qsize() >= MAX_BACKLOG:
             self.abort()
             return
-        self._queue.put_nowait(frame)
+        # Decided at send time: frames already queued keep their type when ``binary`` changes.
+        self._queue.put_nowait(frame.encode() if isinstance(frame, str) and self.binary else frame)
 
     def close(self, code: int = 1000, message: str = "") -> None:
         """Send a close frame after everything already queued."""
@@ -79,8 +80,6 @@ class StreamSocket:
                     return
                 if isinstance(item, bytes):
                     await self.ws.send_bytes(item)
-                elif self.binary:
-                    await self.ws.send_bytes(item.encode())
                 else:
                     await self.ws.send_str(item)
         except (ConnectionError, RuntimeError):

@@ -47,8 +47,9 @@ def _credentials(message: Mapping[str, Any]) -> tuple[str, str]:
 class TradingStreamHub:
     """Every ``/stream`` connection, and the per-key rules of who may connect."""
 
-    def __init__(self, authenticate: Authenticate, *, binary: bool = True,
-                 single_connection: bool = True) -> None:
+    def __init__(
+        self, authenticate: Authenticate, *, binary: bool = True, single_connection: bool = True
+    ) -> None:
         self._authenticate = authenticate
         self.binary = binary
         self.single_connection = single_connection
@@ -58,8 +59,11 @@ class TradingStreamHub:
         self.watch = StateWatch()
 
     def connections(self, api_key: str | None = None) -> list[TradingConnection]:
-        return [c for c in self._connections
-                if not c.socket.closed and (api_key is None or c.api_key == api_key)]
+        return [
+            c
+            for c in self._connections
+            if not c.socket.closed and (api_key is None or c.api_key == api_key)
+        ]
 
     def listening(self, api_key: str) -> bool:
         return any(c.listening for c in self.connections(api_key))
@@ -113,7 +117,8 @@ class TradingStreamHub:
         if header_key and self._slot_taken(header_key):
             raise web.HTTPTooManyRequests(
                 text='{"code":42910000,"message":"connection limit exceeded"}',
-                content_type="application/json")
+                content_type="application/json",
+            )
         ws = web.WebSocketResponse(timeout=1.0)
         await ws.prepare(request)
         conn = TradingConnection(StreamSocket(request, ws, binary=self.binary))
@@ -136,8 +141,12 @@ class TradingStreamHub:
                 conn.socket.close(1008, "auth timeout")
                 continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
-                                WSMsgType.ERROR):
+                if msg.type in (
+                    WSMsgType.CLOSE,
+                    WSMsgType.CLOSING,
+                    WSMsgType.CLOSED,
+                    WSMsgType.ERROR,
+                ):
                     return
                 continue
             try:
@@ -165,19 +174,40 @@ class TradingStreamHub:
                 conn.socket.close(1008, "connection limit exceeded")
                 return
             conn.api_key = key
-            conn.socket.send(_frame({"stream": "authorization",
-                                     "data": {"status": "authorized", "action": "authenticate"}}))
+            conn.socket.send(
+                _frame(
+                    {
+                        "stream": "authorization",
+                        "data": {"status": "authorized", "action": "authenticate"},
+                    }
+                )
+            )
             self.watch.notify()
             return
-        conn.socket.send(_frame({"stream": "authorization", "data": {
-            "action": "authenticate", "message": "access key verification failed",
-            "status": "unauthorized"}}))
+        conn.socket.send(
+            _frame(
+                {
+                    "stream": "authorization",
+                    "data": {
+                        "action": "authenticate",
+                        "message": "access key verification failed",
+                        "status": "unauthorized",
+                    },
+                }
+            )
+        )
         conn.socket.close(1008, "access key verification failed")
 
     def _on_listen(self, conn: TradingConnection, message: Mapping[str, Any]) -> None:
         if conn.api_key is None:
-            conn.socket.send(_frame({"stream": "authorization",
-                                     "data": {"status": "unauthorized", "action": "listen"}}))
+            conn.socket.send(
+                _frame(
+                    {
+                        "stream": "authorization",
+                        "data": {"status": "unauthorized", "action": "listen"},
+                    }
+                )
+            )
             return
         data = message.get("data")
         wanted = data.get("streams") if isinstance(data, Mapping) else None

@@ -86,7 +86,7 @@ def order_json(order: SimOrder) -> Json:
         "side": request.side,
         "position_intent": order.position_intent,
         "time_in_force": request.time_in_force,
-        "limit_price": number(request.limit_price) if request.limit_price is not None else None,
+        "limit_price": number(request.limit_price, 7) if request.limit_price is not None else None,
         "stop_price": None,
         "status": order.status,
         "extended_hours": False,
@@ -99,19 +99,28 @@ def order_json(order: SimOrder) -> Json:
     }
 
 
-def trade_update(event: str, order: SimOrder, at_ns: int, execution_id: str,
-                 execution: Execution | None = None) -> Json:
+def trade_update(
+    event: str, order: SimOrder, at_ns: int, execution_id: str, execution: Execution | None = None
+) -> Json:
     """The ``trade_updates`` envelope; fills add this execution's price, qty and position."""
-    data: Json = {"event": event, "execution_id": execution_id, "timestamp": rfc3339(at_ns),
-                  "order": order_json(order)}
+    data: Json = {
+        "event": event,
+        "execution_id": execution_id,
+        "timestamp": rfc3339(at_ns),
+        "order": order_json(order),
+    }
     if execution is not None:
-        data.update(price=number(execution.price), qty=number(execution.qty),
-                    position_qty=number(execution.position_qty))
+        data.update(
+            price=number(execution.price, 7),
+            qty=number(execution.qty),
+            position_qty=number(execution.position_qty),
+        )
     return {"stream": "trade_updates", "data": data}
 
 
-def position_json(holding: Holding, listing: Listing, price: Decimal,
-                  qty_available: Decimal) -> Json:
+def position_json(
+    holding: Holding, listing: Listing, price: Decimal, qty_available: Decimal
+) -> Json:
     """A REST ``Position``; qty, market value and cost basis are negative for a short."""
     market_value = holding.qty * price
     cost_basis = holding.qty * holding.avg_entry_price
@@ -136,8 +145,8 @@ def position_json(holding: Holding, listing: Listing, price: Decimal,
         "unrealized_plpc": number(plpc, 10),
         "unrealized_intraday_pl": money(intraday),
         "unrealized_intraday_plpc": number(intraday / abs(holding.qty * lastday), 10),
-        "current_price": number(price),
-        "lastday_price": number(lastday),
+        "current_price": number(price, 7),
+        "lastday_price": number(lastday, 7),
         "change_today": number(change, 10),
     }
 
@@ -197,7 +206,7 @@ def fill_activity_json(execution: Execution) -> Json:
         "activity_type": "FILL",
         "transaction_time": rfc3339(execution.at_ns),
         "type": execution.event,
-        "price": number(execution.price),
+        "price": number(execution.price, 7),
         "qty": number(execution.qty),
         "side": execution.side,
         "symbol": execution.symbol,
@@ -217,5 +226,9 @@ def clock_json(now: datetime) -> Json:
     opening = (close + timedelta(days=1)).replace(hour=9, minute=30)
     while opening.weekday() >= 5:
         opening += timedelta(days=1)
-    return {"timestamp": local.isoformat(), "is_open": True,
-            "next_open": opening.isoformat(), "next_close": close.isoformat()}
+    return {
+        "timestamp": local.isoformat(),
+        "is_open": True,
+        "next_open": opening.isoformat(),
+        "next_close": close.isoformat(),
+    }
