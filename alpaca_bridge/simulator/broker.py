@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from alpaca_bridge.simulator.controls import StreamControls
-from alpaca_bridge.simulator.data_ws import MarketDataHub
+from alpaca_bridge.simulator.data_ws import FEEDS, MarketDataHub
 from alpaca_bridge.simulator.demo import DemoTrader
 from alpaca_bridge.simulator.desk import OrderDesk
 from alpaca_bridge.simulator.ledger import AccountBook, SimAccount
@@ -50,6 +50,8 @@ class SimulatedBroker(StreamControls):
         single_connection: bool = True,
         shorting: bool = False,
     ) -> None:
+        if feed not in FEEDS:
+            raise ValueError(f"unknown data feed {feed!r}; one of {sorted(FEEDS)}")
         self.host, self.port = host, port
         self.tick_interval_s = tick_interval_s
         self.starting_cash = starting_cash

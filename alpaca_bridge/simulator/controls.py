@@ -25,16 +25,20 @@ class StreamControls:
     _desk: OrderDesk
 
     def drop_trading_streams(
-        self, api_key: str | None = None, how: str = "abort", hold_s: float = 0.0
+        self,
+        api_key: str | None = None,
+        how: str = "abort",
+        code: int = 1000,
+        hold_s: float = 0.0,
     ) -> None:
         """Cut trade_updates connections (all keys when None).
 
-        ``how``: ``abort`` (TCP reset, no close frame), ``close``/``"1000"``, ``"1001"`` or
-        ``"1011"`` (a close frame with that code). ``hold_s`` keeps the key's slot taken
-        afterwards, as Alpaca's reaping of half-dead connections does, so an immediate
-        reconnect that names its key in the handshake headers gets HTTP 429.
+        ``how``: ``abort`` (TCP reset, no close frame) or ``close`` (a close frame with
+        ``code``, e.g. 1000, 1001 or 1011; ``how="1011"`` is shorthand). ``hold_s`` keeps the
+        key's slot taken afterwards, as Alpaca's reaping of half-dead connections does, so an
+        immediate reconnect that names its key in the handshake headers gets HTTP 429.
         """
-        self._trading.drop(api_key, how, hold_s)
+        self._trading.drop(api_key, how, code, hold_s)
 
     def set_auth_behaviour(self, api_key: str, behaviour: AuthBehaviour) -> None:
         """How both websockets answer this key's auth: ``ok``, ``reject`` or ``silent``."""

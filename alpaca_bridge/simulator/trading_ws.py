@@ -83,17 +83,21 @@ class TradingStreamHub:
         for conn in self._connections:
             conn.socket.binary = self.binary
 
-    def drop(self, api_key: str | None, how: str = "abort", hold_s: float = 0.0) -> None:
-        """Cut connections: ``abort`` (TCP reset) or ``close`` codes "1000"/"1001"/"1011".
+    def drop(
+        self, api_key: str | None, how: str = "abort", code: int = 1000, hold_s: float = 0.0
+    ) -> None:
+        """Cut connections: ``abort`` (TCP reset) or ``close`` with ``code``.
 
-        ``hold_s`` keeps the key's slot taken afterwards, like Alpaca's reaping of half-dead
-        connections, so a prompt reconnect is refused with 429.
+        ``how`` may also be the code itself ("1000", "1001", "1011"). ``hold_s`` keeps the
+        key's slot taken afterwards, like Alpaca's reaping of half-dead connections, so a
+        prompt reconnect is refused with 429.
         """
-        code = {"close": 1000, "1000": 1000, "1001": 1001, "1011": 1011}.get(how)
-        if how != "abort" and code is None:
+        if how.isdigit():
+            how, code = "close", int(how)
+        if how not in ("abort", "close"):
             raise ValueError(f"unknown drop kind: {how!r}")
         for conn in self.connections(api_key):
-            if code is None:
+            if how == "abort":
                 conn.socket.abort()
             else:
                 conn.socket.close(code, "going away" if code == 1001 else "")

@@ -162,6 +162,21 @@ async def test_limit_orders_rest_until_the_price_crosses_and_can_be_canceled(
     assert await call(sim_client.get_orders) == []
 
 
+async def test_alpaca_py_reconnects_after_a_drop_and_hears_only_new_events(
+    sim_broker: SimulatedBroker, sim_client: TradingClient
+) -> None:
+    async with trade_updates(sim_broker) as updates:
+        sim_broker.drop_trading_streams(KEY, how="abort")
+        await asyncio.wait_for(sim_broker.wait_trading_disconnected(KEY), 5)
+        missed = await sim_broker.submit_order(KEY, "AAPL", "buy", D(1))
+        await asyncio.wait_for(sim_broker.wait_trade_updates(KEY, 2), 5)
+        await asyncio.wait_for(sim_broker.wait_trading_listener(KEY), 5)  # alpaca-py's backoff
+        heard = await call(sim_client.submit_order, buy("MSFT", 1))
+        first = await next_data(updates)
+    assert first["order"]["id"] == str(heard.id) != missed["id"]
+    assert (await call(sim_client.get_order_by_id, missed["id"])).status.value == "filled"
+
+
 async def test_bad_orders_and_bad_credentials_get_alpaca_error_bodies(
     sim_broker: SimulatedBroker, sim_client: TradingClient
 ) -> None:

@@ -161,16 +161,20 @@ async def test_second_connection_for_a_key_is_refused(
     await first.close()
 
 
-@pytest.mark.parametrize("how", ["abort", "1000", "1001", "1011"])
+@pytest.mark.parametrize("code", [None, 1000, 1001, 1011], ids=["abort", "1000", "1001", "1011"])
 async def test_dropped_stream_replays_nothing_but_rest_has_the_missed_fill(
-    sim_broker: SimulatedBroker, sim_http: aiohttp.ClientSession, how: str
+    sim_broker: SimulatedBroker, sim_http: aiohttp.ClientSession, code: int | None
 ) -> None:
     ws = await listening(sim_http, sim_broker)
-    sim_broker.drop_trading_streams(KEY, how=how)
+    if code is None:
+        sim_broker.drop_trading_streams(KEY, how="abort")
+    else:
+        sim_broker.drop_trading_streams(KEY, how="close", code=code)
     closed = await ws.receive(timeout=5)
-    assert closed.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR)
-    if how != "abort":
-        assert ws.close_code == int(how)
+    if code is None:  # no close frame: the client only sees the connection vanish
+        assert closed.type in (WSMsgType.CLOSED, WSMsgType.ERROR)
+    else:
+        assert (closed.type, ws.close_code) == (WSMsgType.CLOSE, code)
     await asyncio.wait_for(sim_broker.wait_trading_disconnected(KEY), 5)
 
     missed = await sim_broker.submit_order(KEY, "GOOGL", "buy", D(3))
@@ -306,6 +310,15 @@ async def test_rest_filters_orders_and_pages_fill_activities(
         "/v2/account/activities/FILL", direction="asc", page_size="2", page_token=first[-1]["id"]
     )
     assert [a["symbol"] for a in first + rest] == ["AAPL", "MSFT", "NVDA"]
+    async with sim_http.delete(
+        f"{sim_broker.base_url}/v2/orders/{by_client['id']}", headers=headers
+    ) as too_late:
+        assert too_late.status == 422 and (await too_late.json())["code"] == 42210000
+    async with sim_http.delete(sim_broker.base_url + "/v2/positions/AAPL", headers=headers) as sold:
+        closing = await sold.json()
+        assert (sold.status, closing["side"], closing["qty"]) == (200, "sell", "1")
+    await asyncio.wait_for(sim_broker.wait_trade_updates(KEY, 4, event="fill"), 5)
+    assert (await get("/v2/positions/AAPL"))[0] == 404
     async with sim_http.get(sim_broker.base_url + "/v2/account") as anonymous:
         assert anonymous.status == 401
         assert await anonymous.json() == {"code": 40110000, "message": "request is not authorized"}
