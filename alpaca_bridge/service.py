@@ -207,6 +207,8 @@ class BrokerBridge:
         entry = self._accounts.get(username.strip().lower())
         if entry is None:
             raise UnknownAccount(f"no broker account for user {username!r}")
+        if entry.user_id is None:
+            raise UnknownAccount(f"broker account {username!r} has no user; create it first")
         if side not in ("buy", "sell"):
             raise OrderRejected(f"side must be buy or sell, not {side!r}")
         if not qty.is_finite() or qty <= 0:
