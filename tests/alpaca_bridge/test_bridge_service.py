@@ -190,17 +190,10 @@ async def test_price_ticks_move_unrealized_pnl_and_equity(
     await started(bridge, collected)
     trade = await buy(bridge, collected, "AAPL", 10)
     target = (Decimal(trade.payload["price"]) + Decimal("5.25")).quantize(Decimal("0.01"))
-    # The subscription is made asynchronously: trade at the target until a tick gets through.
-    async with asyncio.timeout(5):
-        while True:
-            broker.set_price("AAPL", target)
-            try:
-                tick = await collected.wait_for(
-                    lambda e: e.quiet and is_("position:updated", currentPrice=str(target))(e),
-                    within=0.2)
-                break
-            except TimeoutError:
-                continue
+    await asyncio.wait_for(broker.wait_data_subscription("AAPL"), 5)
+    broker.set_price("AAPL", target)
+    tick = await collected.wait_for(
+        lambda e: e.quiet and is_("position:updated", currentPrice=str(target))(e))
     assert tick.payload["unrealizedPnl"] == "52.50"
     assert tick.payload["marketValue"] == str(target * 10)
     account = await collected.wait_for(lambda e: e.quiet and e.type == "account:updated")
@@ -209,6 +202,24 @@ async def test_price_ticks_move_unrealized_pnl_and_equity(
     prices = bridge.price_stream_status()
     assert (prices["status"], prices["symbols"]) == ("running", ["AAPL"])
     assert prices["ticks"] >= 1
+    # Closing the position ends the subscription.
+    await bridge.place_order("alice", "AAPL", "sell", Decimal(10))
+    await asyncio.wait_for(broker.wait_data_subscription("AAPL", subscribed=False), 5)
+
+
+async def test_duplicate_executions_and_heartbeats_are_ignored(
+    broker: SimulatedBroker, tmp_path: Path, bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+) -> None:
+    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    user_id = await started(bridge, collected)
+    first = await buy(bridge, collected, "AAPL", 2)
+    broker.send_trading_heartbeat(KEY)
+    assert broker.resend_last_fill(KEY) is not None
+    await buy(bridge, collected, "AAPL", 1)  # everything sent before it has been consumed
+    trades = [e.payload["tradeId"] for e in collected.of_type("trade:executed")]
+    assert trades.count(first.payload["tradeId"]) == 1
+    assert bus_state(collected.events, user_id) == rest_state(broker, KEY)
 
 
 async def test_reconciliation_after_a_gap_restores_the_broker_truth(
