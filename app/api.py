@@ -171,7 +171,7 @@ async def test_trade(request: web.Request) -> web.Response:
     bridge = request.app.get(BRIDGE_KEY)
     if bridge is None:
         raise ApiError(503, "broker_unavailable", "No broker bridge is running")
-    from alpaca_bridge.service import OrderRejected, UnknownAccount
+    from alpaca_bridge.service import BrokerUnavailable, OrderRejected, UnknownAccount
 
     try:
         order = await bridge.place_order(username, symbol.strip().upper(), side, quantity)
@@ -179,8 +179,10 @@ async def test_trade(request: web.Request) -> web.Response:
         raise ApiError(404, "unknown_account", str(exc)) from None
     except OrderRejected as exc:
         raise ApiError(422, "order_rejected", str(exc)) from None
+    except BrokerUnavailable as exc:
+        raise ApiError(503, "broker_unavailable", str(exc)) from None
     log.info("[PortfolioStream] Test trade placed", admin=admin.username, username=username,
-             symbol=symbol.upper(), side=side, qty=str(quantity), orderId=order.get("id"))
+             symbol=symbol.upper(), side=side, qty=str(quantity), orderId=order.get("orderId"))
     return web.json_response({"order": order}, status=201)
 
 

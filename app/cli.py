@@ -140,8 +140,8 @@ async def _post_trade(base: str, token: str, username: str, symbol: str, side: s
         print(f"error: cannot reach the service at {base}: {exc}", file=sys.stderr)
         return 1
     order = payload["order"]
-    print(f"order {order.get('id')} {order.get('side')} {order.get('qty')} "
-          f"{order.get('symbol')}: {order.get('status')}")
+    print(f"order {order.get('orderId')} {order.get('side')} {order.get('qty')} "
+          f"{order.get('symbol')} for {order.get('username')}: {order.get('status')}")
     return 0
 
 
