@@ -14,10 +14,25 @@ from config.logging import configure_logging
 from config.settings import Settings
 
 
+class _NotifyingStream(io.StringIO):
+    """A StringIO that wakes ``LogLines.wait_for`` on every write, from any thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.changed is not None and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.changed.set)
+        return written
+
+
 class LogLines:
     """Every rendered log line since the fixture started (text format, DEBUG and up)."""
 
-    def __init__(self, stream: io.StringIO) -> None:
+    def __init__(self, stream: _NotifyingStream) -> None:
         self._stream = stream
 
     def all(self) -> list[str]:
@@ -26,10 +41,19 @@ class LogLines:
     def matching(self, *needles: str) -> list[str]:
         return [line for line in self.all() if all(n in line for n in needles)]
 
+    async def wait_for(self, *needles: str) -> str:
+        """The first line containing every needle, once one has been logged."""
+        self._stream.loop = asyncio.get_running_loop()
+        changed = self._stream.changed = asyncio.Event()
+        while not (found := self.matching(*needles)):
+            changed.clear()
+            await changed.wait()
+        return found[0]
+
 
 @pytest.fixture
 def log_lines() -> LogLines:
-    stream = io.StringIO()
+    stream = _NotifyingStream()
     configure_logging(Settings(_env_file=None, log_level="DEBUG"), extra_streams=[stream])
     return LogLines(stream)
 

@@ -1,0 +1,75 @@
+"""Reconciliation of one account against the simulator's REST API (real alpaca-py client)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from alpaca_bridge.account_sync import AccountSync
+from alpaca_bridge.accounts import BrokerAccount
+from alpaca_bridge.models import parse_trade_update
+from alpaca_bridge.reconcile import trading_client
+from alpaca_bridge.simulator import SimulatedBroker
+from alpaca_bridge.trade_stream import Backoff
+from app.bus import InProcessBus
+
+KEY, SECRET = "PKSYNC", "sync-secret"
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[SimulatedBroker]:
+    sim = SimulatedBroker(tick_interval_s=0, order_interval_s=0, seed=11, fill_delay_s=0.005)
+    sim.add_account(KEY, SECRET, label="alice")
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+def make_sync(api_url: str, bus: InProcessBus, reconciled: asyncio.Queue[None]) -> AccountSync:
+    account = BrokerAccount("alice", SecretStr(KEY), SecretStr(SECRET))
+    return AccountSync(
+        account="alice", user_id="user-1", client=trading_client(account, api_url), bus=bus,
+        backoff=Backoff(0.02, 0.05), on_symbols_changed=lambda: None,
+        on_reconciled=lambda: reconciled.put_nowait(None))
+
+
+async def test_an_update_held_during_reconciliation_is_counted_once(
+    broker: SimulatedBroker, bus: InProcessBus, collected: Any,
+) -> None:
+    order = await broker.submit_order(KEY, "AAPL", "buy", Decimal(4))
+    [fill] = await asyncio.wait_for(broker.wait_trade_updates(KEY, 1, event="fill"), 5)
+    reconciled: asyncio.Queue[None] = asyncio.Queue()
+    sync = make_sync(broker.base_url, bus, reconciled)
+    # The stream reconnects and delivers the fill while the snapshot (which has it) is fetched.
+    sync.on_connected(None)
+    sync.on_update(parse_trade_update(fill["data"]))
+    assert sync.reconciling
+    await asyncio.wait_for(reconciled.get(), 5)
+    await collected.wait_for(lambda e: e.type == "trade:executed")
+    assert sync.ledger.positions["AAPL"].qty == 4
+    assert sync.ledger.cash == Decimal(broker.account(KEY)["cash"])
+    assert sync.ledger.orders[order["id"]].status == "filled"
+    trades = collected.of_type("trade:executed")
+    assert [t.payload["tradeId"] for t in trades] == [fill["data"]["execution_id"]]
+    await sync.stop()
+
+
+async def test_rest_failures_are_logged_and_retried_while_updates_wait(
+    broker: SimulatedBroker, bus: InProcessBus, collected: Any, log_lines: Any,
+) -> None:
+    reconciled: asyncio.Queue[None] = asyncio.Queue()
+    sync = make_sync("http://127.0.0.1:9", bus, reconciled)  # nothing listens on port 9
+    sync.on_connected(None)
+    failure = await asyncio.wait_for(log_lines.wait_for("Reconciliation failed"), 5)
+    assert " ERROR [AlpacaStream] Reconciliation failed: account=alice, error=" in failure
+    assert sync.reconciled_at is None
+    assert sync.reconciling
+    await sync.stop()
+    assert not sync.reconciling
+    assert collected.events == []
+
