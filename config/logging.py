@@ -94,6 +94,12 @@ class TeeLogger:
             if isinstance(stream, ReopeningFile):
                 stream.reopen()
 
+    def close(self) -> None:
+        """Close the LOG_FILE this sink opened (before configuring logging anew)."""
+        for stream in self._streams:
+            if isinstance(stream, ReopeningFile):
+                stream.close()
+
 
 class ReopeningFile:
     """Append-mode file that reopens itself once logrotate moved it (WatchedFileHandler-like)."""
