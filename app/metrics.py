@@ -14,7 +14,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.protocol import CloseCode
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Close codes exported from the first scrape on, so rate() over them starts at zero instead of
+# missing the first disconnects (1006: dropped without a close frame).
+KNOWN_CLOSE_CODES = (CloseCode.NORMAL, CloseCode.GOING_AWAY, 1006, CloseCode.POLICY_VIOLATION,
+                     CloseCode.MESSAGE_TOO_BIG, CloseCode.TRY_AGAIN_LATER,
+                     CloseCode.HEARTBEAT_TIMEOUT)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.05,
                    1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
@@ -99,6 +107,8 @@ class Metrics:
         self.registry.register(_SnapshotCollector(self.sources))
         self.disconnects = Counter("websocket_disconnects", "Closed connections by close code",
                                    ["code"], registry=self.registry)
+        for code in KNOWN_CLOSE_CODES:
+            self.disconnects.labels(code=str(code))
         self.connection_duration = Histogram(
             "websocket_connection_duration_seconds", "Lifetime of closed connections",
             buckets=DURATION_BUCKETS, registry=self.registry)
