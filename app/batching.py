@@ -45,6 +45,8 @@ class Batch:
     counts: dict[str, int] = field(default_factory=dict)
     # Wall-clock emit time of the oldest event folded in (for emit-to-send latency).
     oldest_emit: float | None = None
+    # Whether any event folded in was not a quiet price tick (its flush line is then INFO).
+    loud: bool = False
 
     def add(self, event: Event) -> None:
         kind = event.type
@@ -66,6 +68,8 @@ class Batch:
             self.counts[channel] = self.counts.get(channel, 0) + 1
         if self.oldest_emit is None or event.emitted_at < self.oldest_emit:
             self.oldest_emit = event.emitted_at
+        if not event.quiet:
+            self.loud = True
 
     def merge(self, other: Batch, channels: frozenset[str] | set[str]) -> None:
         """Fold ``other`` (restricted to ``channels``) into this batch; newest wins."""

@@ -304,8 +304,10 @@ class PortfolioStreamManager:
         if batch is None or batch.is_empty() or not conns:
             return
         positions, orders, total = batch.summary()
-        log.info("[PortfolioStream] Batch flushed", userId=user_id, positionUpdates=positions,
-                 orderUpdates=orders, totalEvents=total)
+        # A batch of nothing but price ticks is per-tick noise (one per tick at window 0).
+        flushed = log.info if batch.loud else log.debug
+        flushed("[PortfolioStream] Batch flushed", userId=user_id, positionUpdates=positions,
+                orderUpdates=orders, totalEvents=total)
         # Serialize once per distinct channel set; most of a user's tabs share one.
         prepared: dict[frozenset[str], PreparedBatch | None] = {}
         ts = utc_timestamp(self._wall())
