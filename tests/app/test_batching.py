@@ -119,3 +119,11 @@ def test_merge_applies_closes_over_earlier_updates() -> None:
     second.add(event("position:closed", closed("u", "AAPL")))
     pending.merge(second, ALL)
     assert pending.positions == {} and pending.closed == {"AAPL"}
+
+
+def test_a_batch_of_price_ticks_only_is_quiet() -> None:
+    batch = Batch()
+    batch.add(Event("position:updated", position("u", "AAPL"), 1.0, quiet=True))
+    assert batch.loud is False
+    batch.add(event("order:updated", order("u", "o-1")))
+    assert batch.loud is True
