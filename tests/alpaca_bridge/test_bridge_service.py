@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from alpaca_bridge.service import BrokerBridge, OrderRejected, UnknownAccount
+from alpaca_bridge.service import BrokerBridge, OrderRejected, UnknownAccount, bridge_ctx
 from alpaca_bridge.simulator import SimulatedBroker
 from app.bus import InProcessBus
 from app.events import Event
+from app.keys import BRIDGE_KEY, BUS_KEY, SETTINGS_KEY, STORE_KEY
 from app.store import Store
 from config.settings import Settings
 
@@ -331,3 +333,20 @@ async def test_simulated_mode_runs_the_embedded_broker_with_demo_users(
     assert trade.user_id == statuses["bob"]["userId"]
     assert all(e.user_id == statuses["bob"]["userId"] for e in collected.events
                if e.payload.get("symbol") == "MSFT")
+
+
+async def test_bridge_ctx_starts_and_stops_the_bridge_with_the_app(
+    broker: SimulatedBroker, tmp_path: Path, store: Store, bus: InProcessBus,
+) -> None:
+    app = web.Application()
+    app[SETTINGS_KEY] = alpaca_settings(broker, tmp_path)
+    app[BUS_KEY] = bus
+    app[STORE_KEY] = store
+    app.cleanup_ctx.append(bridge_ctx)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    bridge = app[BRIDGE_KEY]
+    await asyncio.wait_for(bridge.wait_ready(), 5)
+    assert [s["status"] for s in bridge.accounts_status()] == ["connected"]
+    await runner.cleanup()
+    assert [s["status"] for s in bridge.accounts_status()] == ["stopped"]
