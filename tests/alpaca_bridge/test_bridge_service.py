@@ -4,6 +4,7 @@ broker over real sockets, observed through the bus and the log."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -33,11 +34,26 @@ async def broker() -> AsyncIterator[SimulatedBroker]:
     await sim.stop()
 
 
+@pytest.fixture(scope="module")
+def users_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user database with alice in it, made once: password hashing is deliberately slow."""
+    path = tmp_path_factory.mktemp("users") / "users.db"
+
+    async def create() -> None:
+        store = Store(path)
+        await store.open()
+        await store.create_user("alice", "pw")
+        await store.close()
+
+    asyncio.run(create())
+    return path
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
+async def store(tmp_path: Path, users_db: Path) -> AsyncIterator[Store]:
+    shutil.copy(users_db, tmp_path / "users.db")
     store = Store(tmp_path / "users.db")
     await store.open()
-    await store.create_user("alice", "pw")
     yield store
     await store.close()
 
