@@ -249,7 +249,7 @@ class SimulatedBroker(StreamControls):
         ]
 
     def orders(self, api_key: str, status: Literal["open", "closed", "all"] = "all") -> list[Json]:
-        """Oldest first (REST defaults to newest first; tests read more naturally this way)."""
+        """REST-shaped orders, oldest first (unlike REST, which defaults to newest first)."""
         return [
             order_json(o)
             for o in self._desk.book(api_key).orders.values()
