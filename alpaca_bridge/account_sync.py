@@ -20,10 +20,10 @@ from decimal import Decimal
 
 from alpaca.trading.client import TradingClient
 
+from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.ledger import AccountLedger, BusEvent
 from alpaca_bridge.models import TradeUpdate
 from alpaca_bridge.reconcile import BrokerSnapshot, fetch_snapshot
-from alpaca_bridge.trade_stream import Backoff
 from app.bus import BusClosed, EventBus
 from config.logging import get_logger
 

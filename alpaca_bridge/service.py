@@ -24,11 +24,19 @@ from alpaca.trading.requests import MarketOrderRequest
 
 from alpaca_bridge.account_sync import AccountSync
 from alpaca_bridge.accounts import BrokerAccount
+from alpaca_bridge.backoff import Backoff
+from alpaca_bridge.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    OrderRejected,
+    UnknownAccount,
+    api_error_message,
+)
 from alpaca_bridge.models import decimal_text, iso_from_epoch
 from alpaca_bridge.prices import PriceFeed
 from alpaca_bridge.reconcile import trading_client
 from alpaca_bridge.setup import BridgePlan, plan_alpaca, plan_simulated
-from alpaca_bridge.trade_stream import Backoff, StreamState, TradeUpdatesStream
+from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
 from app.bus import EventBus
 from app.keys import BRIDGE_KEY, BUS_KEY, SETTINGS_KEY, STORE_KEY
 from app.store import Store
@@ -40,24 +48,11 @@ if TYPE_CHECKING:
 
 log = get_logger()
 
+__all__ = ["BrokerBridge", "BrokerError", "BrokerUnavailable", "OrderRejected",
+           "UnknownAccount", "bridge_ctx"]
+
 AccountStatus = Literal[
     "connecting", "connected", "reconnecting", "unauthorized", "unknown_user", "stopped"]
-
-
-class BrokerError(Exception):
-    """A request to the broker that could not be carried out; the message says why."""
-
-
-class UnknownAccount(BrokerError):
-    """No broker account is configured for that username."""
-
-
-class OrderRejected(BrokerError):
-    """The broker refused the order (Alpaca's message), or it was invalid before sending."""
-
-
-class BrokerUnavailable(BrokerError):
-    """The broker could not be reached."""
 
 
 @dataclass(slots=True)
@@ -218,7 +213,7 @@ class BrokerBridge:
         try:
             order = await asyncio.to_thread(entry.client.submit_order, request)
         except APIError as exc:
-            raise OrderRejected(_api_message(exc)) from None
+            raise OrderRejected(api_error_message(exc)) from None
         except requests.RequestException as exc:
             raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from None
         if not isinstance(order, dict):
@@ -243,13 +238,6 @@ class BrokerBridge:
         if self._prices is not None:
             self._prices.want(set().union(*(
                 e.sync.ledger.symbols for e in self._accounts.values() if e.sync is not None)))
-
-
-def _api_message(exc: APIError) -> str:
-    try:
-        return str(exc.message)
-    except (ValueError, KeyError, TypeError):
-        return str(exc)
 
 
 async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -29,6 +28,7 @@ import aiohttp
 import orjson
 from pydantic import SecretStr
 
+from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.models import MalformedUpdate, TradeUpdate, decode_frame, parse_trade_update
 from config.logging import get_logger
 
@@ -52,24 +52,6 @@ class AuthenticationFailed(Exception):
 
 class SessionEnded(Exception):
     """The connection ended or misbehaved; the message is the reason logged."""
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter: uniform(0, min(max, initial * 2**n))."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        self.attempt += 1
-        cap = min(self.max_s, self.initial_s * 2 ** (self.attempt - 1))
-        return self._rng.uniform(0, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class RecentKeys:

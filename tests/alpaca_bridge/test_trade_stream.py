@@ -12,8 +12,9 @@ import pytest
 from fake_trading_stream import Behaviour, FakeTradingStream
 from pydantic import SecretStr
 
+from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.models import TradeUpdate
-from alpaca_bridge.trade_stream import Backoff, StreamState, TradeUpdatesStream
+from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
 
 
 @pytest.fixture
