@@ -40,8 +40,14 @@ class AccountSync:
     """Owns the ledger of ``account`` (a username) for ``user_id``; publishes what it implies."""
 
     def __init__(
-        self, *, account: str, user_id: str, client: TradingClient, bus: EventBus,
-        backoff: Backoff, on_symbols_changed: Callable[[], None],
+        self,
+        *,
+        account: str,
+        user_id: str,
+        client: TradingClient,
+        bus: EventBus,
+        backoff: Backoff,
+        on_symbols_changed: Callable[[], None],
         on_reconciled: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -73,7 +79,8 @@ class AccountSync:
             self._again = True
             return
         self._task = asyncio.get_running_loop().create_task(
-            self._reconcile(), name=f"alpaca-reconcile:{self.account}")
+            self._reconcile(), name=f"alpaca-reconcile:{self.account}"
+        )
 
     def on_update(self, update: TradeUpdate) -> None:
         if self.reconciling:
@@ -99,14 +106,19 @@ class AccountSync:
             while self._again:
                 self._again = False
                 snapshot = await self._quiet_snapshot()
-                changes = self.ledger.apply_snapshot(snapshot.account, snapshot.positions,
-                                                     snapshot.orders)
+                changes = self.ledger.apply_snapshot(
+                    snapshot.account, snapshot.positions, snapshot.orders
+                )
                 self._publish(changes)
                 self.reconciled_at = self._clock()
                 self._on_reconciled()
-                log.info("[AlpacaStream] Reconciled account", account=self.account,
-                         positions=len(snapshot.positions),
-                         openOrders=len(self.ledger.open_order_ids()), changes=len(changes))
+                log.info(
+                    "[AlpacaStream] Reconciled account",
+                    account=self.account,
+                    positions=len(snapshot.positions),
+                    openOrders=len(self.ledger.open_order_ids()),
+                    changes=len(changes),
+                )
         except Exception:
             log.exception("[AlpacaStream] Reconciliation crashed", account=self.account)
         # Held-back updates go through the ledger after the snapshot, in arrival order.
@@ -125,12 +137,17 @@ class AccountSync:
             since = None if gap is None else datetime.fromtimestamp(gap - GAP_CLOCK_SKEW_S, UTC)
             try:
                 snapshot = await asyncio.to_thread(
-                    fetch_snapshot, self._client, believed_open, since)
+                    fetch_snapshot, self._client, believed_open, since
+                )
             except Exception as exc:
                 # REST down or refusing: keep the stream's updates held and try again later.
                 delay = self._backoff.next_delay() + self._backoff.initial_s
-                log.error("[AlpacaStream] Reconciliation failed", account=self.account,
-                          error=f"{type(exc).__name__}: {exc}", retryInMs=round(delay * 1000))
+                log.error(
+                    "[AlpacaStream] Reconciliation failed",
+                    account=self.account,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retryInMs=round(delay * 1000),
+                )
                 await asyncio.sleep(delay)
                 continue
             self._backoff.reset()
@@ -148,9 +165,13 @@ class AccountSync:
             except BusClosed:
                 return  # shutting down
             if event.type == "trade:executed":
-                log.info("[AlpacaStream] Emitted trade:executed event",
-                         tradeId=event.payload["tradeId"], symbol=event.payload["symbol"],
-                         _userId=event.payload["userId"], _account=self.account)
+                log.info(
+                    "[AlpacaStream] Emitted trade:executed event",
+                    tradeId=event.payload["tradeId"],
+                    symbol=event.payload["symbol"],
+                    _userId=event.payload["userId"],
+                    _account=self.account,
+                )
         if symbols != self._last_symbols:
             self._last_symbols = symbols
             self._on_symbols_changed()

@@ -64,9 +64,16 @@ def configured_accounts(settings: Settings) -> list[BrokerAccount]:
     if settings.alpaca_api_key is not None and settings.alpaca_secret_key is not None:
         if not settings.alpaca_username:
             raise AccountsConfigError(
-                "ALPACA_USERNAME: required with ALPACA_API_KEY (the user who owns the account)")
-        accounts.append(BrokerAccount(settings.alpaca_username.strip(), settings.alpaca_api_key,
-                                      settings.alpaca_secret_key, settings.alpaca_paper))
+                "ALPACA_USERNAME: required with ALPACA_API_KEY (the user who owns the account)"
+            )
+        accounts.append(
+            BrokerAccount(
+                settings.alpaca_username.strip(),
+                settings.alpaca_api_key,
+                settings.alpaca_secret_key,
+                settings.alpaca_paper,
+            )
+        )
     if settings.accounts_file is not None:
         accounts.extend(load_accounts_file(settings.accounts_file, settings.alpaca_paper))
     seen: set[str] = set()
@@ -74,7 +81,8 @@ def configured_accounts(settings: Settings) -> list[BrokerAccount]:
         name = account.username.lower()
         if name in seen:
             raise AccountsConfigError(
-                f"broker accounts: username {account.username!r} is configured twice")
+                f"broker accounts: username {account.username!r} is configured twice"
+            )
         seen.add(name)
     return accounts
 
@@ -92,8 +100,10 @@ def load_accounts_file(path: Path, default_paper: bool = True) -> list[BrokerAcc
     entries = document.get("accounts")
     if not isinstance(entries, list) or not entries:
         raise AccountsConfigError(f"{where}: expected one or more [[accounts]] tables")
-    return [_account_entry(entry, f"{where}: [[accounts]] entry {number}", default_paper)
-            for number, entry in enumerate(entries, start=1)]
+    return [
+        _account_entry(entry, f"{where}: [[accounts]] entry {number}", default_paper)
+        for number, entry in enumerate(entries, start=1)
+    ]
 
 
 def _account_entry(entry: Any, where: str, default_paper: bool) -> BrokerAccount:
@@ -112,16 +122,20 @@ def _account_entry(entry: Any, where: str, default_paper: bool) -> BrokerAccount
     paper = entry.get("paper", default_paper)
     if not isinstance(paper, bool):
         raise AccountsConfigError(f"{where}: 'paper' must be true or false")
-    return BrokerAccount(username.strip(), SecretStr(entry["api_key"].strip()),
-                         SecretStr(entry["secret_key"].strip()), paper)
+    return BrokerAccount(
+        username.strip(),
+        SecretStr(entry["api_key"].strip()),
+        SecretStr(entry["secret_key"].strip()),
+        paper,
+    )
 
 
 def alpaca_endpoints(settings: Settings, paper: bool) -> Endpoints:
     """Alpaca's paper or live endpoints unless ALPACA_API_URL/ALPACA_STREAM_URL override them."""
     return Endpoints(
         api_url=settings.alpaca_api_url or (ALPACA_PAPER_API_URL if paper else ALPACA_LIVE_API_URL),
-        stream_url=settings.alpaca_stream_url or (
-            ALPACA_PAPER_STREAM_URL if paper else ALPACA_LIVE_STREAM_URL),
+        stream_url=settings.alpaca_stream_url
+        or (ALPACA_PAPER_STREAM_URL if paper else ALPACA_LIVE_STREAM_URL),
     )
 
 

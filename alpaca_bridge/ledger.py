@@ -115,7 +115,9 @@ class AccountLedger:
         return [self._position_event(position, quiet=True), *self._account_events(quiet=True)]
 
     def apply_snapshot(
-        self, account: AccountState, positions: Iterable[PositionState],
+        self,
+        account: AccountState,
+        positions: Iterable[PositionState],
         orders: Iterable[OrderState],
     ) -> list[BusEvent]:
         """REST truth replaces what we hold; only the differences become events."""
@@ -136,10 +138,11 @@ class AccountLedger:
             events.append(self._closed_event(symbol))
         for order in orders:
             before = self._orders.get(order.id)
-            self._counted[order.id] = max(self._counted.get(order.id, Decimal(0)),
-                                          order.filled_qty)
+            self._counted[order.id] = max(self._counted.get(order.id, Decimal(0)), order.filled_qty)
             changed = before is None or (before.status, before.filled_qty) != (
-                order.status, order.filled_qty)
+                order.status,
+                order.filled_qty,
+            )
             if self._merge_order(order) and changed:
                 events.append(self._order_event(order, "reconciled", self._clock()))
         self._cash = account.cash
@@ -180,12 +183,14 @@ class AccountLedger:
         # Already reflected: the order's cumulative fill was counted (a REST snapshot, or this
         # very fill replayed), or the position already has the quantity this fill leads to.
         reflected = (counted is not None and order.filled_qty <= counted) or (
-            update.position_qty is not None and held == update.position_qty)
+            update.position_qty is not None and held == update.position_qty
+        )
         self._counted[order.id] = max(order.filled_qty, counted or Decimal(0))
         if reflected:
             return [self._trade_event(update, signed_qty, price, held, moment)]
-        self._counted[order.id] = max(self._counted[order.id],
-                                      (counted or Decimal(0)) + abs(signed_qty))
+        self._counted[order.id] = max(
+            self._counted[order.id], (counted or Decimal(0)) + abs(signed_qty)
+        )
         self._cash -= signed_qty * price
         position = trade(position, order.symbol, signed_qty, price, update.position_qty)
         after = position.qty if position is not None else Decimal(0)
@@ -202,37 +207,65 @@ class AccountLedger:
     # Payloads
 
     def _order_event(self, order: OrderState, event: str, moment: datetime) -> BusEvent:
-        return BusEvent("order:updated", {
-            "userId": self.user_id, "orderId": order.id, "clientOrderId": order.client_order_id,
-            "symbol": order.symbol, "side": order.side, "type": order.type,
-            "qty": None if order.qty is None else decimal_text(order.qty),
-            "filledQty": decimal_text(order.filled_qty),
-            "filledAvgPrice": (None if order.filled_avg_price is None
-                               else decimal_text(order.filled_avg_price)),
-            "status": order.status, "event": event, "timestamp": iso_utc(moment),
-        })
+        return BusEvent(
+            "order:updated",
+            {
+                "userId": self.user_id,
+                "orderId": order.id,
+                "clientOrderId": order.client_order_id,
+                "symbol": order.symbol,
+                "side": order.side,
+                "type": order.type,
+                "qty": None if order.qty is None else decimal_text(order.qty),
+                "filledQty": decimal_text(order.filled_qty),
+                "filledAvgPrice": (
+                    None if order.filled_avg_price is None else decimal_text(order.filled_avg_price)
+                ),
+                "status": order.status,
+                "event": event,
+                "timestamp": iso_utc(moment),
+            },
+        )
 
-    def _trade_event(self, update: TradeUpdate, signed_qty: Decimal, price: Decimal,
-                     held: Decimal, moment: datetime) -> BusEvent:
+    def _trade_event(
+        self,
+        update: TradeUpdate,
+        signed_qty: Decimal,
+        price: Decimal,
+        held: Decimal,
+        moment: datetime,
+    ) -> BusEvent:
         order = update.order
         after = update.position_qty if update.position_qty is not None else held
-        return BusEvent("trade:executed", {
-            "userId": self.user_id,
-            "tradeId": update.execution_id or f"{order.id}:{decimal_text(order.filled_qty)}",
-            "orderId": order.id, "symbol": order.symbol, "side": order.side,
-            "qty": decimal_text(abs(signed_qty)), "price": decimal_text(price),
-            "positionQty": decimal_text(after), "event": update.event,
-            "timestamp": iso_utc(moment),
-        })
+        return BusEvent(
+            "trade:executed",
+            {
+                "userId": self.user_id,
+                "tradeId": update.execution_id or f"{order.id}:{decimal_text(order.filled_qty)}",
+                "orderId": order.id,
+                "symbol": order.symbol,
+                "side": order.side,
+                "qty": decimal_text(abs(signed_qty)),
+                "price": decimal_text(price),
+                "positionQty": decimal_text(after),
+                "event": update.event,
+                "timestamp": iso_utc(moment),
+            },
+        )
 
     def _position_event(self, position: Position, quiet: bool = False) -> BusEvent:
-        payload = {"userId": self.user_id, **position_payload(position, money),
-                   "updatedAt": iso_utc(self._clock())}
+        payload = {
+            "userId": self.user_id,
+            **position_payload(position, money),
+            "updatedAt": iso_utc(self._clock()),
+        }
         return BusEvent("position:updated", payload, quiet)
 
     def _closed_event(self, symbol: str) -> BusEvent:
-        return BusEvent("position:closed", {
-            "userId": self.user_id, "symbol": symbol, "closedAt": iso_utc(self._clock())})
+        return BusEvent(
+            "position:closed",
+            {"userId": self.user_id, "symbol": symbol, "closedAt": iso_utc(self._clock())},
+        )
 
     def _account_events(self, quiet: bool = False) -> list[BusEvent]:
         if not self._has_account:
@@ -241,7 +274,16 @@ class AccountLedger:
         if figures == self._last_account:
             return []
         self._last_account = figures
-        return [BusEvent("account:updated", {
-            "userId": self.user_id, "equity": figures[0], "cash": figures[1],
-            "buyingPower": figures[2], "updatedAt": iso_utc(self._clock()),
-        }, quiet)]
+        return [
+            BusEvent(
+                "account:updated",
+                {
+                    "userId": self.user_id,
+                    "equity": figures[0],
+                    "cash": figures[1],
+                    "buyingPower": figures[2],
+                    "updatedAt": iso_utc(self._clock()),
+                },
+                quiet,
+            )
+        ]

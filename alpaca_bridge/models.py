@@ -20,8 +20,17 @@ import orjson
 
 # Order statuses after which an order never changes again.
 TERMINAL_STATUSES = frozenset(
-    {"filled", "canceled", "expired", "rejected", "replaced", "done_for_day", "stopped",
-     "suspended", "calculated"}
+    {
+        "filled",
+        "canceled",
+        "expired",
+        "rejected",
+        "replaced",
+        "done_for_day",
+        "stopped",
+        "suspended",
+        "calculated",
+    }
 )
 FILL_EVENTS = frozenset({"fill", "partial_fill"})
 

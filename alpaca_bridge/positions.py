@@ -88,7 +88,10 @@ def signed_fill(update: TradeUpdate, counted: Decimal) -> tuple[Decimal, Decimal
 
 
 def trade(
-    position: Position | None, symbol: str, signed_qty: Decimal, price: Decimal,
+    position: Position | None,
+    symbol: str,
+    signed_qty: Decimal,
+    price: Decimal,
     broker_qty: Decimal | None = None,
 ) -> Position | None:
     """The position after a fill; None when it is closed. ``broker_qty`` (Alpaca's

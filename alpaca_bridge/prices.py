@@ -35,16 +35,26 @@ log = get_logger()
 COALESCE_S = 0.1
 _STOP_GRACE_S = 0.3
 # alpaca-py's own defaults (passing any dict replaces them all), plus a bounded close.
-_WEBSOCKET_PARAMS = {"ping_interval": 10, "ping_timeout": 180, "max_queue": 1024,
-                     "close_timeout": 0.25}
+_WEBSOCKET_PARAMS = {
+    "ping_interval": 10,
+    "ping_timeout": 180,
+    "max_queue": 1024,
+    "close_timeout": 0.25,
+}
 
 
 class PriceFeed:
     """Keeps one market-data subscription equal to ``want(symbols)``; calls ``on_prices``."""
 
     def __init__(
-        self, *, url: str, feed: str, key_id: SecretStr, secret_key: SecretStr,
-        on_prices: Callable[[dict[str, Decimal]], None], coalesce_s: float = COALESCE_S,
+        self,
+        *,
+        url: str,
+        feed: str,
+        key_id: SecretStr,
+        secret_key: SecretStr,
+        on_prices: Callable[[dict[str, Decimal]], None],
+        coalesce_s: float = COALESCE_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._url = url
@@ -68,7 +78,8 @@ class PriceFeed:
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(
-            self._keep_subscribed(), name="alpaca-prices")
+            self._keep_subscribed(), name="alpaca-prices"
+        )
 
     def want(self, symbols: Iterable[str]) -> None:
         """The symbols to follow from now on (the union of every account's positions)."""
@@ -84,10 +95,14 @@ class PriceFeed:
             state = "failed"
         else:
             state = "running"
-        return {"status": state, "url": self._url, "feed": self._feed,
-                "symbols": sorted(self._subscribed), "ticks": self.ticks,
-                "lastTickAt": None if self.last_tick_at is None else iso_from_epoch(
-                    self.last_tick_at)}
+        return {
+            "status": state,
+            "url": self._url,
+            "feed": self._feed,
+            "symbols": sorted(self._subscribed),
+            "ticks": self.ticks,
+            "lastTickAt": None if self.last_tick_at is None else iso_from_epoch(self.last_tick_at),
+        }
 
     async def stop(self) -> None:
         self._stopped = True
@@ -121,13 +136,18 @@ class PriceFeed:
         remove = sorted(self._subscribed - self._wanted)
         if add and self._stream is None:
             self._stream = StockDataStream(
-                self._key_id.get_secret_value(), self._secret_key.get_secret_value(),
-                raw_data=True, feed=DataFeed.SIP if self._feed == "sip" else DataFeed.IEX,
-                websocket_params=dict(_WEBSOCKET_PARAMS), url_override=self._url)
+                self._key_id.get_secret_value(),
+                self._secret_key.get_secret_value(),
+                raw_data=True,
+                feed=DataFeed.SIP if self._feed == "sip" else DataFeed.IEX,
+                websocket_params=dict(_WEBSOCKET_PARAMS),
+                url_override=self._url,
+            )
             self._stream.subscribe_trades(self._on_trade, *add)
             self._subscribed.update(add)
             self._stream_task = asyncio.get_running_loop().create_task(
-                self._stream._run_forever(), name="alpaca-data-stream")
+                self._stream._run_forever(), name="alpaca-data-stream"
+            )
         elif add and self._stream is not None:
             # The SDK records the handler before sending, so even a failed send counts.
             self._subscribed.update(add)
@@ -136,8 +156,12 @@ class PriceFeed:
             await asyncio.to_thread(self._stream.unsubscribe_trades, *remove)
             self._subscribed.difference_update(remove)
         if add or remove:
-            log.info("[AlpacaStream] Price subscriptions updated", symbols=len(self._subscribed),
-                     _added=add, _removed=remove)
+            log.info(
+                "[AlpacaStream] Price subscriptions updated",
+                symbols=len(self._subscribed),
+                _added=add,
+                _removed=remove,
+            )
 
     async def _on_trade(self, message: Trade | dict[Any, Any]) -> None:
         if not isinstance(message, dict):
@@ -154,7 +178,8 @@ class PriceFeed:
         self._pending[symbol] = price
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(
-                self._coalesce_s, self._flush)
+                self._coalesce_s, self._flush
+            )
 
     def _flush(self) -> None:
         self._flush_handle = None

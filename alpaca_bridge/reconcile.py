@@ -51,23 +51,33 @@ class BrokerSnapshot:
 
 
 def trading_client(account: BrokerAccount, api_url: str) -> TradingClient:
-    return TradingClient(account.api_key.get_secret_value(),
-                         account.secret_key.get_secret_value(), paper=account.paper,
-                         raw_data=True, url_override=api_url)
+    return TradingClient(
+        account.api_key.get_secret_value(),
+        account.secret_key.get_secret_value(),
+        paper=account.paper,
+        raw_data=True,
+        url_override=api_url,
+    )
 
 
 def fetch_snapshot(
-    client: TradingClient, believed_open: Iterable[str], since: datetime | None,
+    client: TradingClient,
+    believed_open: Iterable[str],
+    since: datetime | None,
 ) -> BrokerSnapshot:
     """Blocking: orders (submitted since ``since`` or the most recent, the open ones, each one
     believed open), then the account, then positions. Later reads of an order win."""
-    recent = (GetOrdersRequest(status=QueryOrderStatus.ALL, limit=RECENT_ORDERS)
-              if since is None else GetOrdersRequest(
-                  status=QueryOrderStatus.ALL, after=since, direction=Sort.ASC,
-                  limit=ORDERS_PAGE_LIMIT))
+    recent = (
+        GetOrdersRequest(status=QueryOrderStatus.ALL, limit=RECENT_ORDERS)
+        if since is None
+        else GetOrdersRequest(
+            status=QueryOrderStatus.ALL, after=since, direction=Sort.ASC, limit=ORDERS_PAGE_LIMIT
+        )
+    )
     orders = {order.id: order for order in map(parse_order, _array(client.get_orders(recent)))}
     rows = client.get_orders(
-        GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=ORDERS_PAGE_LIMIT))
+        GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=ORDERS_PAGE_LIMIT)
+    )
     open_now = [parse_order(row) for row in _array(rows)]
     orders.update((order.id, order) for order in open_now)
     open_ids = {order.id for order in open_now}

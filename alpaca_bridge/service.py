@@ -48,11 +48,18 @@ if TYPE_CHECKING:
 
 log = get_logger()
 
-__all__ = ["BrokerBridge", "BrokerError", "BrokerUnavailable", "OrderRejected",
-           "UnknownAccount", "bridge_ctx"]
+__all__ = [
+    "BrokerBridge",
+    "BrokerError",
+    "BrokerUnavailable",
+    "OrderRejected",
+    "UnknownAccount",
+    "bridge_ctx",
+]
 
 AccountStatus = Literal[
-    "connecting", "connected", "reconnecting", "unauthorized", "unknown_user", "stopped"]
+    "connecting", "connected", "reconnecting", "unauthorized", "unknown_user", "stopped"
+]
 
 
 @dataclass(slots=True)
@@ -90,10 +97,16 @@ class BrokerBridge:
     @property
     def ready(self) -> bool:
         """Store open and every account settled: reconciled once, or definitively failed."""
-        return self._running and self._store.is_open and all(
-            entry.sync is None or entry.sync.reconciled_at is not None
-            or (entry.stream is not None and entry.stream.state is StreamState.UNAUTHORIZED)
-            for entry in self._accounts.values())
+        return (
+            self._running
+            and self._store.is_open
+            and all(
+                entry.sync is None
+                or entry.sync.reconciled_at is not None
+                or (entry.stream is not None and entry.stream.state is StreamState.UNAUTHORIZED)
+                for entry in self._accounts.values()
+            )
+        )
 
     async def wait_ready(self) -> None:
         """Return once ``ready`` (see there) has been true; use with a timeout."""
@@ -105,8 +118,11 @@ class BrokerBridge:
 
     async def start(self) -> None:
         settings = self._settings
-        plan = await (plan_simulated(settings, self._store) if self.mode == "simulated"
-                      else plan_alpaca(settings))
+        plan = await (
+            plan_simulated(settings, self._store)
+            if self.mode == "simulated"
+            else plan_alpaca(settings)
+        )
         self._plan = plan
         self._http = aiohttp.ClientSession()
         self._running = True
@@ -123,9 +139,11 @@ class BrokerBridge:
             self._accounts[account.username.lower()] = entry
             user = await self._store.get_user_by_username(account.username)
             if user is None:
-                log.error("[AlpacaStream] No user for broker account; its events are not "
-                          "streamed until the user exists and the service restarts",
-                          account=account.username)
+                log.error(
+                    "[AlpacaStream] No user for broker account; its events are not "
+                    "streamed until the user exists and the service restarts",
+                    account=account.username,
+                )
                 continue
             entry.user_id = user.id
             self._start_account(entry, plan)
@@ -133,9 +151,12 @@ class BrokerBridge:
         if feeders:
             # One market-data connection per key is the plan limit; the first account's will do.
             self._prices = PriceFeed(
-                url=plan.data_stream_url, feed=self._settings.alpaca_data_feed,
-                key_id=feeders[0].api_key, secret_key=feeders[0].secret_key,
-                on_prices=self._on_prices)
+                url=plan.data_stream_url,
+                feed=self._settings.alpaca_data_feed,
+                key_id=feeders[0].api_key,
+                secret_key=feeders[0].secret_key,
+                on_prices=self._on_prices,
+            )
             self._prices.start()
             self._on_symbols_changed()
         self._state_changed()
@@ -145,17 +166,26 @@ class BrokerBridge:
         assert entry.user_id is not None
         assert self._http is not None
         sync = AccountSync(
-            account=entry.account.username, user_id=entry.user_id, client=entry.client,
-            bus=self._bus, on_symbols_changed=self._on_symbols_changed,
+            account=entry.account.username,
+            user_id=entry.user_id,
+            client=entry.client,
+            bus=self._bus,
+            on_symbols_changed=self._on_symbols_changed,
             on_reconciled=self._state_changed,
-            backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s))
-        stream = TradeUpdatesStream(
-            account=entry.account.username, url=plan.endpoints(entry.account).stream_url,
-            key_id=entry.account.api_key, secret_key=entry.account.secret_key,
-            session=self._http, auth_timeout_s=settings.alpaca_auth_timeout_s,
             backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s),
-            on_update=sync.on_update, on_connected=sync.on_connected,
-            on_state=self._state_changed)
+        )
+        stream = TradeUpdatesStream(
+            account=entry.account.username,
+            url=plan.endpoints(entry.account).stream_url,
+            key_id=entry.account.api_key,
+            secret_key=entry.account.secret_key,
+            session=self._http,
+            auth_timeout_s=settings.alpaca_auth_timeout_s,
+            backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s),
+            on_update=sync.on_update,
+            on_connected=sync.on_connected,
+            on_state=self._state_changed,
+        )
         entry.sync, entry.stream = sync, stream
         stream.start()
 
@@ -165,9 +195,11 @@ class BrokerBridge:
             return
         self._running = False
         entries = list(self._accounts.values())
-        await asyncio.gather(*(e.stream.stop() for e in entries if e.stream is not None),
-                             *(e.sync.stop() for e in entries if e.sync is not None),
-                             *([self._prices.stop()] if self._prices is not None else []))
+        await asyncio.gather(
+            *(e.stream.stop() for e in entries if e.stream is not None),
+            *(e.sync.stop() for e in entries if e.sync is not None),
+            *([self._prices.stop()] if self._prices is not None else []),
+        )
         if self._http is not None:
             await self._http.close()
         if self._plan is not None and self._plan.simulator is not None:
@@ -179,16 +211,22 @@ class BrokerBridge:
 
     def _account_status(self, entry: _Account) -> dict[str, Any]:
         stream, sync = entry.stream, entry.sync
-        status: AccountStatus = "unknown_user" if entry.user_id is None else (
-            stream.state.value if stream is not None else "stopped")
+        status: AccountStatus = (
+            "unknown_user"
+            if entry.user_id is None
+            else (stream.state.value if stream is not None else "stopped")
+        )
         last = stream.last_event_at if stream is not None else None
         reconciled = sync.reconciled_at if sync is not None else None
         return {
-            "username": entry.account.username, "userId": entry.user_id, "status": status,
+            "username": entry.account.username,
+            "userId": entry.user_id,
+            "status": status,
             "lastEventAt": None if last is None else iso_from_epoch(last),
             "lastReconciledAt": None if reconciled is None else iso_from_epoch(reconciled),
             "reconnects": stream.reconnects if stream is not None else 0,
-            "mode": self.mode, "paper": entry.account.paper,
+            "mode": self.mode,
+            "paper": entry.account.paper,
         }
 
     def price_stream_status(self) -> dict[str, Any]:
@@ -196,8 +234,9 @@ class BrokerBridge:
             return {"status": "idle", "symbols": [], "ticks": 0, "lastTickAt": None}
         return self._prices.status()
 
-    async def place_order(self, username: str, symbol: str, side: str, qty: Decimal) -> dict[
-            str, Any]:
+    async def place_order(
+        self, username: str, symbol: str, side: str, qty: Decimal
+    ) -> dict[str, Any]:
         """A market day order through ``username``'s account; returns the broker's order."""
         entry = self._accounts.get(username.strip().lower())
         if entry is None:
@@ -208,8 +247,12 @@ class BrokerBridge:
             raise OrderRejected(f"side must be buy or sell, not {side!r}")
         if not qty.is_finite() or qty <= 0:
             raise OrderRejected("qty must be a positive number")
-        request = MarketOrderRequest(symbol=symbol.strip().upper(), qty=float(qty),
-                                     side=OrderSide(side), time_in_force=TimeInForce.DAY)
+        request = MarketOrderRequest(
+            symbol=symbol.strip().upper(),
+            qty=float(qty),
+            side=OrderSide(side),
+            time_in_force=TimeInForce.DAY,
+        )
         try:
             order = await asyncio.to_thread(entry.client.submit_order, request)
         except APIError as exc:
@@ -218,14 +261,24 @@ class BrokerBridge:
             raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from None
         if not isinstance(order, dict):
             raise BrokerUnavailable("unexpected order response from the broker")
-        log.info("[AlpacaStream] Order placed", account=entry.account.username,
-                 orderId=order.get("id"), symbol=order.get("symbol"), side=side,
-                 qty=decimal_text(qty))
+        log.info(
+            "[AlpacaStream] Order placed",
+            account=entry.account.username,
+            orderId=order.get("id"),
+            symbol=order.get("symbol"),
+            side=side,
+            qty=decimal_text(qty),
+        )
         return {
-            "username": entry.account.username, "userId": entry.user_id,
-            "orderId": order.get("id"), "clientOrderId": order.get("client_order_id"),
-            "symbol": order.get("symbol"), "side": order.get("side"), "type": order.get("type"),
-            "qty": order.get("qty"), "status": order.get("status"),
+            "username": entry.account.username,
+            "userId": entry.user_id,
+            "orderId": order.get("id"),
+            "clientOrderId": order.get("client_order_id"),
+            "symbol": order.get("symbol"),
+            "side": order.get("side"),
+            "type": order.get("type"),
+            "qty": order.get("qty"),
+            "status": order.get("status"),
             "submittedAt": order.get("submitted_at"),
         }
 
@@ -236,8 +289,11 @@ class BrokerBridge:
 
     def _on_symbols_changed(self) -> None:
         if self._prices is not None:
-            self._prices.want(set().union(*(
-                e.sync.ledger.symbols for e in self._accounts.values() if e.sync is not None)))
+            self._prices.want(
+                set().union(
+                    *(e.sync.ledger.symbols for e in self._accounts.values() if e.sync is not None)
+                )
+            )
 
 
 async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:

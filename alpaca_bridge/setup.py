@@ -58,22 +58,37 @@ async def plan_simulated(settings: Settings, store: Store) -> BridgePlan:
             if username in taken:
                 continue
             await store.ensure_user(username, password, is_admin=is_admin)
-            accounts.append(BrokerAccount(
-                username, SecretStr(f"SIM{secrets.token_hex(8).upper()}"),
-                SecretStr(secrets.token_urlsafe(24)), paper=True))
+            accounts.append(
+                BrokerAccount(
+                    username,
+                    SecretStr(f"SIM{secrets.token_hex(8).upper()}"),
+                    SecretStr(secrets.token_urlsafe(24)),
+                    paper=True,
+                )
+            )
             # An existing user keeps its own password: only advertise logins that work.
             if await store.authenticate(username, password) is not None:
                 logins.append((username, password))
     broker = SimulatedBroker(
-        host=settings.sim_host, port=settings.sim_port,
+        host=settings.sim_host,
+        port=settings.sim_port,
         tick_interval_s=settings.sim_tick_interval_ms / 1000,
-        order_interval_s=settings.sim_order_interval_s, seed=settings.sim_seed,
-        feed=settings.alpaca_data_feed)
+        order_interval_s=settings.sim_order_interval_s,
+        seed=settings.sim_seed,
+        feed=settings.alpaca_data_feed,
+    )
     for account in accounts:
-        broker.add_account(account.api_key.get_secret_value(),
-                           account.secret_key.get_secret_value(), label=account.username)
+        broker.add_account(
+            account.api_key.get_secret_value(),
+            account.secret_key.get_secret_value(),
+            label=account.username,
+        )
     await broker.start()
     return BridgePlan(
-        settings, accounts, broker.data_stream_url, simulator=broker,
+        settings,
+        accounts,
+        broker.data_stream_url,
+        simulator=broker,
         demo_logins=tuple(logins),
-        simulator_endpoints=Endpoints(broker.base_url, broker.trading_stream_url))
+        simulator_endpoints=Endpoints(broker.base_url, broker.trading_stream_url),
+    )

@@ -76,12 +76,20 @@ class TradeUpdatesStream:
     """The trade_updates consumer of one account; ``start`` it, ``await stop()`` it."""
 
     def __init__(
-        self, *, account: str, url: str, key_id: SecretStr, secret_key: SecretStr,
-        session: aiohttp.ClientSession, auth_timeout_s: float, backoff: Backoff,
+        self,
+        *,
+        account: str,
+        url: str,
+        key_id: SecretStr,
+        secret_key: SecretStr,
+        session: aiohttp.ClientSession,
+        auth_timeout_s: float,
+        backoff: Backoff,
         on_update: Callable[[TradeUpdate], None],
         on_connected: Callable[[float | None], None],
         on_state: Callable[[StreamState], None] | None = None,
-        heartbeat_s: float = 20.0, clock: Callable[[], float] = time.time,
+        heartbeat_s: float = 20.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.account = account
         self._url = url
@@ -116,7 +124,8 @@ class TradeUpdatesStream:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"alpaca-trade-updates:{self.account}")
+            self._run(), name=f"alpaca-trade-updates:{self.account}"
+        )
 
     async def wait_closed(self) -> None:
         """Return when the consumer has ended for good (stopped, or unauthorized)."""
@@ -141,18 +150,27 @@ class TradeUpdatesStream:
                 reason = await self._connect_once()
             except AuthenticationFailed as exc:
                 self._set_state(StreamState.UNAUTHORIZED)
-                log.error("[AlpacaStream] Authentication failed", account=self.account,
-                          reason=str(exc) or "unauthorized", _url=self._url)
+                log.error(
+                    "[AlpacaStream] Authentication failed",
+                    account=self.account,
+                    reason=str(exc) or "unauthorized",
+                    _url=self._url,
+                )
                 return
             healthy = self._received_in_session > 0 or (
-                loop.time() - started >= self._backoff.max_s)
+                loop.time() - started >= self._backoff.max_s
+            )
             if healthy:
                 self._backoff.reset()
             delay = self._backoff.next_delay()
             self.reconnects += 1
             self._set_state(StreamState.RECONNECTING)
-            log.info(f"[AlpacaStream] Reconnecting in {round(delay * 1000)}ms",
-                     account=self.account, attempt=self._backoff.attempt, _reason=reason)
+            log.info(
+                f"[AlpacaStream] Reconnecting in {round(delay * 1000)}ms",
+                account=self.account,
+                attempt=self._backoff.attempt,
+                _reason=reason,
+            )
             await asyncio.sleep(delay)
 
     async def _connect_once(self) -> str:
@@ -161,14 +179,18 @@ class TradeUpdatesStream:
         connected = False
         try:
             async with self._session.ws_connect(
-                self._url, heartbeat=self._heartbeat_s,
+                self._url,
+                heartbeat=self._heartbeat_s,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.25),
             ) as ws:
                 early = await self._handshake(ws)
                 connected = True
                 self._set_state(StreamState.CONNECTED)
-                log.info("[AlpacaStream] Connected to trade_updates stream",
-                         account=self.account, _url=self._url)
+                log.info(
+                    "[AlpacaStream] Connected to trade_updates stream",
+                    account=self.account,
+                    _url=self._url,
+                )
                 gap_started_at, self._gap_started_at = self._gap_started_at, None
                 self._on_connected(gap_started_at)
                 for item in early:
@@ -176,8 +198,11 @@ class TradeUpdatesStream:
                 reason = await self._consume(ws)
         except TimeoutError:
             reason = f"no authorization reply within {self._auth_timeout_s}s"
-            log.warning("[AlpacaStream] Authentication timed out", account=self.account,
-                        timeoutS=self._auth_timeout_s)
+            log.warning(
+                "[AlpacaStream] Authentication timed out",
+                account=self.account,
+                timeoutS=self._auth_timeout_s,
+            )
         except SessionEnded as exc:
             reason = str(exc)
         except aiohttp.WSServerHandshakeError as exc:
@@ -186,20 +211,32 @@ class TradeUpdatesStream:
             reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
         if connected:
             self._gap_started_at = self._clock()
-            log.info("[AlpacaStream] Disconnected from trade_updates stream",
-                     account=self.account, reason=reason)
+            log.info(
+                "[AlpacaStream] Disconnected from trade_updates stream",
+                account=self.account,
+                reason=reason,
+            )
         else:
-            log.warning("[AlpacaStream] Connection attempt failed", account=self.account,
-                        reason=reason)
+            log.warning(
+                "[AlpacaStream] Connection attempt failed", account=self.account, reason=reason
+            )
         return reason
 
     async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
         """Authenticate and listen; returns trade updates that raced ahead of the ack."""
         early: list[dict[str, Any]] = []
         async with asyncio.timeout(self._auth_timeout_s):
-            await ws.send_str(orjson.dumps({"action": "authenticate", "data": {
-                "key_id": self._key_id.get_secret_value(),
-                "secret_key": self._secret_key.get_secret_value()}}).decode())
+            await ws.send_str(
+                orjson.dumps(
+                    {
+                        "action": "authenticate",
+                        "data": {
+                            "key_id": self._key_id.get_secret_value(),
+                            "secret_key": self._secret_key.get_secret_value(),
+                        },
+                    }
+                ).decode()
+            )
             reply = await self._next_control(ws, "authorization", early)
             if reply.get("status") != "authorized":
                 raise AuthenticationFailed(str(reply.get("message") or reply.get("status")))
@@ -209,8 +246,9 @@ class TradeUpdatesStream:
             raise SessionEnded(f"listen not acknowledged for trade_updates: {ack}")
         return early
 
-    async def _next_control(self, ws: aiohttp.ClientWebSocketResponse, stream: str,
-                            early: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _next_control(
+        self, ws: aiohttp.ClientWebSocketResponse, stream: str, early: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         while True:
             for item in await self._receive(ws):
                 raw = item.get("data")
@@ -229,10 +267,16 @@ class TradeUpdatesStream:
         if message.type is aiohttp.WSMsgType.ERROR:
             raise SessionEnded(f"connection error: {ws.exception() or message.data}")
         code = ws.close_code if ws.close_code is not None else message.data
-        extra = f" {message.extra}" if message.type is aiohttp.WSMsgType.CLOSE and (
-            message.extra) else ""
-        raise SessionEnded(f"closed by server (code {code}){extra}" if code not in (
-            None, 1006) else "connection lost")
+        extra = (
+            f" {message.extra}"
+            if message.type is aiohttp.WSMsgType.CLOSE and (message.extra)
+            else ""
+        )
+        raise SessionEnded(
+            f"closed by server (code {code}){extra}"
+            if code not in (None, 1006)
+            else "connection lost"
+        )
 
     async def _consume(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         while True:
@@ -254,19 +298,30 @@ class TradeUpdatesStream:
         try:
             update = parse_trade_update(item.get("data"))
         except MalformedUpdate as exc:
-            log.warning("[AlpacaStream] Ignored malformed trade update", account=self.account,
-                        error=str(exc))
+            log.warning(
+                "[AlpacaStream] Ignored malformed trade update",
+                account=self.account,
+                error=str(exc),
+            )
             return
         self.last_event_at = self._clock()
         self._received_in_session += 1
         if not self._dedup.add(update.dedup_key):
             self.duplicates += 1
-            log.debug("[AlpacaStream] Ignored duplicate trade update", account=self.account,
-                      orderId=update.order.id, executionId=update.execution_id)
+            log.debug(
+                "[AlpacaStream] Ignored duplicate trade update",
+                account=self.account,
+                orderId=update.order.id,
+                executionId=update.execution_id,
+            )
             return
         try:
             self._on_update(update)
         except Exception:
             # One update the portfolio cannot take must not end the account's stream.
-            log.exception("[AlpacaStream] Failed to apply trade update", account=self.account,
-                          orderId=update.order.id, tradeEvent=update.event)
+            log.exception(
+                "[AlpacaStream] Failed to apply trade update",
+                account=self.account,
+                orderId=update.order.id,
+                tradeEvent=update.event,
+            )

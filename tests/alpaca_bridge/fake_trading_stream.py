@@ -78,19 +78,35 @@ class FakeTradingStream:
                 pass
             return ws
         if behaviour == "reject":
-            await ws.send_bytes(orjson.dumps({"stream": "authorization", "data": {
-                "action": "authenticate", "message": "access key verification failed",
-                "status": "unauthorized"}}))
+            await ws.send_bytes(
+                orjson.dumps(
+                    {
+                        "stream": "authorization",
+                        "data": {
+                            "action": "authenticate",
+                            "message": "access key verification failed",
+                            "status": "unauthorized",
+                        },
+                    }
+                )
+            )
             await ws.close()
             return ws
-        await ws.send_bytes(orjson.dumps({"stream": "authorization", "data": {
-            "status": "authorized", "action": "authenticate"}}))
+        await ws.send_bytes(
+            orjson.dumps(
+                {
+                    "stream": "authorization",
+                    "data": {"status": "authorized", "action": "authenticate"},
+                }
+            )
+        )
         async for message in ws:
             body = orjson.loads(message.data)
             if body.get("action") == "listen":
                 streams = [s for s in body["data"]["streams"] if s == "trade_updates"]
-                await ws.send_bytes(orjson.dumps({"stream": "listening",
-                                                  "data": {"streams": streams}}))
+                await ws.send_bytes(
+                    orjson.dumps({"stream": "listening", "data": {"streams": streams}})
+                )
                 self._sockets[ws] = request
                 self.listening.put_nowait(ws)
         self._sockets.pop(ws, None)

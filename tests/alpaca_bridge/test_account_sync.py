@@ -33,13 +33,20 @@ async def broker() -> AsyncIterator[SimulatedBroker]:
 def make_sync(api_url: str, bus: InProcessBus, reconciled: asyncio.Queue[None]) -> AccountSync:
     account = BrokerAccount("alice", SecretStr(KEY), SecretStr(SECRET))
     return AccountSync(
-        account="alice", user_id="user-1", client=trading_client(account, api_url), bus=bus,
-        backoff=Backoff(0.02, 0.05), on_symbols_changed=lambda: None,
-        on_reconciled=lambda: reconciled.put_nowait(None))
+        account="alice",
+        user_id="user-1",
+        client=trading_client(account, api_url),
+        bus=bus,
+        backoff=Backoff(0.02, 0.05),
+        on_symbols_changed=lambda: None,
+        on_reconciled=lambda: reconciled.put_nowait(None),
+    )
 
 
 async def test_an_update_held_during_reconciliation_is_counted_once(
-    broker: SimulatedBroker, bus: InProcessBus, collected: Any,
+    broker: SimulatedBroker,
+    bus: InProcessBus,
+    collected: Any,
 ) -> None:
     order = await broker.submit_order(KEY, "AAPL", "buy", Decimal(4))
     [fill] = await asyncio.wait_for(broker.wait_trade_updates(KEY, 1, event="fill"), 5)
@@ -60,7 +67,10 @@ async def test_an_update_held_during_reconciliation_is_counted_once(
 
 
 async def test_rest_failures_are_logged_and_retried_while_updates_wait(
-    broker: SimulatedBroker, bus: InProcessBus, collected: Any, log_lines: Any,
+    broker: SimulatedBroker,
+    bus: InProcessBus,
+    collected: Any,
+    log_lines: Any,
 ) -> None:
     reconciled: asyncio.Queue[None] = asyncio.Queue()
     sync = make_sync("http://127.0.0.1:9", bus, reconciled)  # nothing listens on port 9
@@ -72,4 +82,3 @@ async def test_rest_failures_are_logged_and_retried_while_updates_wait(
     await sync.stop()
     assert not sync.reconciling
     assert collected.events == []
-

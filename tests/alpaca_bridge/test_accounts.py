@@ -26,9 +26,14 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_single_account_shortcut() -> None:
-    [account] = configured_accounts(settings(
-        alpaca_api_key="PKKEY", alpaca_secret_key="SECRET", alpaca_username="alice",
-        alpaca_paper=False))
+    [account] = configured_accounts(
+        settings(
+            alpaca_api_key="PKKEY",
+            alpaca_secret_key="SECRET",
+            alpaca_username="alice",
+            alpaca_paper=False,
+        )
+    )
     assert (account.username, account.paper) == ("alice", False)
     assert account.api_key.get_secret_value() == "PKKEY"
     assert "SECRET" not in repr(account)
@@ -40,7 +45,9 @@ def test_the_shortcut_needs_a_username() -> None:
 
 
 def test_accounts_file(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [[accounts]]
 username = "alice"
 api_key = "K1"
@@ -51,22 +58,30 @@ username = "bob"
 api_key = "K2"
 secret_key = "S2"
 paper = false
-""")
+""",
+    )
     alice, bob = configured_accounts(settings(accounts_file=path))
     assert (alice.username, alice.paper, bob.username, bob.paper) == ("alice", True, "bob", False)
     assert bob.secret_key.get_secret_value() == "S2"
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[[accounts]]\nusername = 'a'\napi_key = 'K'\n",
-     "[[accounts]] entry 1 (username=a): 'secret_key' is required"),
-    ("[[accounts]]\napi_key = 'K'\nsecret_key = 'S'\n", "entry 1: 'username' is required"),
-    ("[[accounts]]\nusername = 'a'\napi_key = 'K'\nsecret_key = 'S'\npaper = 'yes'\n",
-     "'paper' must be true or false"),
-    ("[[accounts]]\nusername = 'a'\napi_key = 'K'\nsecret = 'S'\n", "unknown key 'secret'"),
-    ("accounts = 3\n", "expected one or more [[accounts]] tables"),
-    ("[[accounts]\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[[accounts]]\nusername = 'a'\napi_key = 'K'\n",
+            "[[accounts]] entry 1 (username=a): 'secret_key' is required",
+        ),
+        ("[[accounts]]\napi_key = 'K'\nsecret_key = 'S'\n", "entry 1: 'username' is required"),
+        (
+            "[[accounts]]\nusername = 'a'\napi_key = 'K'\nsecret_key = 'S'\npaper = 'yes'\n",
+            "'paper' must be true or false",
+        ),
+        ("[[accounts]]\nusername = 'a'\napi_key = 'K'\nsecret = 'S'\n", "unknown key 'secret'"),
+        ("accounts = 3\n", "expected one or more [[accounts]] tables"),
+        ("[[accounts]\n", "not valid TOML"),
+    ],
+)
 def test_file_errors_name_the_file_and_the_entry(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(AccountsConfigError) as caught:
@@ -81,8 +96,14 @@ def test_a_missing_file_and_a_duplicate_username(tmp_path: Path) -> None:
         configured_accounts(settings(accounts_file=tmp_path / "missing.toml"))
     path = write(tmp_path, "[[accounts]]\nusername='Alice'\napi_key='K'\nsecret_key='S'\n")
     with pytest.raises(AccountsConfigError, match="'Alice' is configured twice"):
-        configured_accounts(settings(alpaca_api_key="k", alpaca_secret_key="s",
-                                     alpaca_username="alice", accounts_file=path))
+        configured_accounts(
+            settings(
+                alpaca_api_key="k",
+                alpaca_secret_key="s",
+                alpaca_username="alice",
+                accounts_file=path,
+            )
+        )
 
 
 def test_endpoints_default_to_alpaca_and_can_be_overridden() -> None:
@@ -90,8 +111,12 @@ def test_endpoints_default_to_alpaca_and_can_be_overridden() -> None:
     assert paper.api_url == "https://paper-api.alpaca.markets"
     assert paper.stream_url == "wss://paper-api.alpaca.markets/stream"
     assert alpaca_endpoints(settings(), paper=False).stream_url == "wss://api.alpaca.markets/stream"
-    local = alpaca_endpoints(settings(alpaca_api_url="http://127.0.0.1:1",
-                                      alpaca_stream_url="ws://127.0.0.1:1/stream"), paper=False)
+    local = alpaca_endpoints(
+        settings(alpaca_api_url="http://127.0.0.1:1", alpaca_stream_url="ws://127.0.0.1:1/stream"),
+        paper=False,
+    )
     assert (local.api_url, local.stream_url) == ("http://127.0.0.1:1", "ws://127.0.0.1:1/stream")
     assert alpaca_data_stream_url(settings()) == "wss://stream.data.alpaca.markets/v2/iex"
-    assert alpaca_data_stream_url(settings(alpaca_data_stream_url="ws://x/v2/sip")) == "ws://x/v2/sip"
+    assert (
+        alpaca_data_stream_url(settings(alpaca_data_stream_url="ws://x/v2/sip")) == "ws://x/v2/sip"
+    )

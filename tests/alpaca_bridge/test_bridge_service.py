@@ -61,18 +61,25 @@ async def store(tmp_path: Path, users_db: Path) -> AsyncIterator[Store]:
 def alpaca_settings(sim: SimulatedBroker, tmp_path: Path, **values: Any) -> Settings:
     """BROKER=alpaca pointed at the simulator: the production code path, on loopback."""
     defaults: dict[str, Any] = {
-        "broker": "alpaca", "alpaca_api_key": KEY, "alpaca_secret_key": SECRET,
-        "alpaca_username": "alice", "alpaca_api_url": sim.base_url,
+        "broker": "alpaca",
+        "alpaca_api_key": KEY,
+        "alpaca_secret_key": SECRET,
+        "alpaca_username": "alice",
+        "alpaca_api_url": sim.base_url,
         "alpaca_stream_url": sim.trading_stream_url,
         "alpaca_data_stream_url": sim.data_stream_url,
-        "database_url": f"sqlite:///{tmp_path}/users.db", "alpaca_backoff_initial_s": 0.05,
-        "alpaca_backoff_max_s": 0.2, "alpaca_auth_timeout_s": 2}
+        "database_url": f"sqlite:///{tmp_path}/users.db",
+        "alpaca_backoff_initial_s": 0.05,
+        "alpaca_backoff_max_s": 0.2,
+        "alpaca_auth_timeout_s": 2,
+    }
     return Settings(_env_file=None, **(defaults | values))
 
 
 @pytest.fixture
 async def bridge_for(
-    bus: InProcessBus, store: Store,
+    bus: InProcessBus,
+    store: Store,
 ) -> AsyncIterator[Callable[[Settings], BrokerBridge]]:
     made: list[BrokerBridge] = []
 
@@ -106,20 +113,25 @@ def bus_state(events: list[Event], user_id: str) -> dict[str, Any]:
         elif event.type == "account:updated":
             account = payload
     return {
-        "positions": {s: (Decimal(p["qty"]), Decimal(p["avgEntryPrice"]))
-                      for s, p in positions.items()},
+        "positions": {
+            s: (Decimal(p["qty"]), Decimal(p["avgEntryPrice"])) for s, p in positions.items()
+        },
         "orders": {i: (o["status"], Decimal(o["filledQty"])) for i, o in orders.items()},
-        "cash": Decimal(account["cash"]), "buyingPower": Decimal(account["buyingPower"]),
+        "cash": Decimal(account["cash"]),
+        "buyingPower": Decimal(account["buyingPower"]),
     }
 
 
 def rest_state(sim: SimulatedBroker, key: str) -> dict[str, Any]:
     account = sim.account(key)
     return {
-        "positions": {p["symbol"]: (Decimal(p["qty"]), Decimal(p["avg_entry_price"]))
-                      for p in sim.positions(key)},
+        "positions": {
+            p["symbol"]: (Decimal(p["qty"]), Decimal(p["avg_entry_price"]))
+            for p in sim.positions(key)
+        },
         "orders": {o["id"]: (o["status"], Decimal(o["filled_qty"])) for o in sim.orders(key)},
-        "cash": Decimal(account["cash"]), "buyingPower": Decimal(account["buying_power"]),
+        "cash": Decimal(account["cash"]),
+        "buyingPower": Decimal(account["buying_power"]),
     }
 
 
@@ -131,8 +143,11 @@ async def started(bridge: BrokerBridge, collected: Any) -> str:
 
 
 async def test_start_connects_reconciles_and_reports_status(
-    broker: SimulatedBroker, tmp_path: Path, bridge_for: Callable[[Settings], BrokerBridge],
-    collected: Any, log_lines: Any,
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    log_lines: Any,
 ) -> None:
     bridge = bridge_for(alpaca_settings(broker, tmp_path))
     user_id = await started(bridge, collected)
@@ -141,9 +156,15 @@ async def test_start_connects_reconciles_and_reports_status(
     [status] = bridge.accounts_status()
     assert status["lastReconciledAt"].endswith("Z")
     assert status == {
-        "username": "alice", "userId": user_id, "status": "connected", "lastEventAt": None,
-        "lastReconciledAt": status["lastReconciledAt"], "reconnects": 0, "mode": "alpaca",
-        "paper": True}
+        "username": "alice",
+        "userId": user_id,
+        "status": "connected",
+        "lastEventAt": None,
+        "lastReconciledAt": status["lastReconciledAt"],
+        "reconnects": 0,
+        "mode": "alpaca",
+        "paper": True,
+    }
     assert bridge.simulator is None
     assert bridge.demo_logins == []
     assert bridge.price_stream_status()["status"] == "idle"
@@ -155,14 +176,21 @@ async def test_start_connects_reconciles_and_reports_status(
 
 
 async def test_place_order_round_trip_emits_the_trade(
-    broker: SimulatedBroker, tmp_path: Path, bridge_for: Callable[[Settings], BrokerBridge],
-    collected: Any, log_lines: Any,
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    log_lines: Any,
 ) -> None:
     bridge = bridge_for(alpaca_settings(broker, tmp_path))
     user_id = await started(bridge, collected)
     order = await bridge.place_order("Alice", "aapl", "buy", Decimal("3"))
     assert (order["symbol"], order["side"], order["qty"], order["userId"]) == (
-        "AAPL", "buy", "3", user_id)
+        "AAPL",
+        "buy",
+        "3",
+        user_id,
+    )
     trade = await collected.wait_for(is_("trade:executed", orderId=order["orderId"]))
     assert trade.payload["qty"] == "3"
     assert trade.payload["positionQty"] == "3"
@@ -174,13 +202,16 @@ async def test_place_order_round_trip_emits_the_trade(
     assert statuses[-2:] == ["new", "filled"]
     assert log_lines.matching(
         "INFO [AlpacaStream] Emitted trade:executed event: "
-        f"tradeId={trade.payload['tradeId']}, symbol=AAPL")
+        f"tradeId={trade.payload['tradeId']}, symbol=AAPL"
+    )
     assert all(e.user_id == user_id for e in collected.events)
     assert bridge.accounts_status()[0]["lastEventAt"] is not None
 
 
 async def test_place_order_errors_are_clear(
-    broker: SimulatedBroker, tmp_path: Path, bridge_for: Callable[[Settings], BrokerBridge],
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
     collected: Any,
 ) -> None:
     bridge = bridge_for(alpaca_settings(broker, tmp_path))
@@ -201,8 +232,11 @@ async def buy(bridge: BrokerBridge, collected: Any, symbol: str, qty: int) -> Ev
 
 
 async def test_price_ticks_move_unrealized_pnl_and_equity(
-    broker: SimulatedBroker, tmp_path: Path, bridge_for: Callable[[Settings], BrokerBridge],
-    collected: Any, log_lines: Any,
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    log_lines: Any,
 ) -> None:
     bridge = bridge_for(alpaca_settings(broker, tmp_path))
     await started(bridge, collected)
@@ -211,7 +245,8 @@ async def test_price_ticks_move_unrealized_pnl_and_equity(
     await asyncio.wait_for(broker.wait_data_subscription("AAPL"), 5)
     broker.set_price("AAPL", target)
     tick = await collected.wait_for(
-        lambda e: e.quiet and is_("position:updated", currentPrice=str(target))(e))
+        lambda e: e.quiet and is_("position:updated", currentPrice=str(target))(e)
+    )
     assert tick.payload["unrealizedPnl"] == "52.50"
     assert tick.payload["marketValue"] == str(target * 10)
     account = await collected.wait_for(lambda e: e.quiet and e.type == "account:updated")
@@ -226,7 +261,9 @@ async def test_price_ticks_move_unrealized_pnl_and_equity(
 
 
 async def test_duplicate_executions_and_heartbeats_are_ignored(
-    broker: SimulatedBroker, tmp_path: Path, bridge_for: Callable[[Settings], BrokerBridge],
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
     collected: Any,
 ) -> None:
     bridge = bridge_for(alpaca_settings(broker, tmp_path))
@@ -241,8 +278,11 @@ async def test_duplicate_executions_and_heartbeats_are_ignored(
 
 
 async def test_reconciliation_after_a_gap_restores_the_broker_truth(
-    broker: SimulatedBroker, tmp_path: Path, bridge_for: Callable[[Settings], BrokerBridge],
-    collected: Any, log_lines: Any,
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    log_lines: Any,
 ) -> None:
     bridge = bridge_for(alpaca_settings(broker, tmp_path, alpaca_auth_timeout_s=0.3))
     user_id = await started(bridge, collected)
@@ -254,9 +294,15 @@ async def test_reconciliation_after_a_gap_restores_the_broker_truth(
     broker.drop_trading_streams(KEY, how="abort")
     await asyncio.wait_for(broker.wait_trading_disconnected(KEY), 5)
     fills_before = sum(u["data"]["event"] == "fill" for u in broker.trade_updates(KEY))
-    gap_orders = [await broker.submit_order(KEY, symbol, side, Decimal(qty)) for symbol, side, qty
-                  in [("MSFT", "buy", 2), ("AAPL", "sell", 5), ("TSLA", "buy", 1),
-                      ("NVDA", "buy", 1)]]
+    gap_orders = [
+        await broker.submit_order(KEY, symbol, side, Decimal(qty))
+        for symbol, side, qty in [
+            ("MSFT", "buy", 2),
+            ("AAPL", "sell", 5),
+            ("TSLA", "buy", 1),
+            ("NVDA", "buy", 1),
+        ]
+    ]
     await asyncio.wait_for(broker.wait_trade_updates(KEY, fills_before + 4, event="fill"), 5)
     broker.set_auth_behaviour(KEY, "ok")
 
@@ -264,10 +310,15 @@ async def test_reconciliation_after_a_gap_restores_the_broker_truth(
     await collected.wait_for(is_("order:updated", orderId=last, event="reconciled"), within=10)
     assert bus_state(collected.events, user_id) == rest_state(broker, KEY)
     await collected.wait_for(is_("position:closed", symbol="AAPL"))
-    assert not [e for e in collected.of_type("trade:executed")
-                if e.payload["orderId"] in {o["id"] for o in gap_orders}]
-    assert log_lines.matching("[AlpacaStream] Disconnected from trade_updates stream: "
-                              "account=alice, reason=connection lost")
+    assert not [
+        e
+        for e in collected.of_type("trade:executed")
+        if e.payload["orderId"] in {o["id"] for o in gap_orders}
+    ]
+    assert log_lines.matching(
+        "[AlpacaStream] Disconnected from trade_updates stream: "
+        "account=alice, reason=connection lost"
+    )
     assert log_lines.matching("[AlpacaStream] Reconnecting in", "ms: account=alice, attempt=1")
     assert len(log_lines.matching("[AlpacaStream] Reconciled account: account=alice")) >= 2
     assert bridge.accounts_status()[0]["reconnects"] >= 1
@@ -279,7 +330,9 @@ async def test_reconciliation_after_a_gap_restores_the_broker_truth(
 
 
 async def test_bad_credentials_are_reported_at_once(
-    broker: SimulatedBroker, tmp_path: Path, bridge_for: Callable[[Settings], BrokerBridge],
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
     log_lines: Any,
 ) -> None:
     bridge = bridge_for(alpaca_settings(broker, tmp_path, alpaca_secret_key="wrong"))
@@ -293,7 +346,9 @@ async def test_bad_credentials_are_reported_at_once(
 
 
 async def test_an_account_without_a_user_is_reported(
-    broker: SimulatedBroker, tmp_path: Path, bridge_for: Callable[[Settings], BrokerBridge],
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
     log_lines: Any,
 ) -> None:
     bridge = bridge_for(alpaca_settings(broker, tmp_path, alpaca_username="carol"))
@@ -301,15 +356,21 @@ async def test_an_account_without_a_user_is_reported(
     assert bridge.ready
     [status] = bridge.accounts_status()
     assert (status["username"], status["userId"], status["status"]) == (
-        "carol", None, "unknown_user")
+        "carol",
+        None,
+        "unknown_user",
+    )
     assert log_lines.matching("ERROR [AlpacaStream] No user for broker account", "account=carol")
     with pytest.raises(UnknownAccount, match="no user"):
         await bridge.place_order("carol", "AAPL", "buy", Decimal(1))
 
 
 async def test_stop_closes_everything_within_a_second(
-    broker: SimulatedBroker, tmp_path: Path, bridge_for: Callable[[Settings], BrokerBridge],
-    collected: Any, log_lines: Any,
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    log_lines: Any,
 ) -> None:
     bridge = bridge_for(alpaca_settings(broker, tmp_path))
     await started(bridge, collected)
@@ -326,11 +387,18 @@ async def test_stop_closes_everything_within_a_second(
 
 
 async def test_simulated_mode_runs_the_embedded_broker_with_demo_users(
-    tmp_path: Path, store: Store, bridge_for: Callable[[Settings], BrokerBridge],
+    tmp_path: Path,
+    store: Store,
+    bridge_for: Callable[[Settings], BrokerBridge],
     collected: Any,
 ) -> None:
-    settings = Settings(_env_file=None, broker="simulated", sim_order_interval_s=0,
-                        sim_tick_interval_ms=60_000, database_url=f"sqlite:///{tmp_path}/u.db")
+    settings = Settings(
+        _env_file=None,
+        broker="simulated",
+        sim_order_interval_s=0,
+        sim_tick_interval_ms=60_000,
+        database_url=f"sqlite:///{tmp_path}/u.db",
+    )
     bridge = bridge_for(settings)
     await bridge.start()
     await asyncio.wait_for(bridge.wait_ready(), 5)
@@ -347,12 +415,18 @@ async def test_simulated_mode_runs_the_embedded_broker_with_demo_users(
     order = await bridge.place_order("bob", "MSFT", "buy", Decimal(1))
     trade = await collected.wait_for(is_("trade:executed", orderId=order["orderId"]))
     assert trade.user_id == statuses["bob"]["userId"]
-    assert all(e.user_id == statuses["bob"]["userId"] for e in collected.events
-               if e.payload.get("symbol") == "MSFT")
+    assert all(
+        e.user_id == statuses["bob"]["userId"]
+        for e in collected.events
+        if e.payload.get("symbol") == "MSFT"
+    )
 
 
 async def test_bridge_ctx_starts_and_stops_the_bridge_with_the_app(
-    broker: SimulatedBroker, tmp_path: Path, store: Store, bus: InProcessBus,
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    store: Store,
+    bus: InProcessBus,
 ) -> None:
     app = web.Application()
     app[SETTINGS_KEY] = alpaca_settings(broker, tmp_path)

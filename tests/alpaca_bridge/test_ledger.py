@@ -17,18 +17,36 @@ NOW = datetime(2026, 1, 4, 10, 30, tzinfo=UTC)
 _ids = count(1)
 
 
-def fill(symbol: str, side: str, qty: str, price: str, *, position_qty: str | None = None,
-         order_id: str | None = None, filled_qty: str | None = None,
-         event: str = "fill") -> dict[str, Any]:
+def fill(
+    symbol: str,
+    side: str,
+    qty: str,
+    price: str,
+    *,
+    position_qty: str | None = None,
+    order_id: str | None = None,
+    filled_qty: str | None = None,
+    event: str = "fill",
+) -> dict[str, Any]:
     n = next(_ids)
     data: dict[str, Any] = {
-        "event": event, "execution_id": f"exec-{n}", "timestamp": "2026-01-04T10:30:00.5Z",
-        "price": price, "qty": qty,
-        "order": {"id": order_id or f"order-{n}", "client_order_id": f"cid-{n}",
-                  "symbol": symbol, "side": side, "type": "market", "qty": qty,
-                  "filled_qty": filled_qty or qty, "filled_avg_price": price,
-                  "status": "filled" if event == "fill" else "partially_filled",
-                  "updated_at": f"2026-01-04T10:30:00.{n:06d}Z"},
+        "event": event,
+        "execution_id": f"exec-{n}",
+        "timestamp": "2026-01-04T10:30:00.5Z",
+        "price": price,
+        "qty": qty,
+        "order": {
+            "id": order_id or f"order-{n}",
+            "client_order_id": f"cid-{n}",
+            "symbol": symbol,
+            "side": side,
+            "type": "market",
+            "qty": qty,
+            "filled_qty": filled_qty or qty,
+            "filled_avg_price": price,
+            "status": "filled" if event == "fill" else "partially_filled",
+            "updated_at": f"2026-01-04T10:30:00.{n:06d}Z",
+        },
     }
     if position_qty is not None:
         data["position_qty"] = position_qty
@@ -56,7 +74,11 @@ def test_a_fill_emits_order_trade_position_and_account_in_that_order() -> None:
     ledger = ledger_with_cash()
     events = apply(ledger, fill("AAPL", "buy", "10", "150.25", position_qty="10"))
     assert [e.type for e in events] == [
-        "order:updated", "trade:executed", "position:updated", "account:updated"]
+        "order:updated",
+        "trade:executed",
+        "position:updated",
+        "account:updated",
+    ]
     trade = of_type(events, "trade:executed")[0]
     assert trade["qty"] == "10"
     assert trade["price"] == "150.25"
@@ -86,7 +108,10 @@ def test_a_partial_close_keeps_the_average_and_realises_cash() -> None:
     events = apply(ledger, fill("MSFT", "sell", "1", "110"))
     position = of_type(events, "position:updated")[0]
     assert (position["qty"], position["avgEntryPrice"], position["costBasis"]) == (
-        "3", "100", "300.00")
+        "3",
+        "100",
+        "300.00",
+    )
     assert position["unrealizedPnl"] == "30.00"
     assert position["unrealizedPnlPercent"] == "10.00"
     assert ledger.cash == Decimal("710")
@@ -98,7 +123,8 @@ def test_closing_to_zero_emits_position_closed() -> None:
     apply(ledger, fill("TSLA", "buy", "2", "200"))
     events = apply(ledger, fill("TSLA", "sell", "2", "210", position_qty="0"))
     assert of_type(events, "position:closed") == [
-        {"userId": "user-1", "symbol": "TSLA", "closedAt": "2026-01-04T10:30:00.000Z"}]
+        {"userId": "user-1", "symbol": "TSLA", "closedAt": "2026-01-04T10:30:00.000Z"}
+    ]
     assert not of_type(events, "position:updated")
     assert "TSLA" not in ledger.positions
     assert ledger.cash == Decimal("100020")
@@ -181,25 +207,48 @@ def test_partial_fills_accumulate_and_a_stale_partial_does_not_regress_the_order
 
 
 def _order(order_id: str, status: str, filled: str) -> OrderState:
-    return OrderState(order_id, "cid", "AAPL", "buy", "market", Decimal(10), Decimal(filled),
-                      Decimal(100), status, "t", None)
+    return OrderState(
+        order_id,
+        "cid",
+        "AAPL",
+        "buy",
+        "market",
+        Decimal(10),
+        Decimal(filled),
+        Decimal(100),
+        status,
+        "t",
+        None,
+    )
 
 
 def test_snapshot_emits_only_differences() -> None:
     ledger = ledger_with_cash("1000")
     apply(ledger, fill("AAPL", "buy", "1", "100"))
     apply(ledger, fill("MSFT", "buy", "1", "100"))
-    ledger.apply_snapshot(AccountState(Decimal(800), Decimal(800), None), [
-        PositionState("AAPL", Decimal(1), Decimal(100), Decimal(100)),
-        PositionState("MSFT", Decimal(1), Decimal(100), Decimal(100))], [])
+    ledger.apply_snapshot(
+        AccountState(Decimal(800), Decimal(800), None),
+        [
+            PositionState("AAPL", Decimal(1), Decimal(100), Decimal(100)),
+            PositionState("MSFT", Decimal(1), Decimal(100), Decimal(100)),
+        ],
+        [],
+    )
     events = ledger.apply_snapshot(
         AccountState(Decimal(900), Decimal(1800), None),
-        [PositionState("AAPL", Decimal(1), Decimal(100), Decimal(100)),
-         PositionState("GOOG", Decimal("-2"), Decimal(50), None)],
-        [_order("o-9", "filled", "10")])
+        [
+            PositionState("AAPL", Decimal(1), Decimal(100), Decimal(100)),
+            PositionState("GOOG", Decimal("-2"), Decimal(50), None),
+        ],
+        [_order("o-9", "filled", "10")],
+    )
     kinds = [(e.type, e.payload.get("symbol")) for e in events]
-    assert kinds == [("position:updated", "GOOG"), ("position:closed", "MSFT"),
-                     ("order:updated", "AAPL"), ("account:updated", None)]
+    assert kinds == [
+        ("position:updated", "GOOG"),
+        ("position:closed", "MSFT"),
+        ("order:updated", "AAPL"),
+        ("account:updated", None),
+    ]
     assert events[2].payload["event"] == "reconciled"
     assert events[3].payload["buyingPower"] == "1800.00"
     for event in events:
@@ -211,7 +260,8 @@ def test_a_fill_already_in_the_snapshot_is_not_applied_again() -> None:
     ledger.apply_snapshot(
         AccountState(Decimal(0), Decimal(0), None),
         [PositionState("AAPL", Decimal(10), Decimal(100), Decimal(100))],
-        [_order("o-1", "filled", "10")])
+        [_order("o-1", "filled", "10")],
+    )
     events = apply(ledger, fill("AAPL", "buy", "10", "100", order_id="o-1", position_qty="10"))
     assert [e.type for e in events] == ["order:updated", "trade:executed"]
     assert ledger.positions["AAPL"].qty == 10

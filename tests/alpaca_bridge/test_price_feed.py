@@ -25,12 +25,18 @@ async def broker() -> AsyncIterator[SimulatedBroker]:
 
 
 @pytest.fixture
-async def feed(broker: SimulatedBroker) -> AsyncIterator[tuple[PriceFeed, asyncio.Queue[
-        dict[str, Decimal]]]]:
+async def feed(
+    broker: SimulatedBroker,
+) -> AsyncIterator[tuple[PriceFeed, asyncio.Queue[dict[str, Decimal]]]]:
     batches: asyncio.Queue[dict[str, Decimal]] = asyncio.Queue()
-    prices = PriceFeed(url=broker.data_stream_url, feed="iex", key_id=SecretStr(KEY),
-                       secret_key=SecretStr(SECRET), on_prices=batches.put_nowait,
-                       coalesce_s=0.05)
+    prices = PriceFeed(
+        url=broker.data_stream_url,
+        feed="iex",
+        key_id=SecretStr(KEY),
+        secret_key=SecretStr(SECRET),
+        on_prices=batches.put_nowait,
+        coalesce_s=0.05,
+    )
     prices.start()
     yield prices, batches
     await prices.stop()
@@ -44,7 +50,8 @@ async def test_idle_until_a_symbol_is_wanted(
 
 
 async def test_ticks_are_coalesced_per_symbol(
-    broker: SimulatedBroker, feed: tuple[PriceFeed, asyncio.Queue[dict[str, Decimal]]],
+    broker: SimulatedBroker,
+    feed: tuple[PriceFeed, asyncio.Queue[dict[str, Decimal]]],
 ) -> None:
     prices, batches = feed
     prices.want({"AAPL", "MSFT"})
@@ -67,7 +74,8 @@ async def test_ticks_are_coalesced_per_symbol(
 
 
 async def test_subscriptions_follow_the_wanted_set(
-    broker: SimulatedBroker, feed: tuple[PriceFeed, asyncio.Queue[dict[str, Decimal]]],
+    broker: SimulatedBroker,
+    feed: tuple[PriceFeed, asyncio.Queue[dict[str, Decimal]]],
 ) -> None:
     prices, batches = feed
     prices.want({"AAPL"})
@@ -81,7 +89,8 @@ async def test_subscriptions_follow_the_wanted_set(
 
 
 async def test_stop_is_prompt_while_streaming(
-    broker: SimulatedBroker, feed: tuple[PriceFeed, asyncio.Queue[dict[str, Decimal]]],
+    broker: SimulatedBroker,
+    feed: tuple[PriceFeed, asyncio.Queue[dict[str, Decimal]]],
 ) -> None:
     prices, _ = feed
     prices.want({"AAPL"})

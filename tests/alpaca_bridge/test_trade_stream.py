@@ -38,15 +38,24 @@ async def consumer_for(
     session = aiohttp.ClientSession()
     made: list[TradeUpdatesStream] = []
 
-    def make(key: Behaviour | str, *, auth_timeout_s: float = 2.0,
-             backoff: tuple[float, float] = (0.05, 0.2)) -> tuple[TradeUpdatesStream, Harness]:
+    def make(
+        key: Behaviour | str,
+        *,
+        auth_timeout_s: float = 2.0,
+        backoff: tuple[float, float] = (0.05, 0.2),
+    ) -> tuple[TradeUpdatesStream, Harness]:
         harness = Harness()
         stream = TradeUpdatesStream(
-            account="alice", url=fake.url, key_id=SecretStr(key),
-            secret_key=SecretStr("s3cret-value"), session=session,
-            auth_timeout_s=auth_timeout_s, backoff=Backoff(*backoff, random.Random(7)),
+            account="alice",
+            url=fake.url,
+            key_id=SecretStr(key),
+            secret_key=SecretStr("s3cret-value"),
+            session=session,
+            auth_timeout_s=auth_timeout_s,
+            backoff=Backoff(*backoff, random.Random(7)),
             on_update=harness.updates.put_nowait,
-            on_connected=harness.connects.put_nowait)
+            on_connected=harness.connects.put_nowait,
+        )
         stream.start()
         made.append(stream)
         return stream, harness
@@ -58,24 +67,43 @@ async def consumer_for(
 
 
 def update(
-    event: str = "fill", execution_id: str | None = "exec-1", **order: Any,
+    event: str = "fill",
+    execution_id: str | None = "exec-1",
+    **order: Any,
 ) -> dict[str, Any]:
-    return {"stream": "trade_updates", "data": {
-        "event": event, "execution_id": execution_id, "timestamp": "2026-01-04T10:30:00Z",
-        "price": "150.5", "qty": "2", "position_qty": "2",
-        "order": {"id": "order-1", "symbol": "AAPL", "side": "buy", "status": "filled",
-                  "filled_qty": "2", "updated_at": "2026-01-04T10:30:00Z", **order}}}
+    return {
+        "stream": "trade_updates",
+        "data": {
+            "event": event,
+            "execution_id": execution_id,
+            "timestamp": "2026-01-04T10:30:00Z",
+            "price": "150.5",
+            "qty": "2",
+            "position_qty": "2",
+            "order": {
+                "id": "order-1",
+                "symbol": "AAPL",
+                "side": "buy",
+                "status": "filled",
+                "filled_qty": "2",
+                "updated_at": "2026-01-04T10:30:00Z",
+                **order,
+            },
+        },
+    }
 
 
 async def test_updates_arrive_from_text_and_binary_frames_and_duplicates_are_dropped(
-    fake: FakeTradingStream, consumer_for: Callable[..., tuple[TradeUpdatesStream, Harness]],
+    fake: FakeTradingStream,
+    consumer_for: Callable[..., tuple[TradeUpdatesStream, Harness]],
     log_lines: Any,
 ) -> None:
     stream, harness = consumer_for("good")
     await asyncio.wait_for(harness.connects.get(), 5)
     assert stream.state is StreamState.CONNECTED
     assert log_lines.matching(
-        "INFO [AlpacaStream] Connected to trade_updates stream: account=alice")
+        "INFO [AlpacaStream] Connected to trade_updates stream: account=alice"
+    )
     await fake.push(b"\x01")
     await fake.push(update(), binary=True)
     await fake.push(update(), binary=False)  # the same execution again
@@ -90,7 +118,8 @@ async def test_updates_arrive_from_text_and_binary_frames_and_duplicates_are_dro
 
 
 async def test_bad_credentials_are_reported_once_and_not_retried(
-    fake: FakeTradingStream, consumer_for: Callable[..., tuple[TradeUpdatesStream, Harness]],
+    fake: FakeTradingStream,
+    consumer_for: Callable[..., tuple[TradeUpdatesStream, Harness]],
     log_lines: Any,
 ) -> None:
     stream, _ = consumer_for("bad")
@@ -107,7 +136,8 @@ async def test_bad_credentials_are_reported_once_and_not_retried(
 
 
 async def test_a_silent_server_times_out_the_auth_and_is_retried_with_backoff(
-    fake: FakeTradingStream, consumer_for: Callable[..., tuple[TradeUpdatesStream, Harness]],
+    fake: FakeTradingStream,
+    consumer_for: Callable[..., tuple[TradeUpdatesStream, Harness]],
     log_lines: Any,
 ) -> None:
     stream, _ = consumer_for("mute", auth_timeout_s=0.2)
@@ -120,7 +150,8 @@ async def test_a_silent_server_times_out_the_auth_and_is_retried_with_backoff(
 
 
 async def test_an_aborted_connection_reconnects_with_backoff(
-    fake: FakeTradingStream, consumer_for: Callable[..., tuple[TradeUpdatesStream, Harness]],
+    fake: FakeTradingStream,
+    consumer_for: Callable[..., tuple[TradeUpdatesStream, Harness]],
     log_lines: Any,
 ) -> None:
     stream, harness = consumer_for("good")
@@ -141,7 +172,8 @@ async def test_an_aborted_connection_reconnects_with_backoff(
 
 @pytest.mark.parametrize("key", ["good", "mute"])
 async def test_stop_is_prompt_whether_connected_or_waiting_for_auth(
-    fake: FakeTradingStream, consumer_for: Callable[..., tuple[TradeUpdatesStream, Harness]],
+    fake: FakeTradingStream,
+    consumer_for: Callable[..., tuple[TradeUpdatesStream, Harness]],
     key: str,
 ) -> None:
     stream, harness = consumer_for(key, auth_timeout_s=30)
