@@ -8,6 +8,7 @@ thread, keeping the event loop free and the connection single-threaded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 import sqlite3
@@ -78,6 +79,13 @@ def validate_username(username: str) -> str:
     return name
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """An argon2 hash of a random password, made once per process: each hash costs ~100 ms
+    of CPU (64 MiB), and it runs on the event loop when a Store is built."""
+    return PasswordHasher().hash(secrets.token_hex(16))
+
+
 class Store:
     """Async facade over a SQLite file holding users and sessions."""
 
@@ -88,7 +96,7 @@ class Store:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
         # Verifying against a dummy hash for unknown users keeps login timing uniform.
-        self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
+        self._dummy_hash = _dummy_hash()
 
     @property
     def is_open(self) -> bool:
