@@ -25,11 +25,16 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
-import orjson
 from pydantic import SecretStr
 
 from alpaca_bridge.backoff import Backoff
-from alpaca_bridge.models import MalformedUpdate, TradeUpdate, decode_frame, parse_trade_update
+from alpaca_bridge.models import MalformedUpdate, TradeUpdate, parse_trade_update
+from alpaca_bridge.stream_protocol import (
+    AuthenticationFailed,
+    SessionEnded,
+    authenticate_and_listen,
+    receive_objects,
+)
 from config.logging import get_logger
 
 log = get_logger()
@@ -44,14 +49,6 @@ class StreamState(StrEnum):
     RECONNECTING = "reconnecting"
     UNAUTHORIZED = "unauthorized"
     STOPPED = "stopped"
-
-
-class AuthenticationFailed(Exception):
-    """The broker answered ``unauthorized``: the credentials are wrong or revoked."""
-
-
-class SessionEnded(Exception):
-    """The connection ended or misbehaved; the message is the reason logged."""
 
 
 class RecentKeys:
@@ -183,7 +180,9 @@ class TradeUpdatesStream:
                 heartbeat=self._heartbeat_s,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.25),
             ) as ws:
-                early = await self._handshake(ws)
+                early = await authenticate_and_listen(
+                    ws, self._key_id, self._secret_key, self._auth_timeout_s
+                )
                 connected = True
                 self._set_state(StreamState.CONNECTED)
                 log.info(
@@ -222,66 +221,10 @@ class TradeUpdatesStream:
             )
         return reason
 
-    async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
-        """Authenticate and listen; returns trade updates that raced ahead of the ack."""
-        early: list[dict[str, Any]] = []
-        async with asyncio.timeout(self._auth_timeout_s):
-            await ws.send_str(
-                orjson.dumps(
-                    {
-                        "action": "authenticate",
-                        "data": {
-                            "key_id": self._key_id.get_secret_value(),
-                            "secret_key": self._secret_key.get_secret_value(),
-                        },
-                    }
-                ).decode()
-            )
-            reply = await self._next_control(ws, "authorization", early)
-            if reply.get("status") != "authorized":
-                raise AuthenticationFailed(str(reply.get("message") or reply.get("status")))
-            await ws.send_str('{"action": "listen", "data": {"streams": ["trade_updates"]}}')
-            ack = await self._next_control(ws, "listening", early)
-        if "trade_updates" not in (ack.get("streams") or []):
-            raise SessionEnded(f"listen not acknowledged for trade_updates: {ack}")
-        return early
-
-    async def _next_control(
-        self, ws: aiohttp.ClientWebSocketResponse, stream: str, early: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        while True:
-            for item in await self._receive(ws):
-                raw = item.get("data")
-                data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-                if item.get("stream") == "authorization" and data.get("status") != "authorized":
-                    raise AuthenticationFailed(str(data.get("message") or data.get("status")))
-                if item.get("stream") == stream:
-                    return data
-                if item.get("stream") == "trade_updates":
-                    early.append(item)
-
-    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
-        message = await ws.receive()
-        if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-            return decode_frame(message.data)
-        if message.type is aiohttp.WSMsgType.ERROR:
-            raise SessionEnded(f"connection error: {ws.exception() or message.data}")
-        code = ws.close_code if ws.close_code is not None else message.data
-        extra = (
-            f" {message.extra}"
-            if message.type is aiohttp.WSMsgType.CLOSE and (message.extra)
-            else ""
-        )
-        raise SessionEnded(
-            f"closed by server (code {code}){extra}"
-            if code not in (None, 1006)
-            else "connection lost"
-        )
-
     async def _consume(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         while True:
             try:
-                items = await self._receive(ws)
+                items = await receive_objects(ws)
             except SessionEnded as exc:
                 return str(exc)
             for item in items:
