@@ -34,6 +34,7 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("service.serverCpuPerAcceptMs", "server CPU/accept ms"),
         ("service.rssPerConnKiB", "RSS/conn KiB"), ("service.rssHeldMiB", "RSS held MiB"),
         ("service.serverFds", "server open fds"),
+        ("service.foreignCpuCores", "other load on the machine (cores)"),
         ("bare.held", "bare: connections held"), ("bare.rssPerConnKiB", "bare: RSS/conn KiB"),
         ("rssPerConnVsBare", "RSS/conn ratio vs bare"),
     ],
@@ -49,6 +50,7 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("service.serverCpuPerEventUs", "server CPU/event in µs"),
         ("service.rssPerConnKiB", "RSS/conn KiB (idle)"),
         ("service.clientCpuUtil", "load client CPU (cores)"),
+        ("service.foreignCpuCores", "other load on the machine (cores)"),
         ("service.clientErrors", "client errors"), ("service.clientDropped", "dropped"),
         ("socketio.eventsInPerS", "socketio: events/s in"),
         ("socketio.deliveriesPerS", "socketio: deliveries/s"),
@@ -57,6 +59,7 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("socketio.serverCpuUtil", "socketio: server CPU (cores)"),
         ("socketio.serverCpuPerDeliveryUs", "socketio: CPU/delivery µs"),
         ("socketio.rssPerConnKiB", "socketio: RSS/conn KiB"),
+        ("socketio.foreignCpuCores", "socketio: other load (cores)"),
         ("cpuPerDeliverySocketioOverService", "CPU/delivery ratio socketio÷service"),
         ("rssPerConnSocketioOverService", "RSS/conn ratio socketio÷service"),
     ],
@@ -68,6 +71,7 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("service.serverCpuUtil", "server CPU (cores)"),
         ("service.serverCpuPerDeliveryUs", "server CPU/delivery µs"),
         ("service.clientCpuUtil", "load client CPU (cores)"),
+        ("service.foreignCpuCores", "other load on the machine (cores)"),
         ("service.clientErrors", "client errors"),
     ],
     "ingest": [
@@ -95,6 +99,14 @@ def machine() -> dict[str, Any]:
             return "not installed"
 
     import resource
+    import subprocess
+
+    try:
+        revision = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+            cwd=Path(__file__).parent, timeout=10, check=False).stdout.strip()
+    except OSError:
+        revision = "unknown"
 
     return {
         "nproc": os.cpu_count(), "cpu": model, "ramGiB": round(mem_kib / 1024 / 1024, 1),
@@ -102,6 +114,7 @@ def machine() -> dict[str, Any]:
         "aiohttp": version("aiohttp"), "uvloop": version("uvloop"),
         "python-socketio": version("python-socketio"), "orjson": version("orjson"),
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "revision": revision or "unknown",
     }
 
 
@@ -131,6 +144,15 @@ def table(summary: dict[str, dict[str, Any]], runs: int) -> str:
             else:
                 text = f"{_fmt(cell):>12}"
             lines.append(f"  {label:<38} {text}")
+        lines.append("")
+    disturbed = [
+        f"{scenario} {key.split('.')[0]}: {cell['max']:.2f}"
+        for scenario, metrics in summary.items() for key, cell in metrics.items()
+        if key.endswith("foreignCpuCores") and isinstance(cell, dict) and cell["max"] > 0.25]
+    if disturbed:
+        lines.append("!! other processes used CPU during these measurements (cores, worst run): "
+                     + "; ".join(disturbed))
+        lines.append("!! the machine has 2 cores: latency and throughput figures are disturbed")
         lines.append("")
     lines.append("== targets")
     for scenario, key, label, unit, goal, met in TARGETS:

@@ -67,7 +67,7 @@ def options(args: argparse.Namespace, workdir: Path) -> Options:
         opts.fanout_rate, opts.fanout_window_ms = 400, 200
         opts.latency_connections, opts.latency_users, opts.latency_rate = 20, 10, 200
         opts.ingest_users, opts.ingest_seconds = 20, 0.5
-        opts.warmup_s, opts.measure_s, opts.settle_s = 0.6, 1.2, 0.3
+        opts.warmup_s, opts.measure_s, opts.settle_s = 0.5, 1.0, 0.3
         opts.client_procs = min(opts.client_procs, 2)
         opts.ramp_timeout_s = 30
     for name, attr in (("connections", "fanout_connections"), ("users", "fanout_users"),

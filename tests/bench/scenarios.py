@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from tests.bench.db import BenchUsers
-from tests.bench.procs import ClientGroup, ServerProcess, child_env
+from tests.bench.procs import ClientGroup, ServerProcess, child_env, machine_busy_s
 from tests.bench.stats import percentile
 
 
@@ -56,7 +56,7 @@ class Options:
 
 
 def log(message: str) -> None:
-    print(f"  · {message}", file=sys.stderr, flush=True)
+    print(f"  {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 def service(opts: Options, users: BenchUsers, name: str, *, window_ms: int,
@@ -115,8 +115,9 @@ async def hold(opts: Options, server: ServerProcess, protocol: str,
                conns: list[tuple[str, str]]) -> tuple[dict[str, Any], ClientGroup]:
     """Start the server, ramp the connections, settle; CPU and RSS before and after."""
     await server.start()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(opts.settle_s)  # let start-up allocations settle before the baseline
     rss0, cpu0 = server.rss_kib(), server.cpu_s()
+    busy0, self0, wall0 = machine_busy_s(), time.process_time(), time.monotonic()
     procs = max(1, min(opts.client_procs, math.ceil(len(conns) / 1000)))
     group = ClientGroup(protocol, server, conns, procs, opts.workdir, stop_on_failure=True,
                         max_seconds=opts.ramp_timeout_s + 600)
@@ -129,6 +130,8 @@ async def hold(opts: Options, server: ServerProcess, protocol: str,
     await asyncio.sleep(opts.settle_s)
     held = ready["ready"]
     rss1, cpu1 = server.rss_kib(), server.cpu_s()
+    busy1, self1, wall1 = machine_busy_s(), time.process_time(), time.monotonic()
+    clients = group.cpu_s()
     accept = sorted(ready["acceptS"])
     result = {
         "attempted": len(conns),
@@ -145,6 +148,8 @@ async def hold(opts: Options, server: ServerProcess, protocol: str,
         "rssHeldMiB": round(rss1 / 1024, 1),
         "rssPerConnKiB": round((rss1 - rss0) / held, 2) if held else 0.0,
         "serverFds": server.fds(),
+        "foreignCpuCores": round(max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - clients
+                                     - (self1 - self0)) / (wall1 - wall0), 2),
     }
     return result, group
 
@@ -195,8 +200,10 @@ async def stream(opts: Options, server: ServerProcess, protocol: str,
         source0 = await server.control(cmd="stats")
         stats0 = await admin_stats(server, users) if users else None
         cpu0, client0, t0 = server.cpu_s(), group.cpu_s(), time.monotonic()
+        busy0, self0 = machine_busy_s(), time.process_time()
         await asyncio.sleep(opts.measure_s)
         cpu1, client1, t1 = server.cpu_s(), group.cpu_s(), time.monotonic()
+        busy1, self1 = machine_busy_s(), time.process_time()
         source1 = await server.control(cmd="stats")
         stats1 = await admin_stats(server, users) if users else None
         report = await group.report()
@@ -230,6 +237,10 @@ async def stream(opts: Options, server: ServerProcess, protocol: str,
         "serverCpuPerEventUs": round(cpu / published * 1e6, 3) if published else 0.0,
         "serverCpuPerMessageUs": round(cpu / messages * 1e6, 3) if messages else 0.0,
         "clientCpuUtil": round((client1 - client0) / elapsed, 3),
+        # CPU used by everything else on the machine meanwhile (other jobs compete for the 2
+        # cores: a figure far above 0 means the run was disturbed).
+        "foreignCpuCores": round(max(0.0, (busy1 - busy0) - cpu - (client1 - client0)
+                                     - (self1 - self0)) / elapsed, 2),
         "clientErrors": report["errors"],
         "clientDropped": report["dropped"],
         "connectFailures": result["failures"],
