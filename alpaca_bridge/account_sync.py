@@ -21,8 +21,9 @@ from decimal import Decimal
 from alpaca.trading.client import TradingClient
 
 from alpaca_bridge.backoff import Backoff
-from alpaca_bridge.ledger import AccountLedger, BusEvent
+from alpaca_bridge.ledger import AccountLedger
 from alpaca_bridge.models import TradeUpdate
+from alpaca_bridge.payloads import BusEvent
 from alpaca_bridge.reconcile import BrokerSnapshot, fetch_snapshot
 from app.bus import BusClosed, EventBus
 from config.logging import get_logger

@@ -11,37 +11,23 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from decimal import Decimal
 
-from alpaca_bridge.models import (
-    AccountState,
-    OrderState,
-    PositionState,
-    TradeUpdate,
-    decimal_text,
-    iso_utc,
+from alpaca_bridge.models import AccountState, OrderState, PositionState, TradeUpdate
+from alpaca_bridge.payloads import (
+    BusEvent,
+    account_updated,
+    money,
+    order_updated,
+    position_closed,
+    position_updated,
+    trade_executed,
 )
-from alpaca_bridge.positions import Position, position_payload, signed_fill, trade
+from alpaca_bridge.positions import Position, signed_fill, trade
 
-CENT = Decimal("0.01")
 # Orders kept after they end, so late or replayed updates for them are still recognised.
 RECENT_TERMINAL_ORDERS = 500
-
-
-@dataclass(frozen=True, slots=True)
-class BusEvent:
-    """An event for ``bus.publish(type, payload, quiet=quiet)``."""
-
-    type: str
-    payload: dict[str, Any]
-    quiet: bool = False
-
-
-def money(value: Decimal) -> str:
-    return decimal_text(value.quantize(CENT, rounding=ROUND_HALF_EVEN))
 
 
 def _utcnow() -> datetime:
@@ -101,7 +87,7 @@ class AccountLedger:
         events: list[BusEvent] = []
         # An update older than what we know would move the UI backwards: no order:updated.
         if self._merge_order(update.order):
-            events.append(self._order_event(update.order, update.event, moment))
+            events.append(order_updated(self.user_id, update.order, update.event, moment))
         if update.is_fill:
             events.extend(self._apply_fill(update, moment))
         return events
@@ -144,7 +130,7 @@ class AccountLedger:
                 order.filled_qty,
             )
             if self._merge_order(order) and changed:
-                events.append(self._order_event(order, "reconciled", self._clock()))
+                events.append(order_updated(self.user_id, order, "reconciled", self._clock()))
         self._cash = account.cash
         self._buying_power_offset = account.buying_power - account.cash
         self._has_account = True
@@ -204,29 +190,6 @@ class AccountLedger:
         events.extend(self._account_events())
         return events
 
-    # Payloads
-
-    def _order_event(self, order: OrderState, event: str, moment: datetime) -> BusEvent:
-        return BusEvent(
-            "order:updated",
-            {
-                "userId": self.user_id,
-                "orderId": order.id,
-                "clientOrderId": order.client_order_id,
-                "symbol": order.symbol,
-                "side": order.side,
-                "type": order.type,
-                "qty": None if order.qty is None else decimal_text(order.qty),
-                "filledQty": decimal_text(order.filled_qty),
-                "filledAvgPrice": (
-                    None if order.filled_avg_price is None else decimal_text(order.filled_avg_price)
-                ),
-                "status": order.status,
-                "event": event,
-                "timestamp": iso_utc(moment),
-            },
-        )
-
     def _trade_event(
         self,
         update: TradeUpdate,
@@ -235,37 +198,14 @@ class AccountLedger:
         held: Decimal,
         moment: datetime,
     ) -> BusEvent:
-        order = update.order
         after = update.position_qty if update.position_qty is not None else held
-        return BusEvent(
-            "trade:executed",
-            {
-                "userId": self.user_id,
-                "tradeId": update.execution_id or f"{order.id}:{decimal_text(order.filled_qty)}",
-                "orderId": order.id,
-                "symbol": order.symbol,
-                "side": order.side,
-                "qty": decimal_text(abs(signed_qty)),
-                "price": decimal_text(price),
-                "positionQty": decimal_text(after),
-                "event": update.event,
-                "timestamp": iso_utc(moment),
-            },
-        )
+        return trade_executed(self.user_id, update, abs(signed_qty), price, after, moment)
 
     def _position_event(self, position: Position, quiet: bool = False) -> BusEvent:
-        payload = {
-            "userId": self.user_id,
-            **position_payload(position, money),
-            "updatedAt": iso_utc(self._clock()),
-        }
-        return BusEvent("position:updated", payload, quiet)
+        return position_updated(self.user_id, position, self._clock(), quiet)
 
     def _closed_event(self, symbol: str) -> BusEvent:
-        return BusEvent(
-            "position:closed",
-            {"userId": self.user_id, "symbol": symbol, "closedAt": iso_utc(self._clock())},
-        )
+        return position_closed(self.user_id, symbol, self._clock())
 
     def _account_events(self, quiet: bool = False) -> list[BusEvent]:
         if not self._has_account:
@@ -274,16 +214,4 @@ class AccountLedger:
         if figures == self._last_account:
             return []
         self._last_account = figures
-        return [
-            BusEvent(
-                "account:updated",
-                {
-                    "userId": self.user_id,
-                    "equity": figures[0],
-                    "cash": figures[1],
-                    "buyingPower": figures[2],
-                    "updatedAt": iso_utc(self._clock()),
-                },
-                quiet,
-            )
-        ]
+        return [account_updated(self.user_id, figures, self._clock(), quiet)]

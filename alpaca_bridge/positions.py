@@ -7,16 +7,10 @@ closed part realises P&L); a fill that crosses zero opens the remainder at the f
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
-from alpaca_bridge.models import TradeUpdate, decimal_text
-
-# A computed average (e.g. 2255 / 15) is shown to this many places, as the embedded broker's REST
-# shows it; prices with fewer places are shown exactly as given.
-PRICE_PLACES = 7
-_PRICE_QUANTUM = Decimal(10) ** -PRICE_PLACES
+from alpaca_bridge.models import TradeUpdate
 
 
 @dataclass(slots=True)
@@ -45,30 +39,6 @@ class Position:
 
     def as_tuple(self) -> tuple[Decimal, Decimal, Decimal | None]:
         return (self.qty, self.avg_entry_price, self.current_price)
-
-
-def price_text(value: Decimal) -> str:
-    if int(value.as_tuple().exponent) < -PRICE_PLACES:
-        value = value.quantize(_PRICE_QUANTUM, rounding=ROUND_HALF_EVEN).normalize()
-    return decimal_text(value)
-
-
-def position_payload(position: Position, money: Callable[[Decimal], str]) -> dict[str, str]:
-    """The ``position:updated`` fields (without userId/updatedAt)."""
-    cost = position.cost_basis
-    pnl = position.unrealized_pnl
-    percent = pnl / abs(cost) * 100 if cost else Decimal(0)
-    return {
-        "symbol": position.symbol,
-        "qty": decimal_text(position.qty),
-        "side": "long" if position.qty > 0 else "short",
-        "avgEntryPrice": price_text(position.avg_entry_price),
-        "currentPrice": price_text(position.mark),
-        "marketValue": money(position.market_value),
-        "costBasis": money(cost),
-        "unrealizedPnl": money(pnl),
-        "unrealizedPnlPercent": money(percent),
-    }
 
 
 def signed_fill(update: TradeUpdate, counted: Decimal) -> tuple[Decimal, Decimal] | None:

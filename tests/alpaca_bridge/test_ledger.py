@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from alpaca_bridge.ledger import AccountLedger, BusEvent
+from alpaca_bridge.ledger import AccountLedger
 from alpaca_bridge.models import AccountState, OrderState, PositionState, parse_trade_update
+from alpaca_bridge.payloads import BusEvent
 from app.events import validate_payload
 
 NOW = datetime(2026, 1, 4, 10, 30, tzinfo=UTC)
