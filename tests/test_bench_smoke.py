@@ -17,9 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 def test_tiny_bench_run_measures_every_scenario(tmp_path: Path) -> None:
     """Servers start, connections are held, batches arrive and every scenario reports."""
     done = subprocess.run(
-        [sys.executable, "-m", "tests.bench", "--tiny", "--runs", "1", "--results",
-         str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=55, check=False)
+        [sys.executable, "-m", "tests.bench", "--tiny", "--runs", "1", "--results", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "== targets" in done.stdout
     result = json.loads((tmp_path / "latest.json").read_text())

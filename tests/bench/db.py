@@ -39,10 +39,14 @@ def _cheap_hasher() -> argon2.PasswordHasher:
     return argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 
-async def create_users(path: Path, count: int) -> BenchUsers:
-    """A fresh database with ``count`` users (bench-user-N) and an admin, one session each."""
+def _remove_database(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def create_users(path: Path, count: int) -> BenchUsers:
+    """A fresh database with ``count`` users (bench-user-N) and an admin, one session each."""
+    _remove_database(path)
     original = app.store.PasswordHasher
     app.store.PasswordHasher = _cheap_hasher  # type: ignore[assignment, misc]
     try:

@@ -72,9 +72,13 @@ class _Request:
 
 async def run(users: int, seconds: float, workdir: Path, window_ms: int) -> dict[str, Any]:
     settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, database_url=f"sqlite:///{workdir}/ingest.db",
-        log_file=workdir / "ingest.log", batch_window_ms=window_ms,
-        max_total_connections=users, max_connections_per_user=1)
+        _env_file=None,
+        database_url=f"sqlite:///{workdir}/ingest.db",
+        log_file=workdir / "ingest.log",
+        batch_window_ms=window_ms,
+        max_total_connections=users,
+        max_connections_per_user=1,
+    )
     configure_logging(settings)
     app = create_app(settings, with_bridge=False)
     runner = web.AppRunner(app, handle_signals=False)
@@ -100,7 +104,7 @@ async def run(users: int, seconds: float, workdir: Path, window_ms: int) -> dict
     deadline = wall0 + seconds
     i = 0
     while time.perf_counter() < deadline:
-        for kind, payload, quiet in events[i:i + burst]:
+        for kind, payload, quiet in events[i : i + burst]:
             publish(kind, payload, quiet=quiet)
         i = (i + burst) % len(events)
         published += burst

@@ -138,7 +138,7 @@ class WsConn(asyncio.Protocol):
                 return
             self.upgraded = True
             self.rec.open += 1
-            buf = buf[end + 4:]
+            buf = buf[end + 4 :]
             self.on_open()
         pos, n = 0, len(buf)
         while n - pos >= 2:
@@ -147,26 +147,26 @@ class WsConn(asyncio.Protocol):
             if length == 126:
                 if n - pos < 4:
                     break
-                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
             elif length == 127:
                 if n - pos < 10:
                     break
-                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
             if b1 & 0x80:  # servers never mask; tolerate it anyway
                 head += 4
             end = pos + head + length
             if end > n:
                 break
-            payload = buf[pos + head:end]
+            payload = buf[pos + head : end]
             if b1 & 0x80:
-                key = buf[end - length - 4:end - length]
+                key = buf[end - length - 4 : end - length]
                 payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
             pos = end
             self.on_frame(b0 & 0x0F, bool(b0 & 0x80), payload, now)
         self.buf = buf[pos:] if pos < n else b""
 
     def on_frame(self, opcode: int, fin: bool, payload: bytes, now: float) -> None:
-        if opcode == OP_TEXT or opcode == OP_CONT:
+        if opcode in (OP_TEXT, OP_CONT):
             if not fin:
                 self.fragments.append(payload)
                 return
@@ -274,8 +274,7 @@ class SioConn(WsConn):
             rec.errors += 1
 
 
-ADAPTERS: dict[str, type[WsConn]] = {"portfolio": PortfolioConn, "bare": BareConn,
-                                     "sio": SioConn}
+ADAPTERS: dict[str, type[WsConn]] = {"portfolio": PortfolioConn, "bare": BareConn, "sio": SioConn}
 
 
 def upgrade_request(host: str, port: int, path: str, cookie: str | None) -> bytes:
@@ -319,9 +318,11 @@ class LoadClient:
         conn = ADAPTERS[protocol](self.rec, request, started)
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: conn, cfg["host"], cfg["port"],
-                                       local_addr=(cfg["local_ip"], 0)),
-                timeout=cfg["connect_timeout_s"])
+                loop.create_connection(
+                    lambda: conn, cfg["host"], cfg["port"], local_addr=(cfg["local_ip"], 0)
+                ),
+                timeout=cfg["connect_timeout_s"],
+            )
         except (OSError, TimeoutError) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
             self.rec.fail(f"connect: {reason}")
@@ -330,8 +331,9 @@ class LoadClient:
             return
         self.conns.append(conn)
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(conn.accepted),
-                                             timeout=cfg["connect_timeout_s"])
+            outcome = await asyncio.wait_for(
+                asyncio.shield(conn.accepted), timeout=cfg["connect_timeout_s"]
+            )
         except TimeoutError:
             outcome = "timeout waiting for welcome"
         if outcome != "ok":
@@ -353,8 +355,12 @@ class LoadClient:
         async def progress() -> None:
             while True:
                 await asyncio.sleep(0.5)
-                self.emit(ev="progress", open=self.rec.open, ready=self.rec.ready,
-                          failed=sum(self.rec.failures.values()))
+                self.emit(
+                    ev="progress",
+                    open=self.rec.open,
+                    ready=self.rec.ready,
+                    failed=sum(self.rec.failures.values()),
+                )
 
         reporter = asyncio.create_task(progress())
         try:
@@ -369,11 +375,22 @@ class LoadClient:
                 rec.batch_lat.tofile(out)
             with latency_file.with_suffix(".entries").open("wb") as out:
                 rec.entry_lat.tofile(out)
-        return {"ev": "report", "open": rec.open, "ready": rec.ready, "messages": rec.messages,
-                "snapshots": rec.snapshots, "events": rec.events, "entries": rec.entries,
-                "bytes": rec.bytes, "errors": rec.errors, "dropped": rec.dropped,
-                "failures": rec.failures, "closeCodes": rec.close_codes,
-                "batchSamples": len(rec.batch_lat), "cpuS": time.process_time()}
+        return {
+            "ev": "report",
+            "open": rec.open,
+            "ready": rec.ready,
+            "messages": rec.messages,
+            "snapshots": rec.snapshots,
+            "events": rec.events,
+            "entries": rec.entries,
+            "bytes": rec.bytes,
+            "errors": rec.errors,
+            "dropped": rec.dropped,
+            "failures": rec.failures,
+            "closeCodes": rec.close_codes,
+            "batchSamples": len(rec.batch_lat),
+            "cpuS": time.process_time(),
+        }
 
     async def commands(self) -> None:
         loop = asyncio.get_running_loop()
@@ -398,8 +415,14 @@ class LoadClient:
         started = time.monotonic()
         await self.open_all()
         rec = self.rec
-        self.emit(ev="ready", open=rec.open, ready=rec.ready, failures=rec.failures,
-                  acceptS=list(rec.accept_s), rampS=time.monotonic() - started)
+        self.emit(
+            ev="ready",
+            open=rec.open,
+            ready=rec.ready,
+            failures=rec.failures,
+            acceptS=list(rec.accept_s),
+            rampS=time.monotonic() - started,
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.commands(), timeout=self.cfg["max_seconds"])
         for conn in self.conns:

@@ -70,18 +70,32 @@ def proc_fds(pid: int) -> int:
         return -1
 
 
+def _take(path: Path) -> bytes:
+    """Read a load client's sample file and remove it."""
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
 class ServerProcess:
     """A server module run as ``python -m MODULE`` with an environment, in ``workdir``."""
 
-    def __init__(self, module: str, env: dict[str, str], workdir: Path, name: str,
-                 with_control: bool = True) -> None:
+    def __init__(
+        self, module: str, env: dict[str, str], workdir: Path, name: str, with_control: bool = True
+    ) -> None:
         self.module = module
         self.workdir = workdir
         self.name = name
         self.port = free_port()
         self.control_file = workdir / f"{name}.control"
-        self.env = child_env({"HOST": "127.0.0.1", "PORT": str(self.port),
-                              "BENCH_CONTROL_FILE": str(self.control_file), **env})
+        self.env = child_env(
+            {
+                "HOST": "127.0.0.1",
+                "PORT": str(self.port),
+                "BENCH_CONTROL_FILE": str(self.control_file),
+                **env,
+            }
+        )
         self.with_control = with_control
         self.proc: asyncio.subprocess.Process | None = None
         self.control_port = 0
@@ -97,15 +111,24 @@ class ServerProcess:
         # still rendered and written, and LOG_FILE keeps them; stderr keeps any crash.
         out = (self.workdir / f"{self.name}.stderr.log").open("wb")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self.module, env=self.env, cwd=self.workdir,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=out)
+            sys.executable,
+            "-m",
+            self.module,
+            env=self.env,
+            cwd=self.workdir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=out,
+        )
         out.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
             if self.proc.returncode is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see "
-                                   f"{self.workdir / (self.name + '.stderr.log')}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; see "
+                    f"{self.workdir / (self.name + '.stderr.log')}"
+                )
             ready = not self.with_control or self.control_file.exists()
             if ready and await self._listening():
                 if self.with_control:
@@ -157,18 +180,31 @@ class ServerProcess:
 class ClientGroup:
     """Load-client processes sharing the connections of one scenario."""
 
-    def __init__(self, protocol: str, server: ServerProcess, conns: list[tuple[str, str]],
-                 procs: int, workdir: Path, *, concurrency: int = 64,
-                 stop_on_failure: bool = False, max_seconds: float = 300.0,
-                 connect_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        protocol: str,
+        server: ServerProcess,
+        conns: list[tuple[str, str]],
+        procs: int,
+        workdir: Path,
+        *,
+        concurrency: int = 64,
+        stop_on_failure: bool = False,
+        max_seconds: float = 300.0,
+        connect_timeout_s: float = 30.0,
+    ) -> None:
         self.protocol = protocol
         self.server = server
         self.workdir = workdir
         procs = max(1, min(procs, len(conns)))
         self.shares = [conns[i::procs] for i in range(procs)]
         self.ips = next_source_ips(procs)
-        self.options = {"concurrency": concurrency, "stop_on_failure": stop_on_failure,
-                        "max_seconds": max_seconds, "connect_timeout_s": connect_timeout_s}
+        self.options = {
+            "concurrency": concurrency,
+            "stop_on_failure": stop_on_failure,
+            "max_seconds": max_seconds,
+            "connect_timeout_s": connect_timeout_s,
+        }
         self.procs: list[asyncio.subprocess.Process] = []
         self.lines: list[asyncio.Queue[dict[str, Any]]] = []
         self._readers: list[asyncio.Task[None]] = []
@@ -176,22 +212,36 @@ class ClientGroup:
 
     async def start(self) -> None:
         for i, share in enumerate(self.shares):
-            config = {"host": "127.0.0.1", "port": self.server.port, "protocol": self.protocol,
-                      "local_ip": self.ips[i], "conns": share, **self.options}
+            config = {
+                "host": "127.0.0.1",
+                "port": self.server.port,
+                "protocol": self.protocol,
+                "local_ip": self.ips[i],
+                "conns": share,
+                **self.options,
+            }
             path = self.workdir / f"client-{self.protocol}-{i}.json"
             path.write_text(json.dumps(config))
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.bench.loadclient", str(path),
-                env=child_env({}), cwd=self.workdir, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024)
+                sys.executable,
+                "-m",
+                "tests.bench.loadclient",
+                str(path),
+                env=child_env({}),
+                cwd=self.workdir,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=64 * 1024 * 1024,
+            )
             queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
             self.procs.append(proc)
             self.lines.append(queue)
             self.progress.append({})
             self._readers.append(asyncio.create_task(self._read(i, proc, queue)))
 
-    async def _read(self, index: int, proc: asyncio.subprocess.Process,
-                    queue: asyncio.Queue[dict[str, Any]]) -> None:
+    async def _read(
+        self, index: int, proc: asyncio.subprocess.Process, queue: asyncio.Queue[dict[str, Any]]
+    ) -> None:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             message = json.loads(line)
@@ -209,16 +259,21 @@ class ClientGroup:
 
     async def wait_ready(self, timeout_s: float) -> dict[str, Any]:
         replies = await asyncio.gather(
-            *(self._expect(i, "ready", timeout_s) for i in range(len(self.procs))))
+            *(self._expect(i, "ready", timeout_s) for i in range(len(self.procs)))
+        )
         failures: dict[str, int] = {}
         accept: list[float] = []
         for reply in replies:
             accept.extend(reply["acceptS"])
             for reason, count in reply["failures"].items():
                 failures[reason] = failures.get(reason, 0) + count
-        return {"open": sum(r["open"] for r in replies), "ready": sum(r["ready"] for r in replies),
-                "failures": failures, "acceptS": accept,
-                "rampS": max(r["rampS"] for r in replies)}
+        return {
+            "open": sum(r["open"] for r in replies),
+            "ready": sum(r["ready"] for r in replies),
+            "failures": failures,
+            "acceptS": accept,
+            "rampS": max(r["rampS"] for r in replies),
+        }
 
     async def _all(self, command: dict[str, Any], event: str) -> list[dict[str, Any]]:
         for i, proc in enumerate(self.procs):
@@ -228,8 +283,9 @@ class ClientGroup:
                 cmd["latency_file"] = f"{cmd['latency_file']}-{i}.bin"
             proc.stdin.write(json.dumps(cmd).encode() + b"\n")
             await proc.stdin.drain()
-        return list(await asyncio.gather(
-            *(self._expect(i, event, 60) for i in range(len(self.procs)))))
+        return list(
+            await asyncio.gather(*(self._expect(i, event, 60) for i in range(len(self.procs))))
+        )
 
     async def reset(self) -> None:
         await self._all({"cmd": "reset"}, "reset")
@@ -238,8 +294,18 @@ class ClientGroup:
         base = self.workdir / f"lat-{self.protocol}"
         replies = await self._all({"cmd": "report", "latency_file": str(base)}, "report")
         total: dict[str, Any] = {}
-        for key in ("open", "ready", "messages", "snapshots", "events", "entries", "bytes",
-                    "errors", "dropped", "cpuS"):
+        for key in (
+            "open",
+            "ready",
+            "messages",
+            "snapshots",
+            "events",
+            "entries",
+            "bytes",
+            "errors",
+            "dropped",
+            "cpuS",
+        ):
             total[key] = sum(r[key] for r in replies)
         total["closeCodes"] = {}
         total["failures"] = {}
@@ -250,10 +316,7 @@ class ClientGroup:
         batch, entries = array("d"), array("d")
         for i in range(len(replies)):
             for target, suffix in ((batch, ".bin"), (entries, ".entries")):
-                path = Path(f"{base}-{i}{suffix}")
-                data = path.read_bytes()
-                target.frombytes(data)
-                path.unlink()
+                target.frombytes(_take(Path(f"{base}-{i}{suffix}")))
         total["batchLatency"] = batch
         total["entryLatency"] = entries
         return total

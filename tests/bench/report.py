@@ -12,46 +12,84 @@ from typing import Any
 
 # (scenario, metric, label, unit, target description, predicate on the median)
 TARGETS: list[tuple[str, str, str, str, str, Any]] = [
-    ("capacity", "service.held", "connections held", "", ">= 19000",
-     lambda v, s: v >= 19_000),
-    ("capacity", "rssPerConnVsBare", "RSS/conn vs bare aiohttp", "x", "<= 1.15",
-     lambda v, s: v <= 1.15),
-    ("fanout", "service.latencyP99Ms", "fanout p99", "ms", "<= window + 25",
-     lambda v, s: v <= s["service.windowMs"]["median"] + 25),
-    ("latency", "service.latencyP99Ms", "latency p99 (window 0)", "ms", "<= 5",
-     lambda v, s: v <= 5),
-    ("ingest", "eventsPerCoreS", "ingest events/s per core", "", ">= 200000",
-     lambda v, s: v >= 200_000),
-    ("fanout", "cpuPerDeliverySocketioOverService", "CPU/update socketio ÷ service", "x",
-     ">= 5", lambda v, s: v >= 5),
+    ("capacity", "service.held", "connections held", "", ">= 19000", lambda v, s: v >= 19_000),
+    (
+        "capacity",
+        "rssPerConnVsBare",
+        "RSS/conn vs bare aiohttp",
+        "x",
+        "<= 1.15",
+        lambda v, s: v <= 1.15,
+    ),
+    (
+        "fanout",
+        "service.latencyP99Ms",
+        "fanout p99",
+        "ms",
+        "<= window + 25",
+        lambda v, s: v <= s["service.windowMs"]["median"] + 25,
+    ),
+    (
+        "latency",
+        "service.latencyP99Ms",
+        "latency p99 (window 0)",
+        "ms",
+        "<= 5",
+        lambda v, s: v <= 5,
+    ),
+    (
+        "ingest",
+        "eventsPerCoreS",
+        "ingest events/s per core",
+        "",
+        ">= 200000",
+        lambda v, s: v >= 200_000,
+    ),
+    (
+        "fanout",
+        "cpuPerDeliverySocketioOverService",
+        "CPU/update socketio ÷ service",
+        "x",
+        ">= 5",
+        lambda v, s: v >= 5,
+    ),
 ]
 
 ROWS: dict[str, list[tuple[str, str]]] = {
     "capacity": [
-        ("service.held", "connections held"), ("service.serverActive", "server-reported active"),
-        ("service.failures", "failed attempts"), ("service.acceptPerS", "accepts/s"),
-        ("service.acceptP50Ms", "accept p50 ms"), ("service.acceptP99Ms", "accept p99 ms"),
+        ("service.held", "connections held"),
+        ("service.serverActive", "server-reported active"),
+        ("service.failures", "failed attempts"),
+        ("service.acceptPerS", "accepts/s"),
+        ("service.acceptP50Ms", "accept p50 ms"),
+        ("service.acceptP99Ms", "accept p99 ms"),
         ("service.serverCpuPerAcceptMs", "server CPU/accept ms"),
-        ("service.rssPerConnKiB", "RSS/conn KiB"), ("service.rssHeldMiB", "RSS held MiB"),
+        ("service.rssPerConnKiB", "RSS/conn KiB"),
+        ("service.rssHeldMiB", "RSS held MiB"),
         ("service.serverFds", "server open fds"),
         ("service.foreignCpuCores", "other load on the machine (cores)"),
-        ("bare.held", "bare: connections held"), ("bare.rssPerConnKiB", "bare: RSS/conn KiB"),
+        ("bare.held", "bare: connections held"),
+        ("bare.rssPerConnKiB", "bare: RSS/conn KiB"),
         ("rssPerConnVsBare", "RSS/conn ratio vs bare"),
     ],
     "fanout": [
-        ("service.connections", "connections"), ("service.eventsInPerS", "events/s in"),
+        ("service.connections", "connections"),
+        ("service.eventsInPerS", "events/s in"),
         ("service.messagesOutPerS", "messages/s out"),
         ("service.deliveriesPerS", "event deliveries/s"),
         ("service.batchEfficiency", "batch efficiency"),
-        ("service.latencyP50Ms", "p50 ms"), ("service.latencyP90Ms", "p90 ms"),
-        ("service.latencyP99Ms", "p99 ms"), ("service.latencyMaxMs", "max ms"),
+        ("service.latencyP50Ms", "p50 ms"),
+        ("service.latencyP90Ms", "p90 ms"),
+        ("service.latencyP99Ms", "p99 ms"),
+        ("service.latencyMaxMs", "max ms"),
         ("service.serverCpuUtil", "server CPU (cores)"),
         ("service.serverCpuPerDeliveryUs", "server CPU/delivery µs"),
         ("service.serverCpuPerEventUs", "server CPU/event in µs"),
         ("service.rssPerConnKiB", "RSS/conn KiB (idle)"),
         ("service.clientCpuUtil", "load client CPU (cores)"),
         ("service.foreignCpuCores", "other load on the machine (cores)"),
-        ("service.clientErrors", "client errors"), ("service.clientDropped", "dropped"),
+        ("service.clientErrors", "client errors"),
+        ("service.clientDropped", "dropped"),
         ("socketio.eventsInPerS", "socketio: events/s in"),
         ("socketio.deliveriesPerS", "socketio: deliveries/s"),
         ("socketio.latencyP50Ms", "socketio: p50 ms"),
@@ -64,10 +102,13 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("rssPerConnSocketioOverService", "RSS/conn ratio socketio÷service"),
     ],
     "latency": [
-        ("service.connections", "connections"), ("service.eventsInPerS", "events/s in"),
+        ("service.connections", "connections"),
+        ("service.eventsInPerS", "events/s in"),
         ("service.messagesOutPerS", "messages/s out"),
-        ("service.latencyP50Ms", "p50 ms"), ("service.latencyP90Ms", "p90 ms"),
-        ("service.latencyP99Ms", "p99 ms"), ("service.latencyMaxMs", "max ms"),
+        ("service.latencyP50Ms", "p50 ms"),
+        ("service.latencyP90Ms", "p90 ms"),
+        ("service.latencyP99Ms", "p99 ms"),
+        ("service.latencyMaxMs", "max ms"),
         ("service.serverCpuUtil", "server CPU (cores)"),
         ("service.serverCpuPerDeliveryUs", "server CPU/delivery µs"),
         ("service.clientCpuUtil", "load client CPU (cores)"),
@@ -75,8 +116,10 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("service.clientErrors", "client errors"),
     ],
     "ingest": [
-        ("eventsPerCoreS", "events/s per core"), ("cpuPerEventUs", "CPU/event µs"),
-        ("users", "users"), ("events", "events"),
+        ("eventsPerCoreS", "events/s per core"),
+        ("cpuPerEventUs", "CPU/event µs"),
+        ("users", "users"),
+        ("events", "events"),
     ],
 }
 
@@ -103,16 +146,26 @@ def machine() -> dict[str, Any]:
 
     try:
         revision = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-            cwd=Path(__file__).parent, timeout=10, check=False).stdout.strip()
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
     except OSError:
         revision = "unknown"
 
     return {
-        "nproc": os.cpu_count(), "cpu": model, "ramGiB": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(), "python": sys.version.split()[0],
-        "aiohttp": version("aiohttp"), "uvloop": version("uvloop"),
-        "python-socketio": version("python-socketio"), "orjson": version("orjson"),
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "ramGiB": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "aiohttp": version("aiohttp"),
+        "uvloop": version("uvloop"),
+        "python-socketio": version("python-socketio"),
+        "orjson": version("orjson"),
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "revision": revision or "unknown",
     }
@@ -147,11 +200,15 @@ def table(summary: dict[str, dict[str, Any]], runs: int) -> str:
         lines.append("")
     disturbed = [
         f"{scenario} {key.split('.')[0]}: {cell['max']:.2f}"
-        for scenario, metrics in summary.items() for key, cell in metrics.items()
-        if key.endswith("foreignCpuCores") and isinstance(cell, dict) and cell["max"] > 0.25]
+        for scenario, metrics in summary.items()
+        for key, cell in metrics.items()
+        if key.endswith("foreignCpuCores") and isinstance(cell, dict) and cell["max"] > 0.25
+    ]
     if disturbed:
-        lines.append("!! other processes used CPU during these measurements (cores, worst run): "
-                     + "; ".join(disturbed))
+        lines.append(
+            "!! other processes used CPU during these measurements (cores, worst run): "
+            + "; ".join(disturbed)
+        )
         lines.append("!! the machine has 2 cores: latency and throughput figures are disturbed")
         lines.append("")
     lines.append("== targets")
@@ -165,8 +222,9 @@ def table(summary: dict[str, dict[str, Any]], runs: int) -> str:
         except (KeyError, TypeError):
             ok = False
         verdict = "MET" if ok else "NOT MET"
-        lines.append(f"  {label:<38} {_fmt(cell['median']) + unit:>12}  target {goal:<16} "
-                     f"{verdict}")
+        lines.append(
+            f"  {label:<38} {_fmt(cell['median']) + unit:>12}  target {goal:<16} {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -203,8 +261,8 @@ def plot(samples: dict[str, array[float]], path: Path) -> Path | None:
                 continue
             ordered = sorted(v * 1000 for v in values)
             step = max(1, len(ordered) // 4000)
-            xs = ordered[::step] + [ordered[-1]]
-            ys = [i * step / len(ordered) for i in range(len(xs) - 1)] + [1.0]
+            xs = [*ordered[::step], ordered[-1]]
+            ys = [*(i * step / len(ordered) for i in range(len(xs) - 1)), 1.0]
             ax.plot(xs, ys, label=f"{name.split('.', 1)[1]} (n={len(ordered):,})")
         ax.set_xscale("log")
         ax.set_xlabel("event creation → client receipt (ms, log)")

@@ -28,19 +28,34 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
-                        help="run only this scenario (repeatable; default: all)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help="run only this scenario (repeatable; default: all)",
+    )
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--quick", action="store_true",
-                        help="shorter warm-up and measurement windows (development)")
-    parser.add_argument("--tiny", action="store_true",
-                        help="a few dozen connections for a few seconds (the smoke test)")
-    parser.add_argument("--no-baselines", action="store_true",
-                        help="skip the bare-aiohttp and python-socketio runs")
-    parser.add_argument("--profile", action="store_true",
-                        help="pyinstrument the fanout server and the ingest run (slower!)")
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter warm-up and measurement windows (development)"
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a few dozen connections for a few seconds (the smoke test)",
+    )
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip the bare-aiohttp and python-socketio runs"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="pyinstrument the fanout server and the ingest run (slower!)",
+    )
     parser.add_argument("--client-procs", type=int, default=4)
     parser.add_argument("--connections", type=int, help="fanout connections")
     parser.add_argument("--users", type=int, help="fanout users")
@@ -49,15 +64,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capacity-target", type=int)
     parser.add_argument("--measure-s", type=float)
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--keep-logs", action="store_true",
-                        help="keep the servers' LOG_FILEs and the work directory")
+    parser.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the servers' LOG_FILEs and the work directory",
+    )
     return parser.parse_args(argv)
 
 
 def options(args: argparse.Namespace, workdir: Path) -> Options:
-    opts = Options(workdir=workdir, runs=args.runs, client_procs=args.client_procs,
-                   baselines=not args.no_baselines, profile=args.profile,
-                   keep_logs=args.keep_logs)
+    opts = Options(
+        workdir=workdir,
+        runs=args.runs,
+        client_procs=args.client_procs,
+        baselines=not args.no_baselines,
+        profile=args.profile,
+        keep_logs=args.keep_logs,
+    )
     if args.quick:
         opts.warmup_s, opts.measure_s, opts.settle_s = 2.0, 4.0, 1.0
     if args.tiny:
@@ -70,9 +93,14 @@ def options(args: argparse.Namespace, workdir: Path) -> Options:
         opts.warmup_s, opts.measure_s, opts.settle_s = 0.5, 1.0, 0.3
         opts.client_procs = min(opts.client_procs, 2)
         opts.ramp_timeout_s = 30
-    for name, attr in (("connections", "fanout_connections"), ("users", "fanout_users"),
-                       ("rate", "fanout_rate"), ("window_ms", "fanout_window_ms"),
-                       ("capacity_target", "capacity_target"), ("measure_s", "measure_s")):
+    for name, attr in (
+        ("connections", "fanout_connections"),
+        ("users", "fanout_users"),
+        ("rate", "fanout_rate"),
+        ("window_ms", "fanout_window_ms"),
+        ("capacity_target", "capacity_target"),
+        ("measure_s", "measure_s"),
+    ):
         value = getattr(args, name)
         if value is not None:
             setattr(opts, attr, value)
@@ -98,11 +126,16 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         else:
             log(f"work directory kept: {workdir}")
     summary = {name: summarise(results) for name, results in runs.items()}
-    return {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "durationS": round(time.time() - started, 1), "machine": machine(),
-            "options": {k: v for k, v in vars(opts).items() if k != "samples"},
-            "runs": runs, "summary": summary, "targets": verdicts(summary),
-            "_samples": opts.samples}
+    return {
+        "startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "durationS": round(time.time() - started, 1),
+        "machine": machine(),
+        "options": {k: v for k, v in vars(opts).items() if k != "samples"},
+        "runs": runs,
+        "summary": summary,
+        "targets": verdicts(summary),
+        "_samples": opts.samples,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(result, indent=2, default=str))
     (args.results / "latest.json").write_text(json_path.read_text())
     print(table(result["summary"], args.runs))
-    print(f"\nmachine: {result['machine']['nproc']} cores, {result['machine']['cpu']}, "
-          f"{result['machine']['ramGiB']} GiB, Python {result['machine']['python']}, "
-          f"aiohttp {result['machine']['aiohttp']}")
+    print(
+        f"\nmachine: {result['machine']['nproc']} cores, {result['machine']['cpu']}, "
+        f"{result['machine']['ramGiB']} GiB, Python {result['machine']['python']}, "
+        f"aiohttp {result['machine']['aiohttp']}"
+    )
     print(f"json: {json_path}")
     if png:
         print(f"plot: {png}")

@@ -59,8 +59,9 @@ def log(message: str) -> None:
     print(f"  {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def service(opts: Options, users: BenchUsers, name: str, *, window_ms: int,
-            max_total: int, per_user: int) -> ServerProcess:
+def service(
+    opts: Options, users: BenchUsers, name: str, *, window_ms: int, max_total: int, per_user: int
+) -> ServerProcess:
     ids = opts.workdir / "user-ids.txt"
     if not ids.exists():
         ids.write_text("\n".join(users.user_ids()) + "\n")
@@ -81,14 +82,21 @@ def peer(opts: Options, users: BenchUsers, module: str, name: str) -> ServerProc
     ids = opts.workdir / "user-ids.txt"
     if not ids.exists():
         ids.write_text("\n".join(users.user_ids()) + "\n")
-    return ServerProcess(module, {"BENCH_USER_IDS_FILE": str(ids)}, opts.workdir, name,
-                         with_control=module != "tests.bench.bare_server")
+    return ServerProcess(
+        module,
+        {"BENCH_USER_IDS_FILE": str(ids)},
+        opts.workdir,
+        name,
+        with_control=module != "tests.bench.bare_server",
+    )
 
 
 async def admin_stats(server: ServerProcess, users: BenchUsers) -> dict[str, Any]:
     url = f"http://127.0.0.1:{server.port}/api/admin/websocket-stats"
-    async with aiohttp.ClientSession(cookies={"session": users.admin_token}) as http, \
-            http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as response:
+    async with (
+        aiohttp.ClientSession(cookies={"session": users.admin_token}) as http,
+        http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as response,
+    ):
         document: dict[str, Any] = await response.json()
         return document
 
@@ -111,16 +119,24 @@ def ms(seconds: float) -> float:
 # capacity
 
 
-async def hold(opts: Options, server: ServerProcess, protocol: str,
-               conns: list[tuple[str, str]]) -> tuple[dict[str, Any], ClientGroup]:
+async def hold(
+    opts: Options, server: ServerProcess, protocol: str, conns: list[tuple[str, str]]
+) -> tuple[dict[str, Any], ClientGroup]:
     """Start the server, ramp the connections, settle; CPU and RSS before and after."""
     await server.start()
     await asyncio.sleep(opts.settle_s)  # let start-up allocations settle before the baseline
     rss0, cpu0 = server.rss_kib(), server.cpu_s()
     busy0, self0, wall0 = machine_busy_s(), time.process_time(), time.monotonic()
     procs = max(1, min(opts.client_procs, math.ceil(len(conns) / 1000)))
-    group = ClientGroup(protocol, server, conns, procs, opts.workdir, stop_on_failure=True,
-                        max_seconds=opts.ramp_timeout_s + 600)
+    group = ClientGroup(
+        protocol,
+        server,
+        conns,
+        procs,
+        opts.workdir,
+        stop_on_failure=True,
+        max_seconds=opts.ramp_timeout_s + 600,
+    )
     await group.start()
     try:
         ready = await group.wait_ready(opts.ramp_timeout_s)
@@ -148,8 +164,10 @@ async def hold(opts: Options, server: ServerProcess, protocol: str,
         "rssHeldMiB": round(rss1 / 1024, 1),
         "rssPerConnKiB": round((rss1 - rss0) / held, 2) if held else 0.0,
         "serverFds": server.fds(),
-        "foreignCpuCores": round(max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - clients
-                                     - (self1 - self0)) / (wall1 - wall0), 2),
+        "foreignCpuCores": round(
+            max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - clients - (self1 - self0)) / (wall1 - wall0),
+            2,
+        ),
     }
     return result, group
 
@@ -158,8 +176,7 @@ async def capacity(opts: Options, users: BenchUsers) -> dict[str, Any]:
     target, n_users = opts.capacity_target, min(opts.capacity_users, len(users.sessions))
     conns = users.connections(target, n_users)
     per_user = math.ceil(target / n_users)
-    server = service(opts, users, "capacity", window_ms=1000, max_total=target,
-                     per_user=per_user)
+    server = service(opts, users, "capacity", window_ms=1000, max_total=target, per_user=per_user)
     log(f"capacity: service, {target} connections over {n_users} users")
     try:
         ours, group = await hold(opts, server, "portfolio", conns)
@@ -187,9 +204,15 @@ async def capacity(opts: Options, users: BenchUsers) -> dict[str, Any]:
 # fanout / latency
 
 
-async def stream(opts: Options, server: ServerProcess, protocol: str,
-                 conns: list[tuple[str, str]], rate: float,
-                 users: BenchUsers | None, label: str) -> dict[str, Any]:
+async def stream(
+    opts: Options,
+    server: ServerProcess,
+    protocol: str,
+    conns: list[tuple[str, str]],
+    rate: float,
+    users: BenchUsers | None,
+    label: str,
+) -> dict[str, Any]:
     """Hold ``conns``, run the source at ``rate``, measure a window after a warm-up."""
     result, group = await hold(opts, server, protocol, conns)
     try:
@@ -239,8 +262,9 @@ async def stream(opts: Options, server: ServerProcess, protocol: str,
         "clientCpuUtil": round((client1 - client0) / elapsed, 3),
         # CPU used by everything else on the machine meanwhile (other jobs compete for the 2
         # cores: a figure far above 0 means the run was disturbed).
-        "foreignCpuCores": round(max(0.0, (busy1 - busy0) - cpu - (client1 - client0)
-                                     - (self1 - self0)) / elapsed, 2),
+        "foreignCpuCores": round(
+            max(0.0, (busy1 - busy0) - cpu - (client1 - client0) - (self1 - self0)) / elapsed, 2
+        ),
         "clientErrors": report["errors"],
         "clientDropped": report["dropped"],
         "connectFailures": result["failures"],
@@ -256,13 +280,22 @@ async def stream(opts: Options, server: ServerProcess, protocol: str,
 async def fanout(opts: Options, users: BenchUsers) -> dict[str, Any]:
     n, u = opts.fanout_connections, min(opts.fanout_users, len(users.sessions))
     conns = users.connections(n, u)
-    server = service(opts, users, "fanout", window_ms=opts.fanout_window_ms, max_total=n,
-                     per_user=math.ceil(n / u))
-    log(f"fanout: service, {n} connections, {u} users, {opts.fanout_rate:g} events/s, "
-        f"window {opts.fanout_window_ms} ms")
+    server = service(
+        opts,
+        users,
+        "fanout",
+        window_ms=opts.fanout_window_ms,
+        max_total=n,
+        per_user=math.ceil(n / u),
+    )
+    log(
+        f"fanout: service, {n} connections, {u} users, {opts.fanout_rate:g} events/s, "
+        f"window {opts.fanout_window_ms} ms"
+    )
     try:
-        ours = await stream(opts, server, "portfolio", conns, opts.fanout_rate, users,
-                            "fanout.service")
+        ours = await stream(
+            opts, server, "portfolio", conns, opts.fanout_rate, users, "fanout.service"
+        )
     finally:
         await server.stop()
     ours["logBytes"] = finish_log(opts, "fanout")
@@ -270,19 +303,22 @@ async def fanout(opts: Options, users: BenchUsers) -> dict[str, Any]:
     metrics = {f"service.{k}": v for k, v in ours.items()}
     if opts.baselines and sio_available():
         sio = peer(opts, users, "tests.bench.sio_server", "fanout-sio")
-        log(f"fanout: python-socketio build, same job")
+        log("fanout: python-socketio build, same job")
         try:
-            theirs = await stream(opts, sio, "sio", conns, opts.fanout_rate, None,
-                                  "fanout.socketio")
+            theirs = await stream(
+                opts, sio, "sio", conns, opts.fanout_rate, None, "fanout.socketio"
+            )
         finally:
             await sio.stop()
         metrics.update({f"socketio.{k}": v for k, v in theirs.items()})
         if ours["serverCpuPerDeliveryUs"]:
             metrics["cpuPerDeliverySocketioOverService"] = round(
-                theirs["serverCpuPerDeliveryUs"] / ours["serverCpuPerDeliveryUs"], 2)
+                theirs["serverCpuPerDeliveryUs"] / ours["serverCpuPerDeliveryUs"], 2
+            )
         if ours["rssPerConnKiB"]:
             metrics["rssPerConnSocketioOverService"] = round(
-                theirs["rssPerConnKiB"] / ours["rssPerConnKiB"], 2)
+                theirs["rssPerConnKiB"] / ours["rssPerConnKiB"], 2
+            )
     elif opts.baselines:
         log("fanout: python-socketio is not installed (pip install -e '.[bench]'); skipped")
     return metrics
@@ -291,13 +327,14 @@ async def fanout(opts: Options, users: BenchUsers) -> dict[str, Any]:
 async def latency(opts: Options, users: BenchUsers) -> dict[str, Any]:
     n, u = opts.latency_connections, min(opts.latency_users, len(users.sessions))
     conns = users.connections(n, u)
-    server = service(opts, users, "latency", window_ms=0, max_total=n,
-                     per_user=math.ceil(n / u))
-    log(f"latency: service, {n} connections, {u} users, {opts.latency_rate:g} events/s, "
-        f"window 0 ms")
+    server = service(opts, users, "latency", window_ms=0, max_total=n, per_user=math.ceil(n / u))
+    log(
+        f"latency: service, {n} connections, {u} users, {opts.latency_rate:g} events/s, window 0 ms"
+    )
     try:
-        ours = await stream(opts, server, "portfolio", conns, opts.latency_rate, users,
-                            "latency.service")
+        ours = await stream(
+            opts, server, "portfolio", conns, opts.latency_rate, users, "latency.service"
+        )
     finally:
         await server.stop()
     ours["logBytes"] = finish_log(opts, "latency")
@@ -307,16 +344,29 @@ async def latency(opts: Options, users: BenchUsers) -> dict[str, Any]:
 async def ingest(opts: Options, users: BenchUsers) -> dict[str, Any]:
     out = opts.workdir / "ingest.json"
     out.unlink(missing_ok=True)
-    args = [sys.executable, "-m", "tests.bench.ingest", "--users", str(opts.ingest_users),
-            "--seconds", str(opts.ingest_seconds), "--out", str(out),
-            "--workdir", str(opts.workdir)]
+    args = [
+        sys.executable,
+        "-m",
+        "tests.bench.ingest",
+        "--users",
+        str(opts.ingest_users),
+        "--seconds",
+        str(opts.ingest_seconds),
+        "--out",
+        str(out),
+        "--workdir",
+        str(opts.workdir),
+    ]
     if opts.profile:
         args += ["--profile", str(opts.workdir / "profile-ingest.txt")]
-    log(f"ingest: bus + batcher in process, {opts.ingest_users} users, "
-        f"{opts.ingest_seconds:g} s")
+    log(f"ingest: bus + batcher in process, {opts.ingest_users} users, {opts.ingest_seconds:g} s")
     proc = await asyncio.create_subprocess_exec(
-        *args, env=child_env({}), cwd=opts.workdir, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
+        *args,
+        env=child_env({}),
+        cwd=opts.workdir,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await asyncio.wait_for(proc.communicate(), opts.ingest_seconds * 4 + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"ingest failed: {err.decode()[-2000:]}")

@@ -73,13 +73,17 @@ async def run(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     app = create_app(settings, with_bridge=False, extra_contexts=(bench_source_ctx,))
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=settings.shutdown_timeout_s / 2)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s / 2
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
     await site.start()
-    log.info(f"[STARTUP] Listening on http://{settings.host}:{settings.port}",
-             _mode="bench", _enabled=settings.enable_realtime_portfolio)
+    log.info(
+        f"[STARTUP] Listening on http://{settings.host}:{settings.port}",
+        _mode="bench",
+        _enabled=settings.enable_realtime_portfolio,
+    )
     await stop.wait()
     try:
         await asyncio.wait_for(runner.cleanup(), timeout=settings.shutdown_timeout_s)

@@ -24,8 +24,9 @@ from tests.bench.source import controlled_source
 
 
 def build() -> tuple[web.Application, Any]:
-    sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*",
-                               logger=False, engineio_logger=False)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp", cors_allowed_origins="*", logger=False, engineio_logger=False
+    )
     app = web.Application()
     sio.attach(app)
 

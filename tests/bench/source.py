@@ -28,9 +28,13 @@ MAX_SECONDS = 600.0
 class RateSource:
     """Publishes ``rate`` events/s through ``emit`` for a bounded time."""
 
-    def __init__(self, workload: Workload, emit: Emit,
-                 on_start: Callable[[], None] | None = None,
-                 on_stop: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        emit: Emit,
+        on_start: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
         self._workload = workload
         self._emit = emit
         self._on_start = on_start
@@ -50,8 +54,9 @@ class RateSource:
         self.stopped_at = 0.0
         if self._on_start is not None:
             self._on_start()
-        self._task = asyncio.create_task(self._run(rate, min(seconds, MAX_SECONDS)),
-                                         name="bench-source")
+        self._task = asyncio.create_task(
+            self._run(rate, min(seconds, MAX_SECONDS)), name="bench-source"
+        )
 
     def stop(self) -> None:
         if self._task is not None and not self._task.done():
@@ -62,9 +67,14 @@ class RateSource:
     def stats(self) -> dict[str, Any]:
         end = self.stopped_at or time.monotonic()
         elapsed = max(end - self.started_at, 1e-9) if self.started_at else 0.0
-        return {"published": self.published, "due": self.due, "elapsedS": elapsed,
-                "rate": self.rate, "achievedRate": self.published / elapsed if elapsed else 0.0,
-                "running": self._task is not None and not self._task.done()}
+        return {
+            "published": self.published,
+            "due": self.due,
+            "elapsedS": elapsed,
+            "rate": self.rate,
+            "achievedRate": self.published / elapsed if elapsed else 0.0,
+            "running": self._task is not None and not self._task.done(),
+        }
 
     async def _run(self, rate: float, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -125,9 +135,11 @@ def user_ids_from_env() -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def controlled_source(emit: Emit, on_start: Callable[[], None] | None = None,
-                            on_stop: Callable[[], None] | None = None,
-                            ) -> AsyncIterator[RateSource]:
+async def controlled_source(
+    emit: Emit,
+    on_start: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> AsyncIterator[RateSource]:
     """A RateSource over the users in BENCH_USER_IDS_FILE, controlled on BENCH_CONTROL_FILE."""
     source = RateSource(Workload(user_ids_from_env()), emit, on_start, on_stop)
     server = await serve_control(source, Path(os.environ["BENCH_CONTROL_FILE"]))

@@ -16,8 +16,12 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 def spread(values: Sequence[float]) -> dict[str, float]:
     """Median of the runs with min and max beside it."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values)}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:

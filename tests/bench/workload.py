@@ -19,10 +19,46 @@ from datetime import UTC, datetime
 from typing import Any
 
 SYMBOLS = (
-    "AAPL", "TSLA", "NVDA", "MSFT", "AMZN", "META", "GOOGL", "AMD", "SPY", "QQQ",
-    "NFLX", "INTC", "BA", "DIS", "JPM", "V", "MA", "KO", "PEP", "XOM",
-    "CVX", "WMT", "COST", "ORCL", "CRM", "ADBE", "PYPL", "UBER", "SHOP", "SQ",
-    "PLTR", "SOFI", "F", "GM", "T", "VZ", "PFE", "MRNA", "NKE", "SBUX",
+    "AAPL",
+    "TSLA",
+    "NVDA",
+    "MSFT",
+    "AMZN",
+    "META",
+    "GOOGL",
+    "AMD",
+    "SPY",
+    "QQQ",
+    "NFLX",
+    "INTC",
+    "BA",
+    "DIS",
+    "JPM",
+    "V",
+    "MA",
+    "KO",
+    "PEP",
+    "XOM",
+    "CVX",
+    "WMT",
+    "COST",
+    "ORCL",
+    "CRM",
+    "ADBE",
+    "PYPL",
+    "UBER",
+    "SHOP",
+    "SQ",
+    "PLTR",
+    "SOFI",
+    "F",
+    "GM",
+    "T",
+    "VZ",
+    "PFE",
+    "MRNA",
+    "NKE",
+    "SBUX",
 )
 ZIPF_S = 1.1
 TABLE = 1 << 16  # pre-drawn random choices, cycled
@@ -74,24 +110,55 @@ class Workload:
             entry = price * 0.98
             value = qty * price
             pnl = qty * (price - entry)
-            return "position:updated", {
-                "userId": user, "symbol": symbol, "qty": str(qty), "side": "long",
-                "avgEntryPrice": f"{entry:.2f}", "currentPrice": f"{price:.2f}",
-                "marketValue": f"{value:.2f}", "costBasis": f"{qty * entry:.2f}",
-                "unrealizedPnl": f"{pnl:.2f}", "unrealizedPnlPercent": f"{pnl / value:.4f}",
-                "updatedAt": stamp, "benchTs": now,
-            }, True
+            return (
+                "position:updated",
+                {
+                    "userId": user,
+                    "symbol": symbol,
+                    "qty": str(qty),
+                    "side": "long",
+                    "avgEntryPrice": f"{entry:.2f}",
+                    "currentPrice": f"{price:.2f}",
+                    "marketValue": f"{value:.2f}",
+                    "costBasis": f"{qty * entry:.2f}",
+                    "unrealizedPnl": f"{pnl:.2f}",
+                    "unrealizedPnlPercent": f"{pnl / value:.4f}",
+                    "updatedAt": stamp,
+                    "benchTs": now,
+                },
+                True,
+            )
         if kind == 1:
             equity = 100_000 + price
-            return "account:updated", {
-                "userId": user, "equity": f"{equity:.2f}", "cash": "25000.00",
-                "buyingPower": f"{2 * equity:.2f}", "updatedAt": stamp, "benchTs": now,
-            }, True
+            return (
+                "account:updated",
+                {
+                    "userId": user,
+                    "equity": f"{equity:.2f}",
+                    "cash": "25000.00",
+                    "buyingPower": f"{2 * equity:.2f}",
+                    "updatedAt": stamp,
+                    "benchTs": now,
+                },
+                True,
+            )
         self._order_seq += 1
-        return "order:updated", {
-            "userId": user, "orderId": f"ord-{self._order_seq % 64}",
-            "clientOrderId": f"bench-{self._order_seq}", "symbol": symbol, "side": "buy",
-            "type": "market", "qty": "10", "filledQty": "10",
-            "filledAvgPrice": f"{price:.2f}", "status": "filled", "event": "fill",
-            "timestamp": stamp, "benchTs": now,
-        }, False
+        return (
+            "order:updated",
+            {
+                "userId": user,
+                "orderId": f"ord-{self._order_seq % 64}",
+                "clientOrderId": f"bench-{self._order_seq}",
+                "symbol": symbol,
+                "side": "buy",
+                "type": "market",
+                "qty": "10",
+                "filledQty": "10",
+                "filledAvgPrice": f"{price:.2f}",
+                "status": "filled",
+                "event": "fill",
+                "timestamp": stamp,
+                "benchTs": now,
+            },
+            False,
+        )
