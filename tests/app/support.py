@@ -16,6 +16,7 @@ from app.keys import STORE_KEY
 WS_PATH = "/ws/portfolio"
 ALL_CHANNELS = ["positions", "orders", "account"]
 TIMEOUT = 5.0
+PASSWORD = "correct horse"  # every test user's
 
 Client = TestClient[Any, web.Application]
 
@@ -63,13 +64,14 @@ class Session:
 
 
 async def session_for(client: Client, username: str, *, admin: bool = False) -> Session:
-    """A user and a session created through the store (the login route has its own tests).
+    """A session for the user (created if missing) made through the store; the login route
+    has its own tests.
 
     Tests acting as several users pass the cookie explicitly: aiohttp lets cookie-jar entries
     override an explicit ``Cookie`` header, so the jar is never used for sessions here.
     """
     store = client.app[STORE_KEY]
-    user = await store.ensure_user(username, "correct horse", is_admin=admin)
+    user = await store.ensure_user(username, PASSWORD, is_admin=admin)
     return Session(await store.create_session(user.id, 3600), user.id)
 
 

@@ -6,15 +6,13 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 from app.keys import STORE_KEY
-from tests.app.support import Client, cookie
+from tests.app.support import PASSWORD, Client, cookie
 from tests.conftest import ClientFactory
 
 
-async def with_user(app_client: ClientFactory, username: str = "alice",
-                    password: str = "s3cret-pw", **overrides: Any) -> Client:
-    client = await app_client(**overrides)
-    await client.app[STORE_KEY].create_user(username, password)
-    return client
+async def with_user(app_client: ClientFactory, **overrides: Any) -> Client:
+    """An app whose store holds alice (password PASSWORD)."""
+    return await app_client(**overrides)
 
 
 async def post_login(client: Client, username: str, password: str) -> Any:
@@ -33,7 +31,7 @@ def session_cookie(response: Any) -> tuple[str, str]:
 async def test_login_sets_an_httponly_samesite_lax_session_cookie(
         app_client: ClientFactory) -> None:
     client = await with_user(app_client)
-    response = await post_login(client, "alice", "s3cret-pw")
+    response = await post_login(client, "alice", PASSWORD)
     assert response.status == 200
     body = await response.json()
     assert body["user"]["username"] == "alice" and body["user"]["isAdmin"] is False
@@ -48,14 +46,14 @@ async def test_login_sets_an_httponly_samesite_lax_session_cookie(
 
 async def test_cookie_is_secure_when_configured(app_client: ClientFactory) -> None:
     client = await with_user(app_client, cookie_secure=True)
-    response = await post_login(client, "alice", "s3cret-pw")
+    response = await post_login(client, "alice", PASSWORD)
     _, header = session_cookie(response)
     assert "secure" in [part.strip().lower() for part in header.split(";")]
 
 
 async def test_me_answers_for_the_session_and_401_without(app_client: ClientFactory) -> None:
     client = await with_user(app_client)
-    token, _ = session_cookie(await post_login(client, "alice", "s3cret-pw"))
+    token, _ = session_cookie(await post_login(client, "alice", PASSWORD))
     client.session.cookie_jar.clear()
     response = await client.get("/api/auth/me", headers=cookie(token))
     assert response.status == 200
@@ -79,7 +77,7 @@ async def test_wrong_password_and_unknown_user_get_the_same_401(
 
 async def test_logout_revokes_the_session_server_side(app_client: ClientFactory) -> None:
     client = await with_user(app_client)
-    token, _ = session_cookie(await post_login(client, "alice", "s3cret-pw"))
+    token, _ = session_cookie(await post_login(client, "alice", PASSWORD))
     client.session.cookie_jar.clear()
     response = await client.post("/api/auth/logout", headers=cookie(token))
     assert response.status == 200
@@ -104,7 +102,7 @@ async def test_repeated_failures_are_throttled_with_429_and_retry_after(
     client = await with_user(app_client, login_max_failures=3, login_lockout_s=120)
     for _ in range(3):
         assert (await post_login(client, "alice", "wrong")).status == 401
-    locked = await post_login(client, "alice", "s3cret-pw")  # even the right password waits
+    locked = await post_login(client, "alice", PASSWORD)  # even the right password waits
     assert locked.status == 429
     assert 0 < int(locked.headers["Retry-After"]) <= 121
     assert (await locked.json())["error"] == "too_many_attempts"
@@ -115,7 +113,7 @@ async def test_a_success_before_the_limit_resets_the_failure_count(
     client = await with_user(app_client, login_max_failures=3)
     for _ in range(2):
         assert (await post_login(client, "alice", "wrong")).status == 401
-    assert (await post_login(client, "alice", "s3cret-pw")).status == 200
+    assert (await post_login(client, "alice", PASSWORD)).status == 200
     for _ in range(2):
         assert (await post_login(client, "alice", "wrong")).status == 401
-    assert (await post_login(client, "alice", "s3cret-pw")).status == 200
+    assert (await post_login(client, "alice", PASSWORD)).status == 200

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
 
 from app.connection import MAX_CONTROL_FRAMES, Connection
 from app.keys import STATS_KEY, STREAM_KEY
