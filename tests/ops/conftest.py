@@ -110,7 +110,8 @@ class Service:
     """A `portfolio-stream serve` subprocess with its log captured in a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *,
-                 listen_sock: socket.socket | None = None) -> None:
+                 listen_sock: socket.socket | None = None,
+                 wrapper: list[str] | None = None) -> None:
         self.env = env
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -123,6 +124,7 @@ class Service:
             pass_fds = (fd,)
             host, port = listen_sock.getsockname()[:2]
         self.base_url = f"http://{host}:{port}"
+        argv = [*(wrapper or []), *argv]
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      pass_fds=pass_fds, cwd=workdir(env))
 
