@@ -10,33 +10,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
-import requests
 from aiohttp import web
-from alpaca.common.exceptions import APIError
-from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderSide, TimeInForce
-from alpaca.trading.requests import MarketOrderRequest
 
 from alpaca_bridge.account_sync import AccountSync
-from alpaca_bridge.accounts import BrokerAccount
 from alpaca_bridge.backoff import Backoff
-from alpaca_bridge.errors import (
+from alpaca_bridge.models import decimal_text
+from alpaca_bridge.orders import (
     BrokerError,
     BrokerUnavailable,
     OrderRejected,
     UnknownAccount,
-    api_error_message,
+    submit_market_order,
 )
-from alpaca_bridge.models import decimal_text, iso_from_epoch
 from alpaca_bridge.prices import PriceFeed
 from alpaca_bridge.reconcile import trading_client
+from alpaca_bridge.runtime import AccountRuntime
 from alpaca_bridge.setup import BridgePlan, plan_alpaca, plan_simulated
-from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
+from alpaca_bridge.trade_stream import TradeUpdatesStream
 from app.bus import EventBus
 from app.keys import BRIDGE_KEY, BUS_KEY, SETTINGS_KEY, STORE_KEY
 from app.store import Store
@@ -57,19 +51,6 @@ __all__ = [
     "bridge_ctx",
 ]
 
-AccountStatus = Literal[
-    "connecting", "connected", "reconnecting", "unauthorized", "unknown_user", "stopped"
-]
-
-
-@dataclass(slots=True)
-class _Account:
-    account: BrokerAccount
-    client: TradingClient
-    user_id: str | None = None
-    sync: AccountSync | None = None
-    stream: TradeUpdatesStream | None = None
-
 
 class BrokerBridge:
     """Runs the Alpaca side of the service; see the module docstring."""
@@ -79,7 +60,7 @@ class BrokerBridge:
         self._settings = settings
         self._bus = bus
         self._store = store
-        self._accounts: dict[str, _Account] = {}
+        self._accounts: dict[str, AccountRuntime] = {}
         self._prices: PriceFeed | None = None
         self._http: aiohttp.ClientSession | None = None
         self._plan: BridgePlan | None = None
@@ -97,16 +78,8 @@ class BrokerBridge:
     @property
     def ready(self) -> bool:
         """Store open and every account settled: reconciled once, or definitively failed."""
-        return (
-            self._running
-            and self._store.is_open
-            and all(
-                entry.sync is None
-                or entry.sync.reconciled_at is not None
-                or (entry.stream is not None and entry.stream.state is StreamState.UNAUTHORIZED)
-                for entry in self._accounts.values()
-            )
-        )
+        accounts = self._accounts.values()
+        return self._running and self._store.is_open and all(a.settled for a in accounts)
 
     async def wait_ready(self) -> None:
         """Return once ``ready`` (see there) has been true; use with a timeout."""
@@ -135,7 +108,9 @@ class BrokerBridge:
 
     async def _start_accounts(self, plan: BridgePlan) -> None:
         for account in plan.accounts:
-            entry = _Account(account, trading_client(account, plan.endpoints(account).api_url))
+            entry = AccountRuntime(
+                account, trading_client(account, plan.endpoints(account).api_url)
+            )
             self._accounts[account.username.lower()] = entry
             user = await self._store.get_user_by_username(account.username)
             if user is None:
@@ -161,7 +136,7 @@ class BrokerBridge:
             self._on_symbols_changed()
         self._state_changed()
 
-    def _start_account(self, entry: _Account, plan: BridgePlan) -> None:
+    def _start_account(self, entry: AccountRuntime, plan: BridgePlan) -> None:
         settings = self._settings
         assert entry.user_id is not None
         assert self._http is not None
@@ -207,27 +182,7 @@ class BrokerBridge:
         log.info("[AlpacaStream] Bridge stopped", mode=self.mode, accounts=len(entries))
 
     def accounts_status(self) -> list[dict[str, Any]]:
-        return [self._account_status(entry) for entry in self._accounts.values()]
-
-    def _account_status(self, entry: _Account) -> dict[str, Any]:
-        stream, sync = entry.stream, entry.sync
-        status: AccountStatus = (
-            "unknown_user"
-            if entry.user_id is None
-            else (stream.state.value if stream is not None else "stopped")
-        )
-        last = stream.last_event_at if stream is not None else None
-        reconciled = sync.reconciled_at if sync is not None else None
-        return {
-            "username": entry.account.username,
-            "userId": entry.user_id,
-            "status": status,
-            "lastEventAt": None if last is None else iso_from_epoch(last),
-            "lastReconciledAt": None if reconciled is None else iso_from_epoch(reconciled),
-            "reconnects": stream.reconnects if stream is not None else 0,
-            "mode": self.mode,
-            "paper": entry.account.paper,
-        }
+        return [entry.status(self.mode) for entry in self._accounts.values()]
 
     def price_stream_status(self) -> dict[str, Any]:
         if self._prices is None:
@@ -243,44 +198,16 @@ class BrokerBridge:
             raise UnknownAccount(f"no broker account for user {username!r}")
         if entry.user_id is None:
             raise UnknownAccount(f"broker account {username!r} has no user; create it first")
-        if side not in ("buy", "sell"):
-            raise OrderRejected(f"side must be buy or sell, not {side!r}")
-        if not qty.is_finite() or qty <= 0:
-            raise OrderRejected("qty must be a positive number")
-        request = MarketOrderRequest(
-            symbol=symbol.strip().upper(),
-            qty=float(qty),
-            side=OrderSide(side),
-            time_in_force=TimeInForce.DAY,
-        )
-        try:
-            order = await asyncio.to_thread(entry.client.submit_order, request)
-        except APIError as exc:
-            raise OrderRejected(api_error_message(exc)) from None
-        except requests.RequestException as exc:
-            raise BrokerUnavailable(f"broker unreachable: {type(exc).__name__}") from None
-        if not isinstance(order, dict):
-            raise BrokerUnavailable("unexpected order response from the broker")
+        order = await submit_market_order(entry.client, symbol, side, qty)
         log.info(
             "[AlpacaStream] Order placed",
             account=entry.account.username,
-            orderId=order.get("id"),
-            symbol=order.get("symbol"),
+            orderId=order["orderId"],
+            symbol=order["symbol"],
             side=side,
             qty=decimal_text(qty),
         )
-        return {
-            "username": entry.account.username,
-            "userId": entry.user_id,
-            "orderId": order.get("id"),
-            "clientOrderId": order.get("client_order_id"),
-            "symbol": order.get("symbol"),
-            "side": order.get("side"),
-            "type": order.get("type"),
-            "qty": order.get("qty"),
-            "status": order.get("status"),
-            "submittedAt": order.get("submitted_at"),
-        }
+        return {"username": entry.account.username, "userId": entry.user_id, **order}
 
     def _on_prices(self, prices: dict[str, Decimal]) -> None:
         for entry in self._accounts.values():

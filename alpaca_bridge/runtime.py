@@ -1,0 +1,57 @@
+"""One configured account inside the running bridge, and how it reports itself in stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from alpaca.trading.client import TradingClient
+
+from alpaca_bridge.account_sync import AccountSync
+from alpaca_bridge.accounts import BrokerAccount
+from alpaca_bridge.models import iso_from_epoch
+from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
+
+AccountStatus = Literal[
+    "connecting", "connected", "reconnecting", "unauthorized", "unknown_user", "stopped"
+]
+
+
+@dataclass(slots=True)
+class AccountRuntime:
+    """An account's REST client and, once its user is known, its ledger sync and stream."""
+
+    account: BrokerAccount
+    client: TradingClient
+    user_id: str | None = None
+    sync: AccountSync | None = None
+    stream: TradeUpdatesStream | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Reconciled at least once, or failed for good (unknown user, bad credentials)."""
+        if self.sync is None:
+            return True
+        if self.stream is not None and self.stream.state is StreamState.UNAUTHORIZED:
+            return True
+        return self.sync.reconciled_at is not None
+
+    def status(self, mode: str) -> dict[str, Any]:
+        """The per-account entry of ``BrokerBridge.accounts_status()``; ``reconnects`` counts
+        reconnect attempts since start."""
+        stream, sync = self.stream, self.sync
+        state: AccountStatus = "unknown_user" if self.user_id is None else "stopped"
+        if self.user_id is not None and stream is not None:
+            state = stream.state.value
+        last = stream.last_event_at if stream is not None else None
+        reconciled = sync.reconciled_at if sync is not None else None
+        return {
+            "username": self.account.username,
+            "userId": self.user_id,
+            "status": state,
+            "lastEventAt": None if last is None else iso_from_epoch(last),
+            "lastReconciledAt": None if reconciled is None else iso_from_epoch(reconciled),
+            "reconnects": stream.reconnects if stream is not None else 0,
+            "mode": mode,
+            "paper": self.account.paper,
+        }
