@@ -154,6 +154,10 @@ class TradeUpdatesStream:
                     _url=self._url,
                 )
                 return
+            except Exception as exc:
+                # The task's boundary: whatever went wrong, log it and reconnect, never die.
+                log.exception("[AlpacaStream] Trade stream session failed", account=self.account)
+                reason = f"{type(exc).__name__}: {exc}"
             healthy = self._received_in_session > 0 or (
                 loop.time() - started >= self._backoff.max_s
             )
