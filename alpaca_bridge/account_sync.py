@@ -5,7 +5,9 @@ The consumer calls ``on_connected`` after every (re)connect (with the time the g
 the REST fetch is repeated (up to ``MAX_QUIET_PASSES``) until one pass saw no stream activity,
 so the snapshot is consistent with the stream; then the snapshot's differences are published,
 and the held-back updates are applied after it (the ledger counts a fill the snapshot already
-holds only once).
+holds only once). If REST fails after an earlier success, updates are applied live again while
+it is retried: a slightly stale ledger moved by live fills beats a frozen one. Before the first
+success there is nothing to apply them to, so they stay held.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class AccountSync:
         self._gap_started_at: float | None = None
         self._clock = clock
         self._held: deque[TradeUpdate] = deque(maxlen=MAX_HELD_UPDATES)
+        self._holding = False
         self._activity = False
         self._again = False
         self._task: asyncio.Task[None] | None = None
@@ -84,8 +87,8 @@ class AccountSync:
         )
 
     def on_update(self, update: TradeUpdate) -> None:
-        if self.reconciling:
-            self._activity = True
+        self._activity = True
+        if self._holding:
             self._held.append(update)
             return
         self._publish(self.ledger.apply_update(update))
@@ -103,6 +106,7 @@ class AccountSync:
 
     async def _reconcile(self) -> None:
         self._again = True
+        self._holding = True
         try:
             while self._again:
                 self._again = False
@@ -122,10 +126,14 @@ class AccountSync:
                 )
         except Exception:
             log.exception("[AlpacaStream] Reconciliation crashed", account=self.account)
-        # Held-back updates go through the ledger after the snapshot, in arrival order.
+        self._task = None
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """Apply held-back updates in arrival order and stop holding."""
+        self._holding = False
         held = list(self._held)
         self._held.clear()
-        self._task = None
         for update in held:
             self.on_update(update)
 
@@ -141,7 +149,9 @@ class AccountSync:
                     fetch_snapshot, self._client, believed_open, since
                 )
             except Exception as exc:
-                # REST down or refusing: keep the stream's updates held and try again later.
+                # REST down or refusing: try again later (see the module docstring).
+                if self.reconciled_at is not None:
+                    self._release_held()
                 delay = self._backoff.next_delay() + self._backoff.initial_s
                 log.error(
                     "[AlpacaStream] Reconciliation failed",
@@ -152,6 +162,7 @@ class AccountSync:
                 await asyncio.sleep(delay)
                 continue
             self._backoff.reset()
+            self._holding = True
             passes += 1
             if not self._activity or passes >= MAX_QUIET_PASSES:
                 if gap == self._gap_started_at:

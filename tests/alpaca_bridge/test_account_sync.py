@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -82,3 +83,42 @@ async def test_rest_failures_are_logged_and_retried_while_updates_wait(
     await sync.stop()
     assert not sync.reconciling
     assert collected.events == []
+
+
+async def test_after_a_first_success_updates_flow_live_while_rest_is_down(
+    broker: SimulatedBroker,
+    bus: InProcessBus,
+    collected: Any,
+    log_lines: Any,
+) -> None:
+    reconciled: asyncio.Queue[None] = asyncio.Queue()
+    sync = make_sync(broker.base_url, bus, reconciled)
+    sync.on_connected(None)
+    await asyncio.wait_for(reconciled.get(), 5)
+    await broker.stop()  # REST is gone; the stream (here: our calls) carries on
+    sync.on_connected(time.time())
+    await asyncio.wait_for(log_lines.wait_for("Reconciliation failed"), 5)
+    sync.on_update(
+        parse_trade_update(
+            {
+                "event": "fill",
+                "execution_id": "exec-live",
+                "price": "100",
+                "qty": "2",
+                "position_qty": "2",
+                "timestamp": "2026-01-04T10:30:00Z",
+                "order": {
+                    "id": "o-live",
+                    "symbol": "AAPL",
+                    "side": "buy",
+                    "status": "filled",
+                    "filled_qty": "2",
+                    "updated_at": "2026-01-04T10:30:00Z",
+                },
+            }
+        )
+    )
+    assert sync.ledger.positions["AAPL"].qty == 2
+    assert sync.reconciling
+    await collected.wait_for(lambda e: e.type == "trade:executed")
+    await sync.stop()
