@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -28,6 +27,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from alpaca_bridge.backoff import Backoff
+from alpaca_bridge.dedup import RecentKeys
 from alpaca_bridge.models import MalformedUpdate, TradeUpdate, parse_trade_update
 from alpaca_bridge.stream_protocol import (
     AuthenticationFailed,
@@ -39,9 +39,6 @@ from config.logging import get_logger
 
 log = get_logger()
 
-# Updates remembered for duplicate detection: far more than can be in flight across a reconnect.
-DEDUP_WINDOW = 10_000
-
 
 class StreamState(StrEnum):
     CONNECTING = "connecting"
@@ -49,24 +46,6 @@ class StreamState(StrEnum):
     RECONNECTING = "reconnecting"
     UNAUTHORIZED = "unauthorized"
     STOPPED = "stopped"
-
-
-class RecentKeys:
-    """A bounded set remembering the newest keys (LRU eviction)."""
-
-    def __init__(self, capacity: int = DEDUP_WINDOW) -> None:
-        self._keys: OrderedDict[Hashable, None] = OrderedDict()
-        self._capacity = capacity
-
-    def add(self, key: Hashable) -> bool:
-        """Remember ``key``; False if it was already there."""
-        if key in self._keys:
-            self._keys.move_to_end(key)
-            return False
-        self._keys[key] = None
-        if len(self._keys) > self._capacity:
-            self._keys.popitem(last=False)
-        return True
 
 
 class TradeUpdatesStream:
@@ -177,52 +156,59 @@ class TradeUpdatesStream:
     async def _connect_once(self) -> str:
         """One connection from handshake to close; returns why it ended."""
         self._received_in_session = 0
-        connected = False
         try:
-            async with self._session.ws_connect(
-                self._url,
-                heartbeat=self._heartbeat_s,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.25),
-            ) as ws:
+            # The session's own timeout is generous; a handshake gets the auth timeout.
+            async with asyncio.timeout(self._auth_timeout_s):
+                ws = await self._session.ws_connect(
+                    self._url,
+                    heartbeat=self._heartbeat_s,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.25),
+                )
+        except TimeoutError:
+            return self._attempt_failed(f"no handshake response within {self._auth_timeout_s}s")
+        except aiohttp.WSServerHandshakeError as exc:
+            return self._attempt_failed(f"handshake rejected with HTTP {exc.status}")
+        except (aiohttp.ClientError, OSError) as exc:
+            return self._attempt_failed(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        async with ws:
+            try:
                 early = await authenticate_and_listen(
                     ws, self._key_id, self._secret_key, self._auth_timeout_s
                 )
-                connected = True
-                self._set_state(StreamState.CONNECTED)
-                log.info(
-                    "[AlpacaStream] Connected to trade_updates stream",
+            except TimeoutError:
+                log.warning(
+                    "[AlpacaStream] Authentication timed out",
                     account=self.account,
-                    _url=self._url,
+                    timeoutS=self._auth_timeout_s,
                 )
-                gap_started_at, self._gap_started_at = self._gap_started_at, None
-                self._on_connected(gap_started_at)
-                for item in early:
-                    self._dispatch(item)
-                reason = await self._consume(ws)
-        except TimeoutError:
-            reason = f"no authorization reply within {self._auth_timeout_s}s"
-            log.warning(
-                "[AlpacaStream] Authentication timed out",
-                account=self.account,
-                timeoutS=self._auth_timeout_s,
-            )
-        except SessionEnded as exc:
-            reason = str(exc)
-        except aiohttp.WSServerHandshakeError as exc:
-            reason = f"handshake rejected with HTTP {exc.status}"
-        except (aiohttp.ClientError, OSError) as exc:
-            reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        if connected:
-            self._gap_started_at = self._clock()
-            log.info(
-                "[AlpacaStream] Disconnected from trade_updates stream",
-                account=self.account,
-                reason=reason,
-            )
-        else:
-            log.warning(
-                "[AlpacaStream] Connection attempt failed", account=self.account, reason=reason
-            )
+                return f"no authorization reply within {self._auth_timeout_s}s"
+            except SessionEnded as exc:
+                return self._attempt_failed(str(exc))
+            return await self._listen(ws, early)
+
+    def _attempt_failed(self, reason: str) -> str:
+        log.warning("[AlpacaStream] Connection attempt failed", account=self.account, reason=reason)
+        return reason
+
+    async def _listen(
+        self, ws: aiohttp.ClientWebSocketResponse, early: list[dict[str, Any]]
+    ) -> str:
+        """A connected session: reconcile, then consume until the connection ends."""
+        self._set_state(StreamState.CONNECTED)
+        log.info(
+            "[AlpacaStream] Connected to trade_updates stream", account=self.account, _url=self._url
+        )
+        gap_started_at, self._gap_started_at = self._gap_started_at, None
+        self._on_connected(gap_started_at)
+        for item in early:
+            self._dispatch(item)
+        reason = await self._consume(ws)
+        self._gap_started_at = self._clock()
+        log.info(
+            "[AlpacaStream] Disconnected from trade_updates stream",
+            account=self.account,
+            reason=reason,
+        )
         return reason
 
     async def _consume(self, ws: aiohttp.ClientWebSocketResponse) -> str:
