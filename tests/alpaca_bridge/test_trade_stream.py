@@ -13,6 +13,7 @@ from fake_trading_stream import Behaviour, FakeTradingStream
 from pydantic import SecretStr
 
 from alpaca_bridge.backoff import Backoff
+from alpaca_bridge.dedup import RecentKeys
 from alpaca_bridge.models import TradeUpdate
 from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
 
@@ -196,3 +197,43 @@ def test_backoff_is_capped_full_jitter_and_resets() -> None:
     assert backoff.attempt == 8
     backoff.reset()
     assert backoff.next_delay() <= 0.5
+
+
+async def test_a_server_that_never_upgrades_is_timed_out(log_lines: Any) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_ignore(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # keep the TCP connection open, never answer the HTTP upgrade
+
+    server = await asyncio.start_server(accept_and_ignore, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with aiohttp.ClientSession() as session:
+        stream = TradeUpdatesStream(
+            account="alice",
+            url=f"ws://127.0.0.1:{port}/stream",
+            key_id=SecretStr("k"),
+            secret_key=SecretStr("s"),
+            session=session,
+            auth_timeout_s=0.2,
+            backoff=Backoff(0.05, 0.1),
+            on_update=lambda _: None,
+            on_connected=lambda _: None,
+        )
+        stream.start()
+        line = await asyncio.wait_for(log_lines.wait_for("Connection attempt failed"), 5)
+        await stream.stop()
+    assert line.endswith("account=alice, reason=no handshake response within 0.2s")
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+def test_recent_keys_forget_the_oldest() -> None:
+    keys = RecentKeys(capacity=2)
+    assert keys.add("a")
+    assert keys.add("b")
+    assert not keys.add("a")  # refreshed: "b" is now the oldest
+    assert keys.add("c")
+    assert keys.add("b")
+    assert not keys.add("c")
