@@ -27,7 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 # As root: the production install for systemd (docs/runbook.md "Initial Deployment").
 # Idempotent: re-running upgrades the code and units and never overwrites the env file.

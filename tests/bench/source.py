@@ -101,6 +101,20 @@ class RateSource:
                 self._on_stop()
 
 
+def write_allocations(path: Path) -> None:
+    """Top allocation sites (only when started with PYTHONTRACEMALLOC; a diagnosis aid)."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        path.write_text("tracemalloc is off (set PYTHONTRACEMALLOC=1)\n")
+        return
+    snapshot = tracemalloc.take_snapshot()
+    total = sum(stat.size for stat in snapshot.statistics("filename"))
+    lines = [f"traced: {total / 1024 / 1024:.1f} MiB"]
+    lines += [str(stat) for stat in snapshot.statistics("lineno")[:40]]
+    path.write_text("\n".join(lines) + "\n")
+
+
 async def serve_control(source: RateSource, port_file: Path) -> asyncio.Server:
     """Start the control server on an ephemeral loopback port, written to ``port_file``."""
 
@@ -112,6 +126,8 @@ async def serve_control(source: RateSource, port_file: Path) -> asyncio.Server:
                     source.start(float(command["rate"]), float(command["seconds"]))
                 elif command["cmd"] == "stop":
                     source.stop()
+                elif command["cmd"] == "tracemalloc":
+                    write_allocations(Path(command["path"]))
                 writer.write(json.dumps(source.stats()).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, ValueError, KeyError):
