@@ -90,6 +90,9 @@ class BrokerBridge:
             self._ready.set()
 
     async def start(self) -> None:
+        """Start the embedded broker (simulated mode), every account's stream and the price
+        feed; returns at once (``wait_ready`` for the first reconciliations). Raises
+        ``AccountsConfigError`` for account configuration that cannot work."""
         settings = self._settings
         plan = await (
             plan_simulated(settings, self._store)
