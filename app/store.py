@@ -81,8 +81,8 @@ def validate_username(username: str) -> str:
 
 @functools.cache
 def _dummy_hash() -> str:
-    """An argon2 hash of a random password, made once per process: each hash costs ~100 ms
-    of CPU (64 MiB), and it runs on the event loop when a Store is built."""
+    """An argon2 hash of a random password, made once per process (each costs ~100 ms of CPU
+    and 64 MiB)."""
     return PasswordHasher().hash(secrets.token_hex(16))
 
 
@@ -95,8 +95,6 @@ class Store:
         self._hasher = PasswordHasher()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
-        # Verifying against a dummy hash for unknown users keeps login timing uniform.
-        self._dummy_hash = _dummy_hash()
 
     @property
     def is_open(self) -> bool:
@@ -214,12 +212,15 @@ class Store:
         return await self._run(self._authenticate_sync, username.strip(), password)
 
     def _authenticate_sync(self, username: str, password: str) -> User | None:
+        # Verifying against a dummy hash for unknown users keeps login timing uniform; made on
+        # the first login, whoever it is for, so the CLI never pays for it.
+        dummy = _dummy_hash()
         row = self.db.execute(
             "SELECT id, username, is_admin, created_at, password_hash FROM users "
             "WHERE username = ?",
             (username,),
         ).fetchone()
-        stored = row[4] if row else self._dummy_hash
+        stored = row[4] if row else dummy
         try:
             self._hasher.verify(stored, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
