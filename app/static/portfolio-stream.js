@@ -143,6 +143,28 @@ export function formatSignedMoney(value, { grouping = false } = {}) {
 }
 
 /**
+ * The wait before reconnect attempt `attempt`: exponential backoff with full jitter, a uniform
+ * delay in [0, base * 2^(attempt-1)] capped at `maxDelayMs`. After a 1013 close (the server is
+ * at its connection limit) the ceiling is `limitBackoffFactor` times larger (capped at
+ * `limitMaxDelayMs`) and the delay is drawn from its upper half, so such a server is never
+ * retried almost at once.
+ * @param {number} attempt 1-based attempt number
+ * @param {number | null} closeCode the close code that ended the previous socket, if any
+ * @param {Pick<Required<PortfolioStreamOptions>, "baseDelayMs" | "maxDelayMs" |
+ *   "limitBackoffFactor" | "limitMaxDelayMs" | "random">} [options]
+ * @returns {number} whole milliseconds
+ */
+export function reconnectDelay(attempt, closeCode, options = DEFAULTS) {
+  const o = { ...DEFAULTS, ...options };
+  const ceiling = Math.min(o.maxDelayMs, o.baseDelayMs * 2 ** (attempt - 1));
+  if (closeCode === CLOSE_TRY_AGAIN_LATER) {
+    const limited = Math.min(o.limitMaxDelayMs, ceiling * o.limitBackoffFactor);
+    return Math.round(limited / 2 + o.random() * (limited / 2));
+  }
+  return Math.round(o.random() * ceiling);
+}
+
+/**
  * Streams one user's portfolio from `/ws/portfolio`, with a polling fallback.
  *
  * Events (all `CustomEvent`s, dispatched on the instance):
@@ -355,7 +377,7 @@ export class PortfolioStream extends EventTarget {
       return;
     }
     this._attempt += 1;
-    const delayMs = this._backoffDelay(this._attempt, code);
+    const delayMs = reconnectDelay(this._attempt, code, this.options);
     this.options.logger.warn(
       `${TAG} Reconnecting in ${delayMs}ms (attempt ${this._attempt}/${maxAttempts})`,
     );
@@ -375,24 +397,6 @@ export class PortfolioStream extends EventTarget {
     // An unreachable configuration endpoint still gets a socket attempt: it logs the failure
     // the way operators expect and costs nothing more than the fetch did.
     this._open();
-  }
-
-  /**
-   * Exponential backoff with full jitter: a uniform delay in [0, base * 2^(attempt-1)], capped.
-   * After a 1013 close the ceiling is `limitBackoffFactor` times larger and the delay is drawn
-   * from its upper half, so a server at its connection limit is not hammered.
-   * @param {number} attempt 1-based
-   * @param {number | null} code the close code that ended the previous socket
-   * @returns {number} whole milliseconds
-   */
-  _backoffDelay(attempt, code) {
-    const o = this.options;
-    const ceiling = Math.min(o.maxDelayMs, o.baseDelayMs * 2 ** (attempt - 1));
-    if (code === CLOSE_TRY_AGAIN_LATER) {
-      const limited = Math.min(o.limitMaxDelayMs, ceiling * o.limitBackoffFactor);
-      return Math.round(limited / 2 + o.random() * (limited / 2));
-    }
-    return Math.round(o.random() * ceiling);
   }
 
   // --- messages ------------------------------------------------------------------------

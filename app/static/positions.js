@@ -207,7 +207,7 @@ function setupTestTrade(user) {
       });
       result.classList.add("ok");
       result.textContent = `Order placed: ${order.side ?? ""} ${order.qty ?? ""} ${order.symbol ?? ""}`
-        + ` (${order.status ?? "accepted"}, id ${order.id ?? order.orderId ?? "?"})`;
+        + ` (${order.status ?? "accepted"}, order ${String(order.orderId ?? order.id ?? "?").slice(0, 8)})`;
     } catch (error) {
       result.classList.add("error");
       result.textContent = `Order not placed: ${error.message}`;

@@ -35,6 +35,12 @@ function label(value) {
   return value.toFixed(value < 1 ? 2 : 1);
 }
 
+/** "60 s ago", "4 min ago" */
+function ago(ms) {
+  const seconds = Math.round(ms / 1000);
+  return seconds < 120 ? `${seconds} s ago` : `${Math.round(seconds / 60)} min ago`;
+}
+
 /**
  * Draw `points` ([epoch-ms, value] pairs, oldest first) into `target`, replacing its content.
  * @param {SVGSVGElement} target an <svg> with viewBox "0 0 320 90"
@@ -52,7 +58,7 @@ export function drawSparkline(target, points, { from, to, integer = false }) {
     svg("text", { class: "tick", x: BOX.left - 5, y: BOX.top + 4, "text-anchor": "end" }, label(top)),
     svg("text", { class: "tick", x: BOX.left - 5, y: BOX.bottom + 3, "text-anchor": "end" }, "0"),
     svg("text", { class: "tick", x: BOX.left, y: BOX.bottom + 15, "text-anchor": "start" },
-      `${Math.round((to - from) / 60000)} min ago`),
+      ago(to - from)),
     svg("text", { class: "tick", x: BOX.right, y: BOX.bottom + 15, "text-anchor": "end" }, "now"),
   ];
   const visible = points.filter(([t]) => t >= from);

@@ -11,6 +11,7 @@ import { drawSparkline } from "./sparkline.js";
 
 const REFRESH_MS = 3000;
 const HISTORY_MS = 10 * 60 * 1000;
+const MIN_SPAN_MS = 60 * 1000;
 
 /** @type {{ t: number, active: number, delivered: number, rate: number | null }[]} */
 const samples = [];
@@ -83,7 +84,8 @@ function renderChecks(stats) {
       "below 5"],
     efficiencyCheck(stats, efficiency),
     [stats.activeConnections <= 0.9 * max,
-      `${count(stats.activeConnections)} active connections`, "below 90% of the limit"],
+      `${count(stats.activeConnections)} active connection${stats.activeConnections === 1 ? "" : "s"}`,
+      "below 90% of the limit"],
   ];
   document.getElementById("checks").replaceChildren(
     ...checks.map(([ok, text, note]) =>
@@ -107,15 +109,39 @@ function renderChecks(stats) {
 
 function renderUsers(stats) {
   const perUser = Number(stats.limits?.maxConnectionsPerUser) || 0;
+  // The stats name users by id; the broker accounts, when reported, know their usernames.
+  const names = new Map((stats.broker?.accounts || []).map((a) => [a.userId, a.username]));
   const entries = Object.entries(stats.connectionsByUser || {}).sort((a, b) => b[1] - a[1]);
   document.querySelector("#by-user tbody").replaceChildren(
     ...entries.map(([user, n]) => el("tr", { dataset: { user } },
-      el("td", { class: "sym" }, user),
+      el("td", { class: "sym" }, names.get(user) ? `${names.get(user)} ` : user,
+        names.get(user) ? el("span", { class: "muted" }, `(${user})`) : null),
       el("td", { class: "num" }, count(n)),
       el("td", {}, el("meter", { min: 0, max: perUser || n, value: n, low: perUser * 0.6,
         high: perUser * 0.99, optimum: 0, title: `${n} of ${perUser}` })))),
   );
   document.getElementById("by-user-empty").hidden = entries.length > 0;
+}
+
+/** Column titles for the broker table; unknown fields keep their own name. */
+const BROKER_COLUMNS = {
+  username: "Account",
+  userId: "User id",
+  mode: "Mode",
+  paper: "Paper",
+  status: "Status",
+  lastEventAt: "Last event",
+  lastReconciledAt: "Reconciled",
+  reconnects: "Reconnects",
+};
+
+/** @param {string} key @param {unknown} value */
+function brokerCell(key, value) {
+  if (value === undefined || value === null || value === "") return el("td", {}, "—");
+  const text = String(value);
+  if (key === "status") return el("td", {}, el("span", { class: "badge", dataset: { status: text } }, text));
+  if (/At$/.test(key)) return el("td", { title: text }, clockTime(text));
+  return el("td", { class: typeof value === "number" ? "num" : undefined }, text);
 }
 
 /** Broker stream status per account, with whatever fields the bridge reports. */
@@ -128,27 +154,22 @@ function renderBroker(stats) {
   }
   panel.hidden = false;
   document.getElementById("broker-mode").textContent = stats.broker.mode ? `mode: ${stats.broker.mode}` : "";
-  const preferred = ["username", "mode", "status"];
-  const keys = [...new Set([...preferred, ...accounts.flatMap((a) => Object.keys(a))])]
+  const keys = [...new Set([...Object.keys(BROKER_COLUMNS), ...accounts.flatMap((a) => Object.keys(a))])]
     .filter((key) => accounts.some((a) => a[key] !== undefined && typeof a[key] !== "object"));
   document.querySelector("#broker thead tr").replaceChildren(
-    ...keys.map((key) => el("th", { scope: "col" }, key)),
+    ...keys.map((key) => el("th", { scope: "col" }, BROKER_COLUMNS[key] ?? key)),
   );
   document.querySelector("#broker tbody").replaceChildren(
     ...accounts.map((account) => el("tr", { dataset: { account: account.username ?? "" } },
-      ...keys.map((key) => {
-        const value = account[key];
-        const text = value === undefined || value === null ? "—" : String(value);
-        return key === "status"
-          ? el("td", {}, el("span", { class: "badge", dataset: { status: text } }, text))
-          : el("td", {}, text);
-      }))),
+      ...keys.map((key) => brokerCell(key, account[key])))),
   );
 }
 
 function renderCharts() {
   const now = Date.now();
-  const range = { from: now - HISTORY_MS, to: now };
+  // The time axis grows with the page's history, from one minute up to HISTORY_MS.
+  const oldest = samples.length ? samples[0].t : now;
+  const range = { from: Math.max(now - HISTORY_MS, Math.min(oldest, now - MIN_SPAN_MS)), to: now };
   drawSparkline(document.getElementById("chart-connections"),
     samples.map((s) => [s.t, s.active]), { ...range, integer: true });
   drawSparkline(document.getElementById("chart-messages"),
