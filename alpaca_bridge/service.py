@@ -134,6 +134,7 @@ class BrokerBridge:
                 key_id=feeders[0].api_key,
                 secret_key=feeders[0].secret_key,
                 on_prices=self._on_prices,
+                coalesce_s=self._settings.price_coalesce_ms / 1000,
             )
             self._prices.start()
             self._on_symbols_changed()
@@ -159,6 +160,7 @@ class BrokerBridge:
             secret_key=entry.account.secret_key,
             session=self._http,
             auth_timeout_s=settings.alpaca_auth_timeout_s,
+            heartbeat_s=settings.alpaca_stream_heartbeat_s,
             backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s),
             on_update=sync.on_update,
             on_connected=sync.on_connected,

@@ -146,9 +146,15 @@ async def _post_trade(base: str, token: str, username: str, symbol: str, side: s
 
 
 def cmd_serve(_: argparse.Namespace) -> int:
+    from alpaca_bridge.accounts import AccountsConfigError
     from app.server import serve
 
-    return serve(load_settings())
+    settings = load_settings()
+    try:
+        return serve(settings)
+    except AccountsConfigError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     alpaca_auth_timeout_s: float = Field(10.0, gt=0)
     alpaca_backoff_initial_s: float = Field(0.5, gt=0)
     alpaca_backoff_max_s: float = Field(30.0, gt=0)
+    # WebSocket ping cadence on the trade_updates connection (a dead peer is noticed in 1.5x).
+    alpaca_stream_heartbeat_s: float = Field(20.0, gt=0)
+    # Price ticks per symbol are folded to at most one per this interval before hitting the bus.
+    price_coalesce_ms: int = Field(100, ge=0, le=10_000)
 
     # Simulated broker (the embedded default)
     sim_host: str = "127.0.0.1"
