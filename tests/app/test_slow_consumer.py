@@ -196,3 +196,16 @@ async def test_a_neighbour_keeps_receiving_while_another_tab_is_stalled(
                 if pnls.get("AAPL") == "123.45":
                     break
         await healthy.close()
+
+
+async def test_a_stalled_client_does_not_hold_up_shutdown(app_client: ClientFactory) -> None:
+    client = await app_client(batch_window_ms=0, shutdown_timeout_s=1)
+    alice = await session_for(client, "alice")
+    manager = client.app[STREAM_KEY]
+    async with stalled_client(client, alice) as stalled:
+        await fill_until_stuck(client, alice, stalled)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await client.server.close()
+        assert loop.time() - started <= 1.0 + 0.5  # SHUTDOWN_TIMEOUT_S, plus margin
+        assert manager.active_connections == 0
