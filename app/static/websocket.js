@@ -157,7 +157,10 @@ function renderBroker(stats) {
   const keys = [...new Set([...Object.keys(BROKER_COLUMNS), ...accounts.flatMap((a) => Object.keys(a))])]
     .filter((key) => accounts.some((a) => a[key] !== undefined && typeof a[key] !== "object"));
   document.querySelector("#broker thead tr").replaceChildren(
-    ...keys.map((key) => el("th", { scope: "col" }, BROKER_COLUMNS[key] ?? key)),
+    ...keys.map((key) => el("th", {
+      scope: "col",
+      class: accounts.some((a) => typeof a[key] === "number") ? "num" : undefined,
+    }, BROKER_COLUMNS[key] ?? key)),
   );
   document.querySelector("#broker tbody").replaceChildren(
     ...accounts.map((account) => el("tr", { dataset: { account: account.username ?? "" } },
