@@ -22,7 +22,7 @@ from tests.app.support import (
 )
 from tests.conftest import ClientFactory, publish
 
-MARGIN_S = 0.15  # scheduling slack allowed on top of the batch window
+MARGIN_S = 0.25  # scheduling slack allowed on top of the batch window (loaded CI machines)
 
 
 async def test_a_window_of_events_arrives_as_one_coalesced_batch(
@@ -117,7 +117,7 @@ async def test_the_first_event_starts_the_timer_and_later_ones_do_not_rearm_it(
         app_client: ClientFactory) -> None:
     """Events spread over the window arrive together, no later than window + margin after
     the first one: latency is bounded by the window however busy the user is."""
-    window = 0.4
+    window = 0.5
     client = await app_client(batch_window_ms=int(window * 1000))
     alice = await session_for(client, "alice")
     ws, _ = await connect(client, alice)
@@ -129,7 +129,7 @@ async def test_the_first_event_starts_the_timer_and_later_ones_do_not_rearm_it(
     receiving.add_done_callback(lambda _: arrival.append(loop.time()))
     for i in range(4):
         if i:
-            await asyncio.sleep(0.1)  # spread the events across the window
+            await asyncio.sleep(0.15)  # spread the events across the window
         publish(client, "position:updated", position(alice.user_id, f"S{i}"))
     batch = await receiving
     elapsed = arrival[0] - first
@@ -190,7 +190,7 @@ async def test_window_zero_sends_each_event_at_once(app_client: ClientFactory) -
         publish(client, "position:updated", position(alice.user_id, "AAPL", pnl=f"{i}.00"))
         assert manager.pending_timers() == 0
         batch = await receive(ws)
-        assert loop.time() - started < 0.1
+        assert loop.time() - started < MARGIN_S
         assert batch["eventCount"] == 1
         assert batch["positions"][0]["unrealizedPnl"] == f"{i}.00"
         assert batch["seq"] == i + 2
