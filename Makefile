@@ -44,6 +44,7 @@ install-systemd:
 	install -m 0644 docs/*.md docs/alerts.yml $(OPT)/docs/
 	install -D -m 0644 systemd/portfolio-stream.sysusers /usr/lib/sysusers.d/portfolio-stream.conf
 	systemd-sysusers /usr/lib/sysusers.d/portfolio-stream.conf 2>/dev/null || getent passwd portfolio-stream >/dev/null || useradd --system --user-group --home-dir /var/lib/portfolio-stream --shell /usr/sbin/nologin portfolio-stream
+	install -d -m 0750 -o portfolio-stream -g portfolio-stream /var/lib/portfolio-stream /var/log/portfolio-stream
 	install -m 0644 systemd/portfolio-stream.service systemd/portfolio-stream.socket /etc/systemd/system/
 	install -d -m 0750 -o root -g portfolio-stream /etc/portfolio-stream
 	install -m 0640 -o root -g portfolio-stream systemd/portfolio-stream.env.example /etc/portfolio-stream/
