@@ -1,0 +1,68 @@
+"""portfolio-stream.js's pure helpers, run in the real browser as the pages load them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.browser.conftest import BROWSER_TEST, PageFactory, ServerFactory
+
+pytestmark = BROWSER_TEST
+
+EXERCISE = """async () => {
+  const stream = await import("/static/portfolio-stream.js");
+  const ui = await import("/static/ui.js");
+  const fixed = (r) => ({ random: () => r });
+  return {
+    decimals: [
+      stream.formatDecimal("550"),
+      stream.formatDecimal("104550.5"),
+      stream.formatDecimal("0.125"),
+      stream.formatDecimal("-0.125"),
+      stream.formatDecimal("-0.004"),
+      stream.formatDecimal("1234567.891", 2, { grouping: true }),
+      stream.formatDecimal("12.5", 0),
+      stream.formatDecimal("1e-7"),
+      stream.formatDecimal(null),
+      stream.formatDecimal("abc"),
+      stream.formatDecimal("99.995"),
+    ],
+    money: [
+      stream.formatSignedMoney("550.00"),
+      stream.formatSignedMoney("-12.3"),
+      stream.formatSignedMoney("0"),
+      stream.formatSignedMoney("-1234.5", { grouping: true }),
+    ],
+    sums: [ui.sumMoney(["1.10", "2.205", "-0.01"]), ui.sumMoney(["-5", "2.5"]), ui.sumMoney([])],
+    safeNext: [ui.safeNext("/admin/websocket"), ui.safeNext("//evil.example"),
+               ui.safeNext("https://evil.example"), ui.safeNext("/\\\\evil"), ui.safeNext(null)],
+    ceilings: [1, 2, 3, 4, 5, 6, 10].map((n) => stream.reconnectDelay(n, null, fixed(0.999999))),
+    floors: [1, 5].map((n) => stream.reconnectDelay(n, null, fixed(0))),
+    limited: [1, 2, 6].map((n) => [
+      stream.reconnectDelay(n, 1013, fixed(0)),
+      stream.reconnectDelay(n, 1013, fixed(0.999999)),
+    ]),
+  };
+}"""
+
+
+async def test_formatting_and_backoff_helpers(
+    live_server: ServerFactory, new_page: PageFactory
+) -> None:
+    server = await live_server()
+    page, console = await new_page(server)
+    await page.goto("/login")
+    result: dict[str, Any] = await page.evaluate(EXERCISE)
+    # Exact decimal strings, rounded half away from zero, never through binary floats.
+    assert result["decimals"] == [
+        "550.00", "104550.50", "0.13", "-0.13", "0.00", "1,234,567.89", "13", "0.00", "—",
+        "—", "100.00",
+    ]  # fmt: skip
+    assert result["money"] == ["+$550.00", "-$12.30", "+$0.00", "-$1,234.50"]
+    assert result["sums"] == ["3.30", "-2.50", "0.00"]
+    assert result["safeNext"] == ["/admin/websocket"] + ["/admin/positions"] * 4
+    # Full jitter: the ceiling doubles from 1000 ms and stops at 30 s; the floor is zero.
+    assert result["ceilings"] == [1000, 2000, 4000, 8000, 16000, 30000, 30000]
+    assert result["floors"] == [0, 0]
+    # After 1013: five times the ceiling, drawn from its upper half, capped at 120 s.
+    assert result["limited"] == [[2500, 5000], [5000, 10000], [60000, 120000]]
+    assert console.errors == []
