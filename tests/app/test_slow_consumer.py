@@ -9,6 +9,7 @@ buffers fill after a few kilobytes instead of megabytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import socket
 from collections.abc import AsyncIterator
@@ -209,3 +210,24 @@ async def test_a_stalled_client_does_not_hold_up_shutdown(app_client: ClientFact
         await client.server.close()
         assert loop.time() - started <= 1.0 + 0.5  # SHUTDOWN_TIMEOUT_S, plus margin
         assert manager.active_connections == 0
+
+
+async def test_a_client_that_talks_but_never_reads_is_dropped(
+        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    """Replies to a client that never reads cannot pile up: past MAX_CONTROL_FRAMES queued
+    replies the connection is dropped (the rate limit is raised here to get there fast)."""
+    client = await app_client(batch_window_ms=0, ws_rate_limit_messages=1000)
+    alice = await session_for(client, "alice")
+    manager = client.app[STREAM_KEY]
+    async with stalled_client(client, alice) as stalled:
+        conn = stalled.conn
+        await fill_until_stuck(client, alice, stalled)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(MAX_CONTROL_FRAMES * 2):
+                if manager.connection(conn.id) is None:
+                    break
+                await stalled.ws.send_json({"type": "ping"})
+                await asyncio.sleep(0)
+                assert len(conn.control or ()) <= MAX_CONTROL_FRAMES
+        await until(lambda: manager.connection(conn.id) is None)
+    assert "code=1008, reason=Client is not reading" in log_lines.getvalue()
