@@ -381,9 +381,9 @@ export class PortfolioStream extends EventTarget {
     this.options.logger.warn(
       `${TAG} Reconnecting in ${delayMs}ms (attempt ${this._attempt}/${maxAttempts})`,
     );
-    this._emit("reconnecting", { attempt: this._attempt, maxAttempts, delayMs, code });
     this._setTimer("reconnect", delayMs, () => this._retry());
     this._refreshState();
+    this._emit("reconnecting", { attempt: this._attempt, maxAttempts, delayMs, code });
   }
 
   async _retry() {

@@ -234,10 +234,7 @@ async function main() {
   stream.addEventListener("statechange", (event) => showState(event.detail.state));
   stream.addEventListener("reconnecting", (event) => {
     const { attempt, maxAttempts, delayMs } = event.detail;
-    if (stream.state === ConnectionState.RECONNECTING || stream.state === ConnectionState.CONNECTING) {
-      showState(ConnectionState.RECONNECTING,
-        `Reconnecting in ${delayMs} ms (attempt ${attempt}/${maxAttempts})`);
-    }
+    showState(stream.state, `Next connection attempt in ${delayMs} ms (${attempt}/${maxAttempts})`);
   });
   stream.addEventListener("unauthorized", () => redirectToLogin());
   stream.addEventListener("change", (event) => {
