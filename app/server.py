@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 from collections.abc import Callable, MutableMapping
 
@@ -58,9 +59,8 @@ def service_status(app: web.Application) -> str:
 
 
 def _sites(runner: web.AppRunner, settings: Settings,
-           environ: MutableMapping[str, str] | None) -> list[tuple[web.BaseSite, str]]:
+           inherited: list[socket.socket]) -> list[tuple[web.BaseSite, str]]:
     """The listeners with their log line: systemd's sockets if it passed any, else HOST:PORT."""
-    inherited = inherited_sockets(environ)
     if inherited:
         return [(web.SockSite(runner, sock),
                  f"[STARTUP] Listening on inherited socket http://{describe_address(sock)} "
@@ -81,6 +81,8 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None, *,
     loop.add_signal_handler(signal.SIGHUP, _on_sighup, reopen_logs)
 
     notifier = Notifier.from_environ(environ)
+    # Taken (and LISTEN_* unset) before anything else runs, so nothing else can inherit them.
+    inherited = inherited_sockets(environ)
     app = create_app(settings)
     # handler_cancellation: a handler still running once shutdown_timeout passed is cancelled.
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
@@ -88,7 +90,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None, *,
     supervisor: asyncio.Task[None] | None = None
     try:
         await runner.setup()  # the cleanup contexts: store, bus, broker streams, stream manager
-        for site, listening in _sites(runner, settings, environ):
+        for site, listening in _sites(runner, settings, inherited):
             await site.start()
             log.info(listening, _mode=settings.broker_mode,
                      _enabled=settings.enable_realtime_portfolio)
