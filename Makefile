@@ -41,6 +41,7 @@ install-systemd:
 	$(OPT)/venv/bin/python -m pip install --quiet --upgrade pip
 	$(OPT)/venv/bin/python -m pip install --quiet .
 	$(OPT)/venv/bin/python -m pip install --quiet --no-deps --force-reinstall .
+	rm -rf build  # setuptools' in-tree build leftovers
 	install -m 0644 docs/*.md docs/alerts.yml $(OPT)/docs/
 	install -D -m 0644 systemd/portfolio-stream.sysusers /usr/lib/sysusers.d/portfolio-stream.conf
 	systemd-sysusers /usr/lib/sysusers.d/portfolio-stream.conf 2>/dev/null || getent passwd portfolio-stream >/dev/null || useradd --system --user-group --home-dir /var/lib/portfolio-stream --shell /usr/sbin/nologin portfolio-stream
