@@ -219,7 +219,7 @@ async def test_disabled_flag_polls_every_five_seconds(
     ).to_contain_text("+$550.00", timeout=(POLL_INTERVAL_S + 1.5) * 1000)
     assert len(polls) >= 2
     gap = polls[1] - polls[0]
-    assert POLL_INTERVAL_S - 0.5 < gap < POLL_INTERVAL_S + 1.0, gap
+    assert POLL_INTERVAL_S - 0.5 < gap < POLL_INTERVAL_S + 1.5, gap
     assert console.matching(r"Connecting to:") == []  # the flag says no: the socket is not tried
     await expect(indicator).to_have_attribute(
         "title", "Live stream unavailable; refreshing every 5 s"
