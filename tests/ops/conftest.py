@@ -115,8 +115,9 @@ class Service:
         self.env = env
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        pass_fds: tuple[int, ...] = ()
         if listen_sock is None:
-            argv, pass_fds = [CLI, "serve"], ()
+            argv = [CLI, "serve"]
             host, port = "127.0.0.1", int(env["PORT"])
         else:
             fd = listen_sock.fileno()

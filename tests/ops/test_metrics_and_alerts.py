@@ -9,7 +9,7 @@ import subprocess
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # no stubs in the test extra
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ClientFactory, login, publish

@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,9 +171,9 @@ class Host:
 
 
 @pytest.fixture
-def host(tmp_path: Path, services: list[Service]) -> Host:
+def host(tmp_path: Path, services: list[Service]) -> Iterator[Host]:
     created = Host(tmp_path, services)
-    yield created  # type: ignore[misc]
+    yield created
     created.close()
 
 
