@@ -46,6 +46,7 @@ class Notifier:
 
     def __init__(self, address: str | None) -> None:
         self._address = address
+        self._failing = False  # log a failure once, not on every watchdog tick
         self._sock: socket.socket | None = None
         if address is not None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -74,8 +75,11 @@ class Notifier:
         try:
             self._sock.sendto(payload, self._address)
         except OSError as exc:
-            log.warning("[systemd] sd_notify failed", error=str(exc), message=assignments[0])
+            if not self._failing:
+                log.warning("[systemd] sd_notify failed", error=str(exc), message=assignments[0])
+            self._failing = True
             return False
+        self._failing = False
         return True
 
     def ready(self, status: str) -> bool:
