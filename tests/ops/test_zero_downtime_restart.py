@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import socket
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.ops.conftest import Service, cli, service_env
+from tests.ops.conftest import Service, cli, service_env, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -81,28 +82,36 @@ async def _wait_ready(service: Service) -> None:
 
 async def test_restart_under_load_refuses_nothing_and_closes_clients_with_1001(
         tmp_path: Path, services: list[Service]) -> None:
-    env = service_env(tmp_path)
-    cli(env, "users", "add", "alice", "--password-stdin", stdin="alice-password\n")
-    token = cli(env, "sessions", "create", "alice")
+    # A 10 s batch window: the fill below is still pending when SIGTERM arrives.
+    env = service_env(tmp_path, SIM_DEMO_USERS="true", BATCH_WINDOW_MS=10_000)
 
     with socket.socket() as listener:  # portfolio-stream.socket
         listener.bind(("127.0.0.1", 0))
         listener.listen(4096)
+        env["PORT"] = str(listener.getsockname()[1])  # as ListenStream= (the CLI's `trade`)
         old = Service(env, tmp_path / "old.log", listen_sock=listener)
         services.append(old)
         await _wait_ready(old)
         assert "Listening on inherited socket" in old.log()
+        token = cli(env, "sessions", "create", "alice")
+        hammer_token = cli(env, "sessions", "create", "bob")
 
         async with aiohttp.ClientSession(cookies={"session": token}) as http:
             existing = [await http.ws_connect(f"{old.base_url}/ws/portfolio") for _ in range(3)]
             for ws in existing:
                 assert (await ws.receive_json())["type"] == "connected"
+                await ws.send_json({"type": "subscribe", "channels": ["positions"]})
+                assert (await ws.receive_json())["type"] == "subscribed"
+                assert (await ws.receive_json())["type"] == "snapshot"
 
-            hammer = Hammer(old.base_url, token)
+            hammer = Hammer(old.base_url, hammer_token)
             workers = [asyncio.create_task(hammer.worker(kind))
                        for kind in ("http", "http", "http", "ws", "ws")]
             await asyncio.sleep(0.5)  # load before the restart
             before = sum(hammer.outcomes.values())
+            await asyncio.to_thread(cli, env, "trade", "alice", "AAPL", "buy", "1")
+            await asyncio.to_thread(
+                wait_until, lambda: "Processed trade:executed event" in old.log(), 15, "the fill")
 
             # systemctl restart: SIGTERM, wait for the exit, start anew on the same socket.
             exit_code = await asyncio.to_thread(old.stop)
@@ -117,10 +126,14 @@ async def test_restart_under_load_refuses_nothing_and_closes_clients_with_1001(
             hammer.stop.set()
             await asyncio.gather(*workers)
 
-            closes = []
+            closes, flushed = [], []
             for ws in existing:
-                msg = await ws.receive(timeout=5)
+                frames = []
+                while (msg := await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT:
+                    frames.append(json.loads(msg.data))
                 closes.append((msg.type, msg.data, msg.extra))
+                flushed.append(any(frame["type"] == "batch" and any(
+                    p["symbol"] == "AAPL" for p in frame["positions"]) for frame in frames))
                 await ws.close()
 
         assert exit_code == 0
@@ -128,6 +141,7 @@ async def test_restart_under_load_refuses_nothing_and_closes_clients_with_1001(
         assert before > 0 and hammer.outcomes["http 200"] > 0 and hammer.outcomes["ws upgraded"]
         assert all(close == (aiohttp.WSMsgType.CLOSE, 1001, "Server shutting down")
                    for close in closes), closes
+        assert flushed == [True, True, True], "the pending batch is flushed before the close"
         assert "Client disconnected: userId=" in old.log() and "code=1001" in old.log()
         assert new.stop() == 0
 
