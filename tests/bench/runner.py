@@ -63,6 +63,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window-ms", type=int, help="fanout batch window")
     parser.add_argument("--capacity-target", type=int)
     parser.add_argument("--measure-s", type=float)
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the service under test (experiments)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument(
         "--keep-logs",
@@ -80,6 +87,7 @@ def options(args: argparse.Namespace, workdir: Path) -> Options:
         baselines=not args.no_baselines,
         profile=args.profile,
         keep_logs=args.keep_logs,
+        server_env=dict(item.split("=", 1) for item in args.server_env),
     )
     if args.quick:
         opts.warmup_s, opts.measure_s, opts.settle_s = 2.0, 4.0, 1.0
@@ -107,6 +115,14 @@ def options(args: argparse.Namespace, workdir: Path) -> Options:
     return opts
 
 
+def keep_profiles(workdir: Path, results: Path) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    for profile in workdir.glob("profile-*.txt"):
+        target = results / f"{profile.stem}-{time.strftime('%Y%m%dT%H%M%SZ')}.txt"
+        shutil.copyfile(profile, target)
+        log(f"profile: {target}")
+
+
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     names = args.scenario or list(SCENARIOS)
     workdir = Path(tempfile.mkdtemp(prefix="portfolio-stream-bench-"))
@@ -121,6 +137,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"run {index + 1}/{opts.runs}")
                 runs[name].append(await SCENARIOS[name](opts, users))
     finally:
+        keep_profiles(workdir, args.results)
         if not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

@@ -49,6 +49,7 @@ class Options:
     profile: bool = False
     tiny: bool = False
     keep_logs: bool = False
+    server_env: dict[str, str] = field(default_factory=dict)
     samples: dict[str, array[float]] = field(default_factory=dict)
 
     def users_needed(self) -> int:
@@ -72,6 +73,7 @@ def service(
         "MAX_TOTAL_CONNECTIONS": str(max_total),
         "MAX_CONNECTIONS_PER_USER": str(per_user),
         "BENCH_USER_IDS_FILE": str(ids),
+        **opts.server_env,
     }
     if opts.profile and name.startswith("fanout"):
         env["BENCH_PROFILE"] = str(opts.workdir / "profile-fanout.txt")
@@ -270,6 +272,12 @@ async def stream(
         "connectFailures": result["failures"],
         "closeCodes": report["closeCodes"],
     }
+    gc_s = [b - a for a, b in zip(source0["gcSeconds"], source1["gcSeconds"], strict=True)]
+    gc_n = [b - a for a, b in zip(source0["gcCount"], source1["gcCount"], strict=True)]
+    metrics["serverGcShare"] = round(sum(gc_s) / elapsed, 3)
+    metrics["serverGcFullCollections"] = gc_n[2]
+    metrics["serverGcFullS"] = round(gc_s[2], 3)
+    metrics["serverGcLongestMs"] = ms(source1["gcLongestS"])
     if stats0 is not None and stats1 is not None:
         delivered = stats1["totalMessagesDelivered"] - stats0["totalMessagesDelivered"]
         metrics["serverMessagesPerS"] = round(delivered / elapsed, 1)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +55,33 @@ class Profiling:
         self._profiler = None
 
 
+def gc_experiment() -> Callable[[], None]:
+    """What-if knobs for the collector (never set by default: the default is production).
+
+    BENCH_GC_THRESHOLD="a,b,c" calls gc.set_threshold at start; BENCH_GC_FREEZE=1 calls
+    gc.freeze() when the source starts (the connections are established by then).
+    """
+    threshold = os.environ.get("BENCH_GC_THRESHOLD")
+    if threshold:
+        gc.set_threshold(*(int(x) for x in threshold.split(",")))
+    if os.environ.get("BENCH_GC_FREEZE") == "1":
+        return gc.freeze
+    return lambda: None
+
+
 async def bench_source_ctx(app: web.Application) -> AsyncIterator[None]:
     bus = app[BUS_KEY]
     profiling = Profiling(os.environ.get("BENCH_PROFILE"))
+    freeze = gc_experiment()
+
+    def on_start() -> None:
+        freeze()
+        profiling.start()
 
     def emit(kind: str, payload: dict[str, Any], quiet: bool) -> None:
         bus.publish(kind, payload, quiet=quiet)
 
-    async with controlled_source(emit, profiling.start, profiling.stop):
+    async with controlled_source(emit, on_start, profiling.stop):
         yield
     profiling.stop()
 

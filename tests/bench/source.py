@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import time
@@ -23,6 +24,33 @@ Emit = Callable[[str, dict[str, Any], bool], Awaitable[None] | None]
 
 TICK_S = 0.002
 MAX_SECONDS = 600.0
+
+
+class GcMeter:
+    """Time the server spends in the cyclic garbage collector, per generation."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self.longest = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            elapsed = time.perf_counter() - self._started
+            generation = info["generation"]
+            self.seconds[generation] += elapsed
+            self.count[generation] += 1
+            self.longest = max(self.longest, elapsed)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "gcSeconds": list(self.seconds),
+            "gcCount": list(self.count),
+            "gcLongestS": self.longest,
+        }
 
 
 class RateSource:
@@ -45,6 +73,8 @@ class RateSource:
         self.started_at = 0.0
         self.stopped_at = 0.0
         self.rate = 0.0
+        self.gc = GcMeter()
+        gc.callbacks.append(self.gc)
 
     def start(self, rate: float, seconds: float) -> None:
         self.stop()
@@ -74,6 +104,7 @@ class RateSource:
             "rate": self.rate,
             "achievedRate": self.published / elapsed if elapsed else 0.0,
             "running": self._task is not None and not self._task.done(),
+            **self.gc.stats(),
         }
 
     async def _run(self, rate: float, seconds: float) -> None:
