@@ -60,12 +60,24 @@ def log(message: str) -> None:
     print(f"  {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
+def user_ids_file(opts: Options, users: BenchUsers, connected: int) -> Path:
+    """The users the event source draws from: exactly the ones the scenario connects."""
+    path = opts.workdir / f"user-ids-{connected}.txt"
+    path.write_text("\n".join(users.user_ids()[:connected]) + "\n")
+    return path
+
+
 def service(
-    opts: Options, users: BenchUsers, name: str, *, window_ms: int, max_total: int, per_user: int
+    opts: Options,
+    users: BenchUsers,
+    name: str,
+    *,
+    connected: int,
+    window_ms: int,
+    max_total: int,
+    per_user: int,
 ) -> ServerProcess:
-    ids = opts.workdir / "user-ids.txt"
-    if not ids.exists():
-        ids.write_text("\n".join(users.user_ids()) + "\n")
+    ids = user_ids_file(opts, users, connected)
     env = {
         "DATABASE_URL": f"sqlite:///{users.path}",
         "LOG_FILE": str(opts.workdir / f"{name}.log"),
@@ -80,10 +92,8 @@ def service(
     return ServerProcess("tests.bench.server_main", env, opts.workdir, name)
 
 
-def peer(opts: Options, users: BenchUsers, module: str, name: str) -> ServerProcess:
-    ids = opts.workdir / "user-ids.txt"
-    if not ids.exists():
-        ids.write_text("\n".join(users.user_ids()) + "\n")
+def peer(opts: Options, users: BenchUsers, module: str, name: str, connected: int) -> ServerProcess:
+    ids = user_ids_file(opts, users, connected)
     return ServerProcess(
         module,
         {"BENCH_USER_IDS_FILE": str(ids)},
@@ -178,7 +188,15 @@ async def capacity(opts: Options, users: BenchUsers) -> dict[str, Any]:
     target, n_users = opts.capacity_target, min(opts.capacity_users, len(users.sessions))
     conns = users.connections(target, n_users)
     per_user = math.ceil(target / n_users)
-    server = service(opts, users, "capacity", window_ms=1000, max_total=target, per_user=per_user)
+    server = service(
+        opts,
+        users,
+        "capacity",
+        connected=n_users,
+        window_ms=1000,
+        max_total=target,
+        per_user=per_user,
+    )
     log(f"capacity: service, {target} connections over {n_users} users")
     try:
         ours, group = await hold(opts, server, "portfolio", conns)
@@ -190,7 +208,7 @@ async def capacity(opts: Options, users: BenchUsers) -> dict[str, Any]:
     ours["logBytes"] = finish_log(opts, "capacity")
     metrics = {f"service.{k}": v for k, v in ours.items()}
     if opts.baselines:
-        bare = peer(opts, users, "tests.bench.bare_server", "capacity-bare")
+        bare = peer(opts, users, "tests.bench.bare_server", "capacity-bare", n_users)
         log(f"capacity: bare aiohttp floor, {target} connections")
         try:
             floor, group = await hold(opts, bare, "bare", conns)
@@ -292,6 +310,7 @@ async def fanout(opts: Options, users: BenchUsers) -> dict[str, Any]:
         opts,
         users,
         "fanout",
+        connected=u,
         window_ms=opts.fanout_window_ms,
         max_total=n,
         per_user=math.ceil(n / u),
@@ -310,7 +329,7 @@ async def fanout(opts: Options, users: BenchUsers) -> dict[str, Any]:
     ours["windowMs"] = opts.fanout_window_ms
     metrics = {f"service.{k}": v for k, v in ours.items()}
     if opts.baselines and sio_available():
-        sio = peer(opts, users, "tests.bench.sio_server", "fanout-sio")
+        sio = peer(opts, users, "tests.bench.sio_server", "fanout-sio", u)
         log("fanout: python-socketio build, same job")
         try:
             theirs = await stream(
@@ -335,7 +354,9 @@ async def fanout(opts: Options, users: BenchUsers) -> dict[str, Any]:
 async def latency(opts: Options, users: BenchUsers) -> dict[str, Any]:
     n, u = opts.latency_connections, min(opts.latency_users, len(users.sessions))
     conns = users.connections(n, u)
-    server = service(opts, users, "latency", window_ms=0, max_total=n, per_user=math.ceil(n / u))
+    server = service(
+        opts, users, "latency", connected=u, window_ms=0, max_total=n, per_user=math.ceil(n / u)
+    )
     log(
         f"latency: service, {n} connections, {u} users, {opts.latency_rate:g} events/s, window 0 ms"
     )
