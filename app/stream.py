@@ -356,6 +356,9 @@ class PortfolioStreamManager:
                 frame, deliveries, oldest = self._next_frame(conn)
                 if frame is None:
                     break
+                # "Stuck" means one frame has not gone out for the heartbeat timeout; a writer
+                # that stays busy because the stream never pauses is making progress.
+                conn.send_started = self._stats.now()
                 if frame is PING:
                     await ws.ping()
                     continue
@@ -451,6 +454,8 @@ class PortfolioStreamManager:
                             self._close(conn, CloseCode.HEARTBEAT_TIMEOUT, CloseReason.HEARTBEAT))
                         self._writers.add(closing)
                         closing.add_done_callback(self._writers.discard)
-                elif ping_due and not conn.sending:
+                elif ping_due:
+                    # Queued even while the writer is busy: control frames go out before the
+                    # pending batch, and a client that never hears a ping never answers one.
                     self._send_control(conn, PING)
 
