@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from app.connection import MAX_CONTROL_FRAMES, Connection
+from app.connection import MAX_CONTROL_FRAMES, PING, Connection
 from app.keys import STATS_KEY, STREAM_KEY
 from tests.app.support import (
     WS_PATH,
@@ -77,16 +77,17 @@ async def stalled_client(client: Client, user: Session) -> AsyncIterator[Stalled
         yield stalled
 
 
-async def publish_round(client: Client, user: Session, stalled: Stalled, n: int) -> None:
+async def publish_round(client: Client, user: Session, stalled: Stalled, n: int,
+                        symbols: list[str] = SYMBOLS, pause_s: float = 0.001) -> None:
     """One price move for every symbol plus the account, then let the loop run."""
-    for symbol in SYMBOLS:
-        pnl = f"{n}.{SYMBOLS.index(symbol):02d}"
+    for i, symbol in enumerate(symbols):
+        pnl = f"{n}.{i:02d}"
         publish(client, "position:updated", position(user.user_id, symbol, pnl=pnl), quiet=True)
         stalled.final[symbol] = pnl
     publish(client, "account:updated", account(user.user_id, equity=f"{n}.00"), quiet=True)
     stalled.final["account"] = f"{n}.00"
-    stalled.published += len(SYMBOLS) + 1
-    await asyncio.sleep(0.001)
+    stalled.published += len(symbols) + 1
+    await asyncio.sleep(pause_s)
 
 
 def not_draining(conn: Connection) -> bool:
@@ -231,3 +232,68 @@ async def test_a_client_that_talks_but_never_reads_is_dropped(
                 assert len(conn.control or ()) <= MAX_CONTROL_FRAMES
         await until(lambda: manager.connection(conn.id) is None)
     assert "code=1008, reason=Client is not reading" in log_lines.getvalue()
+
+
+async def test_a_slow_but_healthy_reader_of_a_continuous_stream_is_kept(
+        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    """The server's writer is busy all the time (a big portfolio whose prices never stop, a
+    narrow link), yet the client keeps reading and answers pings: neither the heartbeat nor
+    the stuck-writer rule may close it."""
+    timeout_s = 1.0
+    client = await app_client(batch_window_ms=0, heartbeat_interval_ms=100,
+                              heartbeat_timeout_ms=int(timeout_s * 1000))
+    alice = await session_for(client, "alice")
+    manager = client.app[STREAM_KEY]
+    big_portfolio = [f"BIG{i}" for i in range(150)]  # ~50 KB per batch
+    async with stalled_client(client, alice) as reader:
+        reader.resume()  # it reads (and answers pings as it does), just slowly
+        received = 0
+
+        async def read_slowly() -> None:
+            nonlocal received
+            while (await reader.ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                received += 1
+                await asyncio.sleep(0.03)  # a batch every 30 ms gets through the link
+
+        reading = asyncio.ensure_future(read_slowly())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        busy_ticks = ticks = n = 0
+        while loop.time() - started < 3 * timeout_s:
+            # A batch every 10 ms: more than the link carries, so the writer never idles.
+            await publish_round(client, alice, reader, n, big_portfolio, pause_s=0.01)
+            n += 1
+            ticks += 1
+            busy_ticks += reader.conn.sending
+            assert not reader.conn.closing and not reading.done(), "the connection was closed"
+        assert manager.connection(reader.conn.id) is reader.conn
+        assert busy_ticks > ticks * 0.6, (busy_ticks, ticks)  # the writer was rarely idle
+        assert received > 10
+        await reader.ws.close()
+        await reading
+    assert "Closing unresponsive client" not in log_lines.getvalue()
+
+
+async def test_pings_are_queued_behind_a_busy_writer_and_answered_once_it_drains(
+        app_client: ClientFactory) -> None:
+    """A ping that falls due while the writer waits on the socket is queued, not skipped: a
+    client that is merely slow still hears pings, and its pongs count as heard."""
+    client = await app_client(batch_window_ms=0, heartbeat_interval_ms=100,
+                              heartbeat_timeout_ms=10_000)
+    alice = await session_for(client, "alice")
+    async with stalled_client(client, alice) as stalled:
+        conn = stalled.conn
+        await fill_until_stuck(client, alice, stalled)
+        await until(lambda: PING in (conn.control or ()), 1)
+        assert not_draining(conn)
+        heard = conn.last_heard
+        stalled.resume()
+
+        async def read() -> None:  # aiohttp answers pings as it reads
+            while (await stalled.ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                pass
+
+        reading = asyncio.ensure_future(read())
+        await until(lambda: conn.last_heard > heard, 2)
+        await stalled.ws.close()
+        await reading
