@@ -211,3 +211,12 @@ async def test_limits_follow_the_settings(app_client: ClientFactory) -> None:
     root = await session_for(client, "root")
     assert (await stats(client, root))["limits"] == {
         "maxConnectionsPerUser": 7, "maxTotalConnections": 70}
+
+
+async def test_stats_never_show_secrets(app_client: ClientFactory) -> None:
+    client = await app_client(alpaca_api_key="PK-IN-STATS", alpaca_secret_key="SECRET-IN-STATS",
+                              metrics_token="TOKEN-IN-STATS")
+    root = await session_for(client, "root")
+    text = json.dumps(await stats(client, root))
+    for secret in ("PK-IN-STATS", "SECRET-IN-STATS", "TOKEN-IN-STATS", root.token):
+        assert secret not in text
