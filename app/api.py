@@ -58,18 +58,17 @@ async def login(request: web.Request) -> web.Response:
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise ApiError.bad_request("username and password are required strings")
     throttle = request.app[THROTTLE_KEY]
-    keys = (f"user:{username.strip().lower()}", f"addr:{request.remote}")
-    wait = throttle.retry_after(*keys)
+    wait = throttle.retry_after(username, request.remote)
     if wait > 0:
         raise ApiError(429, "too_many_attempts", "Too many failed logins; try again later",
                        headers={"Retry-After": str(int(wait) + 1)})
     store = request.app[STORE_KEY]
     user = await store.authenticate(username, password)
     if user is None:
-        throttle.failed(*keys)
+        throttle.failed(username, request.remote)
         log.warning("[Auth] Login failed", username=username[:64], remote=request.remote)
         raise ApiError(401, "invalid_credentials", "Invalid username or password")
-    throttle.succeeded(*keys)
+    throttle.succeeded(username)
     settings = request.app[SETTINGS_KEY]
     token = await store.create_session(user.id, settings.session_ttl_hours * 3600)
     log.info("[Auth] Login", userId=user.id, username=user.username)

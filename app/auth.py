@@ -77,32 +77,41 @@ class _Failures:
 
 
 class LoginThrottle:
-    """Locks a username (and a client address) out after repeated failed logins."""
+    """Locks a username out after repeated failed logins, and a client address after many.
 
-    def __init__(self, max_failures: int, lockout_s: float,
+    The address limit is separate and higher: behind a reverse proxy many users share one
+    address, and a handful of typos must not lock everyone out. A success clears only the
+    username's count, so one valid account cannot be used to reset an address's budget.
+    """
+
+    def __init__(self, max_failures: int, lockout_s: float, max_failures_per_address: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._max = max_failures
+        self._limits = {"user": max_failures, "addr": max_failures_per_address}
         self._lockout = lockout_s
         self._clock = clock
-        self._failures: dict[str, _Failures] = {}
+        self._failures: dict[tuple[str, str], _Failures] = {}
 
-    def retry_after(self, *keys: str) -> float:
-        """Seconds until a locked key may try again; 0 when none is locked."""
+    @staticmethod
+    def _keys(username: str, address: str | None) -> tuple[tuple[str, str], ...]:
+        return ("user", username.strip().lower()), ("addr", address or "unknown")
+
+    def retry_after(self, username: str, address: str | None) -> float:
+        """Seconds until this username/address may try again; 0 when neither is locked."""
         now = self._clock()
         wait = 0.0
-        for key in keys:
+        for key in self._keys(username, address):
             entry = self._failures.get(key)
             if entry is None:
                 continue
             if now - entry.first_at >= self._lockout:
                 del self._failures[key]
-            elif entry.count >= self._max:
+            elif entry.count >= self._limits[key[0]]:
                 wait = max(wait, self._lockout - (now - entry.first_at))
         return wait
 
-    def failed(self, *keys: str) -> None:
+    def failed(self, username: str, address: str | None) -> None:
         now = self._clock()
-        for key in keys:
+        for key in self._keys(username, address):
             entry = self._failures.get(key)
             if entry is None or now - entry.first_at >= self._lockout:
                 self._failures[key] = _Failures(1, now)
@@ -113,6 +122,5 @@ class LoginThrottle:
                 k: v for k, v in self._failures.items() if now - v.first_at < self._lockout
             }
 
-    def succeeded(self, *keys: str) -> None:
-        for key in keys:
-            self._failures.pop(key, None)
+    def succeeded(self, username: str) -> None:
+        self._failures.pop(self._keys(username, None)[0], None)

@@ -121,7 +121,9 @@ def create_app(settings: Settings, *, with_bridge: bool = True,
     app[PORTFOLIO_KEY] = PortfolioStore(settings.recent_orders_limit)
     app[STATS_KEY] = StreamStats(settings.reconnect_window_s)
     app[METRICS_KEY] = Metrics()
-    app[THROTTLE_KEY] = LoginThrottle(settings.login_max_failures, settings.login_lockout_s)
+    app[THROTTLE_KEY] = LoginThrottle(
+        settings.login_max_failures, settings.login_lockout_s,
+        settings.login_max_failures_per_address)
     app[DRAINING_KEY] = {"draining": False}
     app[STREAM_KEY] = PortfolioStreamManager(
         settings, app[BUS_KEY], app[PORTFOLIO_KEY], app[STATS_KEY], app[METRICS_KEY])

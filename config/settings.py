@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     cookie_secure: bool = False
     login_max_failures: int = Field(5, ge=1)
     login_lockout_s: float = Field(300.0, gt=0)
+    # Higher than the per-user limit: users behind one proxy share an address.
+    login_max_failures_per_address: int = Field(50, ge=1)
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Operations

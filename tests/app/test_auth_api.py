@@ -117,3 +117,27 @@ async def test_a_success_before_the_limit_resets_the_failure_count(
     for _ in range(2):
         assert (await post_login(client, "alice", "wrong")).status == 401
     assert (await post_login(client, "alice", PASSWORD)).status == 200
+
+
+async def test_address_lockout_is_separate_and_higher_than_the_user_lockout(app_client) -> None:
+    """Behind a proxy everyone shares an address: typos by several users lock only those users."""
+    client = await app_client(login_max_failures=2, login_max_failures_per_address=5)
+    for name in ("alice", "bob"):
+        for _ in range(2):
+            response = await client.post("/api/auth/login",
+                                         json={"username": name, "password": "wrong"})
+            assert response.status == 401
+        locked = await client.post("/api/auth/login",
+                                   json={"username": name, "password": "wrong"})
+        assert locked.status == 429
+    # Four failures from this address so far: carol still gets in.
+    ok = await client.post("/api/auth/login",
+                           json={"username": "carol", "password": "correct horse"})
+    assert ok.status == 200
+    # The fifth failure locks the address for everyone, and carol's success did not reset it.
+    assert (await client.post("/api/auth/login",
+                              json={"username": "carol", "password": "nope"})).status == 401
+    blocked = await client.post("/api/auth/login",
+                                json={"username": "carol", "password": "correct horse"})
+    assert blocked.status == 429
+    assert int(blocked.headers["Retry-After"]) > 0
