@@ -60,8 +60,12 @@ async def login(request: web.Request) -> web.Response:
     throttle = request.app[THROTTLE_KEY]
     wait = throttle.retry_after(username, request.remote)
     if wait > 0:
-        raise ApiError(429, "too_many_attempts", "Too many failed logins; try again later",
-                       headers={"Retry-After": str(int(wait) + 1)})
+        raise ApiError(
+            429,
+            "too_many_attempts",
+            "Too many failed logins; try again later",
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
     store = request.app[STORE_KEY]
     user = await store.authenticate(username, password)
     if user is None:
@@ -104,13 +108,15 @@ async def portfolio(request: web.Request) -> web.Response:
 @routes.get("/api/realtime/config")
 async def realtime_config(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
-    return web.json_response({
-        "enabled": settings.enable_realtime_portfolio,
-        "wsPath": WS_PATH,
-        "pollIntervalMs": POLL_INTERVAL_MS,
-        "batchWindowMs": settings.batch_window_ms,
-        "heartbeatIntervalMs": settings.heartbeat_interval_ms,
-    })
+    return web.json_response(
+        {
+            "enabled": settings.enable_realtime_portfolio,
+            "wsPath": WS_PATH,
+            "pollIntervalMs": POLL_INTERVAL_MS,
+            "batchWindowMs": settings.batch_window_ms,
+            "heartbeatIntervalMs": settings.heartbeat_interval_ms,
+        }
+    )
 
 
 def stats_document(app: web.Application) -> dict[str, Any]:
@@ -180,8 +186,15 @@ async def test_trade(request: web.Request) -> web.Response:
         raise ApiError(422, "order_rejected", str(exc)) from None
     except BrokerUnavailable as exc:
         raise ApiError(503, "broker_unavailable", str(exc)) from None
-    log.info("[PortfolioStream] Test trade placed", admin=admin.username, username=username,
-             symbol=symbol.upper(), side=side, qty=str(quantity), orderId=order.get("orderId"))
+    log.info(
+        "[PortfolioStream] Test trade placed",
+        admin=admin.username,
+        username=username,
+        symbol=symbol.upper(),
+        side=side,
+        qty=str(quantity),
+        orderId=order.get("orderId"),
+    )
     return web.json_response({"order": order}, status=201)
 
 

@@ -44,8 +44,13 @@ async def require_admin(request: web.Request) -> User:
 def set_session_cookie(response: web.StreamResponse, request: web.Request, token: str) -> None:
     settings = request.app[SETTINGS_KEY]
     response.set_cookie(
-        SESSION_COOKIE, token, max_age=int(settings.session_ttl_hours * 3600), path="/",
-        httponly=True, samesite="Lax", secure=settings.cookie_secure,
+        SESSION_COOKIE,
+        token,
+        max_age=int(settings.session_ttl_hours * 3600),
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=settings.cookie_secure,
     )
 
 
@@ -84,8 +89,13 @@ class LoginThrottle:
     username's count, so one valid account cannot be used to reset an address's budget.
     """
 
-    def __init__(self, max_failures: int, lockout_s: float, max_failures_per_address: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_failures: int,
+        lockout_s: float,
+        max_failures_per_address: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._limits = {"user": max_failures, "addr": max_failures_per_address}
         self._lockout = lockout_s
         self._clock = clock

@@ -111,8 +111,11 @@ def cmd_trade(args: argparse.Namespace) -> int:
         if args.as_admin:
             admins = [u for u in admins if u.username == args.as_admin]
         if not admins:
-            print("error: no admin user to place the trade as "
-                  "(create one: portfolio-stream users add NAME --admin)", file=sys.stderr)
+            print(
+                "error: no admin user to place the trade as "
+                "(create one: portfolio-stream users add NAME --admin)",
+                file=sys.stderr,
+            )
             return 1
         token = await store.create_session(admins[0].id, 300)
         try:
@@ -123,15 +126,19 @@ def cmd_trade(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(settings, run))
 
 
-async def _post_trade(base: str, token: str, username: str, symbol: str, side: str,
-                      qty: Decimal) -> int:
+async def _post_trade(
+    base: str, token: str, username: str, symbol: str, side: str, qty: Decimal
+) -> int:
     import aiohttp
 
     body = {"username": username, "symbol": symbol.upper(), "side": side, "qty": str(qty)}
     try:
-        async with aiohttp.ClientSession(cookies={"session": token}) as http, http.post(
-            f"{base}/api/admin/test-trade", json=body, timeout=aiohttp.ClientTimeout(total=30)
-        ) as response:
+        async with (
+            aiohttp.ClientSession(cookies={"session": token}) as http,
+            http.post(
+                f"{base}/api/admin/test-trade", json=body, timeout=aiohttp.ClientTimeout(total=30)
+            ) as response,
+        ):
             payload: dict[str, Any] = await response.json(content_type=None)
             if response.status >= 400:
                 print(f"error: {payload.get('message', response.reason)}", file=sys.stderr)
@@ -140,8 +147,10 @@ async def _post_trade(base: str, token: str, username: str, symbol: str, side: s
         print(f"error: cannot reach the service at {base}: {exc}", file=sys.stderr)
         return 1
     order = payload["order"]
-    print(f"order {order.get('orderId')} {order.get('side')} {order.get('qty')} "
-          f"{order.get('symbol')} for {order.get('username')}: {order.get('status')}")
+    print(
+        f"order {order.get('orderId')} {order.get('side')} {order.get('qty')} "
+        f"{order.get('symbol')} for {order.get('username')}: {order.get('status')}"
+    )
     return 0
 
 
@@ -159,8 +168,8 @@ def cmd_serve(_: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="portfolio-stream",
-        description="Streams traders' live portfolios to their browsers.")
+        prog="portfolio-stream", description="Streams traders' live portfolios to their browsers."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service (configured by environment)")
@@ -184,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.set_defaults(func=cmd_sessions)
     sessions_commands = sessions.add_subparsers(dest="sessions_command", required=True)
     create = sessions_commands.add_parser(
-        "create", help="print a new session id (use as Cookie: session=...)")
+        "create", help="print a new session id (use as Cookie: session=...)"
+    )
     create.add_argument("username")
     create.add_argument("--ttl-hours", type=float, default=None)
 

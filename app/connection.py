@@ -90,8 +90,14 @@ class Connection:
         "ws",
     )
 
-    def __init__(self, conn_id: str, user_id: str, ws: web.WebSocketResponse,
-                 transport: Transport | None, started_at: float) -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        user_id: str,
+        ws: web.WebSocketResponse,
+        transport: Transport | None,
+        started_at: float,
+    ) -> None:
         self.id = conn_id
         self.user_id = user_id
         self.ws = ws

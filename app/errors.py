@@ -15,9 +15,14 @@ log = get_logger()
 class ApiError(Exception):
     """An error response with a stable machine-readable code."""
 
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -55,6 +60,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException:
         raise
     except Exception:
-        log.exception("[PortfolioStream] Unhandled error in request handler",
-                      method=request.method, path=request.path)
+        log.exception(
+            "[PortfolioStream] Unhandled error in request handler",
+            method=request.method,
+            path=request.path,
+        )
         return ApiError(500, "internal_error", "Internal server error").response()

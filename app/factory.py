@@ -106,14 +106,16 @@ def _wire_metrics(app: web.Application) -> None:
         bridge = app.get(BRIDGE_KEY)
         if bridge is None:
             return []
-        return [(a["username"], a["mode"], a["status"] == "connected")
-                for a in bridge.accounts_status()]
+        return [
+            (a["username"], a["mode"], a["status"] == "connected") for a in bridge.accounts_status()
+        ]
 
     sources.broker_streams = broker_streams
 
 
-def create_app(settings: Settings, *, with_bridge: bool = True,
-               extra_contexts: tuple[CleanupContext, ...] = ()) -> web.Application:
+def create_app(
+    settings: Settings, *, with_bridge: bool = True, extra_contexts: tuple[CleanupContext, ...] = ()
+) -> web.Application:
     """Build the service. ``with_bridge=False`` runs without a broker (events come from tests)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
     app[SETTINGS_KEY] = settings
@@ -122,11 +124,14 @@ def create_app(settings: Settings, *, with_bridge: bool = True,
     app[STATS_KEY] = StreamStats(settings.reconnect_window_s)
     app[METRICS_KEY] = Metrics()
     app[THROTTLE_KEY] = LoginThrottle(
-        settings.login_max_failures, settings.login_lockout_s,
-        settings.login_max_failures_per_address)
+        settings.login_max_failures,
+        settings.login_lockout_s,
+        settings.login_max_failures_per_address,
+    )
     app[DRAINING_KEY] = {"draining": False}
     app[STREAM_KEY] = PortfolioStreamManager(
-        settings, app[BUS_KEY], app[PORTFOLIO_KEY], app[STATS_KEY], app[METRICS_KEY])
+        settings, app[BUS_KEY], app[PORTFOLIO_KEY], app[STATS_KEY], app[METRICS_KEY]
+    )
     _wire_metrics(app)
 
     contexts: list[Any] = [store_ctx, bus_ctx, portfolio_ctx]

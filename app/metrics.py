@@ -20,12 +20,36 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Close codes exported from the first scrape on, so rate() over them starts at zero instead of
 # missing the first disconnects (1006: dropped without a close frame).
-KNOWN_CLOSE_CODES = (CloseCode.NORMAL, CloseCode.GOING_AWAY, 1006, CloseCode.POLICY_VIOLATION,
-                     CloseCode.MESSAGE_TOO_BIG, CloseCode.TRY_AGAIN_LATER,
-                     CloseCode.HEARTBEAT_TIMEOUT)
+KNOWN_CLOSE_CODES = (
+    CloseCode.NORMAL,
+    CloseCode.GOING_AWAY,
+    1006,
+    CloseCode.POLICY_VIOLATION,
+    CloseCode.MESSAGE_TOO_BIG,
+    CloseCode.TRY_AGAIN_LATER,
+    CloseCode.HEARTBEAT_TIMEOUT,
+)
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.05,
-                   1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    1.05,
+    1.1,
+    1.25,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
 
 
@@ -46,8 +70,7 @@ class Sources:
     max_total_connections: Callable[[], int] = lambda: 0
     max_connections_per_user: Callable[[], int] = lambda: 0
     # (account username, mode, up?) per broker account
-    broker_streams: Callable[[], Iterable[tuple[str, str, bool]]] = field(
-        default=lambda: ())
+    broker_streams: Callable[[], Iterable[tuple[str, str, bool]]] = field(default=lambda: ())
 
 
 class _SnapshotCollector(Collector):
@@ -56,43 +79,64 @@ class _SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self._s
-        yield GaugeMetricFamily("websocket_active_connections",
-                                "Open /ws/portfolio connections on this node",
-                                value=s.active_connections())
-        yield CounterMetricFamily("websocket_messages_delivered",
-                                  "Snapshot and batch messages sent to clients",
-                                  value=s.messages_delivered())
-        yield CounterMetricFamily("websocket_event_deliveries",
-                                  "Events carried to connections (one event to one connection)",
-                                  value=s.event_deliveries())
-        yield CounterMetricFamily("websocket_batch_messages",
-                                  "Batch messages sent (snapshots excluded); with event "
-                                  "deliveries this gives batch efficiency over any window",
-                                  value=s.batch_messages())
-        yield CounterMetricFamily("portfolio_events_emitted", "Events published on the bus",
-                                  value=s.events_emitted())
-        yield CounterMetricFamily("websocket_reconnects",
-                                  "Connections from users who disconnected within 60 s",
-                                  value=s.reconnects())
-        yield GaugeMetricFamily("websocket_batch_efficiency",
-                                "1 - batch messages / event deliveries, since start",
-                                value=s.batch_efficiency())
-        yield GaugeMetricFamily("portfolio_bus_queue_depth", "Events queued on the bus",
-                                value=s.bus_queue_depth())
-        yield GaugeMetricFamily("portfolio_realtime_enabled",
-                                "ENABLE_REALTIME_PORTFOLIO (1 on, 0 off)",
-                                value=1 if s.enabled() else 0)
-        yield GaugeMetricFamily("portfolio_draining",
-                                "1 while a graceful shutdown drains connections",
-                                value=1 if s.draining() else 0)
-        limits = GaugeMetricFamily("websocket_connections_limit",
-                                   "MAX_TOTAL_CONNECTIONS (scope=total) and "
-                                   "MAX_CONNECTIONS_PER_USER (scope=user)", labels=["scope"])
+        yield GaugeMetricFamily(
+            "websocket_active_connections",
+            "Open /ws/portfolio connections on this node",
+            value=s.active_connections(),
+        )
+        yield CounterMetricFamily(
+            "websocket_messages_delivered",
+            "Snapshot and batch messages sent to clients",
+            value=s.messages_delivered(),
+        )
+        yield CounterMetricFamily(
+            "websocket_event_deliveries",
+            "Events carried to connections (one event to one connection)",
+            value=s.event_deliveries(),
+        )
+        yield CounterMetricFamily(
+            "websocket_batch_messages",
+            "Batch messages sent (snapshots excluded); with event "
+            "deliveries this gives batch efficiency over any window",
+            value=s.batch_messages(),
+        )
+        yield CounterMetricFamily(
+            "portfolio_events_emitted", "Events published on the bus", value=s.events_emitted()
+        )
+        yield CounterMetricFamily(
+            "websocket_reconnects",
+            "Connections from users who disconnected within 60 s",
+            value=s.reconnects(),
+        )
+        yield GaugeMetricFamily(
+            "websocket_batch_efficiency",
+            "1 - batch messages / event deliveries, since start",
+            value=s.batch_efficiency(),
+        )
+        yield GaugeMetricFamily(
+            "portfolio_bus_queue_depth", "Events queued on the bus", value=s.bus_queue_depth()
+        )
+        yield GaugeMetricFamily(
+            "portfolio_realtime_enabled",
+            "ENABLE_REALTIME_PORTFOLIO (1 on, 0 off)",
+            value=1 if s.enabled() else 0,
+        )
+        yield GaugeMetricFamily(
+            "portfolio_draining",
+            "1 while a graceful shutdown drains connections",
+            value=1 if s.draining() else 0,
+        )
+        limits = GaugeMetricFamily(
+            "websocket_connections_limit",
+            "MAX_TOTAL_CONNECTIONS (scope=total) and MAX_CONNECTIONS_PER_USER (scope=user)",
+            labels=["scope"],
+        )
         limits.add_metric(["total"], s.max_total_connections())
         limits.add_metric(["user"], s.max_connections_per_user())
         yield limits
-        up = GaugeMetricFamily("alpaca_stream_up", "Broker trade_updates stream connected",
-                               labels=["account", "mode"])
+        up = GaugeMetricFamily(
+            "alpaca_stream_up", "Broker trade_updates stream connected", labels=["account", "mode"]
+        )
         for account, mode, is_up in s.broker_streams():
             up.add_metric([account, mode], 1 if is_up else 0)
         yield up
@@ -105,19 +149,29 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.sources = Sources()
         self.registry.register(_SnapshotCollector(self.sources))
-        self.disconnects = Counter("websocket_disconnects", "Closed connections by close code",
-                                   ["code"], registry=self.registry)
+        self.disconnects = Counter(
+            "websocket_disconnects",
+            "Closed connections by close code",
+            ["code"],
+            registry=self.registry,
+        )
         for code in KNOWN_CLOSE_CODES:
             self.disconnects.labels(code=str(code))
         self.connection_duration = Histogram(
-            "websocket_connection_duration_seconds", "Lifetime of closed connections",
-            buckets=DURATION_BUCKETS, registry=self.registry)
+            "websocket_connection_duration_seconds",
+            "Lifetime of closed connections",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
         self.delivery_latency = Histogram(
             "websocket_delivery_latency_seconds",
             "From bus emit of the oldest event in a message to its send",
-            buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.connections_opened = Counter("websocket_connections_opened",
-                                          "Accepted connections", registry=self.registry)
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.connections_opened = Counter(
+            "websocket_connections_opened", "Accepted connections", registry=self.registry
+        )
 
     def connection_opened(self) -> None:
         self.connections_opened.inc()

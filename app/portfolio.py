@@ -22,8 +22,17 @@ from app.events import (
 
 # Order statuses after which an order can no longer change.
 TERMINAL_STATUSES = frozenset(
-    {"filled", "canceled", "expired", "rejected", "replaced", "done_for_day", "stopped",
-     "suspended", "calculated"}
+    {
+        "filled",
+        "canceled",
+        "expired",
+        "rejected",
+        "replaced",
+        "done_for_day",
+        "stopped",
+        "suspended",
+        "calculated",
+    }
 )
 
 
@@ -42,9 +51,7 @@ class UserPortfolio:
     def snapshot(self, channels: frozenset[str] | set[str]) -> dict[str, Any]:
         body: dict[str, Any] = {}
         if "positions" in channels:
-            body["positions"] = [
-                public_payload(p) for _, p in sorted(self.positions.items())
-            ]
+            body["positions"] = [public_payload(p) for _, p in sorted(self.positions.items())]
         if "orders" in channels:
             body["orders"] = [public_payload(o) for o in reversed(self.orders.values())]
         if "account" in channels:

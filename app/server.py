@@ -58,21 +58,32 @@ def service_status(app: web.Application) -> str:
     return text
 
 
-def _sites(runner: web.AppRunner, settings: Settings,
-           inherited: list[socket.socket]) -> list[tuple[web.BaseSite, str]]:
+def _sites(
+    runner: web.AppRunner, settings: Settings, inherited: list[socket.socket]
+) -> list[tuple[web.BaseSite, str]]:
     """The listeners with their log line: systemd's sockets if it passed any, else HOST:PORT."""
     if inherited:
-        return [(web.SockSite(runner, sock),
-                 f"[STARTUP] Listening on inherited socket http://{describe_address(sock)} "
-                 "(socket activation; HOST/PORT ignored)") for sock in inherited]
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG,
-                       reuse_address=True)
+        return [
+            (
+                web.SockSite(runner, sock),
+                f"[STARTUP] Listening on inherited socket http://{describe_address(sock)} "
+                "(socket activation; HOST/PORT ignored)",
+            )
+            for sock in inherited
+        ]
+    site = web.TCPSite(
+        runner, settings.host, settings.port, backlog=LISTEN_BACKLOG, reuse_address=True
+    )
     return [(site, f"[STARTUP] Listening on http://{settings.host}:{settings.port}")]
 
 
-async def run_service(settings: Settings, stop: asyncio.Event | None = None, *,
-                      environ: MutableMapping[str, str] | None = None,
-                      reopen_logs: Callable[[], None] | None = None) -> int:
+async def run_service(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    environ: MutableMapping[str, str] | None = None,
+    reopen_logs: Callable[[], None] | None = None,
+) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop``), then shut down within SHUTDOWN_TIMEOUT_S."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,29 +96,33 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None, *,
     inherited = inherited_sockets(environ)
     app = create_app(settings)
     # handler_cancellation: a handler still running once shutdown_timeout passed is cancelled.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=settings.shutdown_timeout_s / 2)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s / 2
+    )
     supervisor: asyncio.Task[None] | None = None
     try:
         await runner.setup()  # the cleanup contexts: store, bus, broker streams, stream manager
         for site, listening in _sites(runner, settings, inherited):
             await site.start()
-            log.info(listening, _mode=settings.broker_mode,
-                     _enabled=settings.enable_realtime_portfolio)
+            log.info(
+                listening, _mode=settings.broker_mode, _enabled=settings.enable_realtime_portfolio
+            )
         _log_demo_logins(app, settings)
         notifier.ready(service_status(app))
         supervisor = asyncio.create_task(
-            supervise(notifier, lambda: service_status(app),
-                      watchdog_s=watchdog_interval(environ)),
-            name="systemd-supervisor")
+            supervise(notifier, lambda: service_status(app), watchdog_s=watchdog_interval(environ)),
+            name="systemd-supervisor",
+        )
         await stop.wait()
         log.info("[PortfolioStream] Signal received: starting graceful shutdown")
         notifier.stopping("Draining: " + service_status(app))
         try:
             await asyncio.wait_for(runner.cleanup(), timeout=settings.shutdown_timeout_s)
         except TimeoutError:
-            log.error("[PortfolioStream] Shutdown exceeded SHUTDOWN_TIMEOUT_S; exiting anyway",
-                      timeoutS=settings.shutdown_timeout_s)
+            log.error(
+                "[PortfolioStream] Shutdown exceeded SHUTDOWN_TIMEOUT_S; exiting anyway",
+                timeoutS=settings.shutdown_timeout_s,
+            )
             return 1
         return 0
     finally:
@@ -130,8 +145,10 @@ def _log_demo_logins(app: web.Application, settings: Settings) -> None:
     bridge = app.get(BRIDGE_KEY)
     if bridge is not None:
         for username, password in bridge.demo_logins:
-            log.info(f"[STARTUP] Demo login: {username} / {password} at "
-                     f"http://localhost:{settings.port}/login")
+            log.info(
+                f"[STARTUP] Demo login: {username} / {password} at "
+                f"http://localhost:{settings.port}/login"
+            )
 
 
 def serve(settings: Settings) -> int:

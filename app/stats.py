@@ -39,8 +39,9 @@ def format_uptime(seconds: float) -> str:
 class StreamStats:
     """Counters and windows behind the admin stats route and the metrics."""
 
-    def __init__(self, reconnect_window_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, reconnect_window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clock = clock
         self._reconnect_window = reconnect_window_s
         self.started_at = clock()
@@ -138,14 +139,21 @@ class StreamStats:
             return "offline"
         if self.disconnects_within(DEGRADED_WINDOW_S) > 0.10 * active:
             return "degraded"
-        if (self.event_deliveries >= MIN_DELIVERIES_FOR_EFFICIENCY
-                and self.batch_efficiency() < 0.5):
+        if self.event_deliveries >= MIN_DELIVERIES_FOR_EFFICIENCY and self.batch_efficiency() < 0.5:
             return "degraded"
         return "healthy"
 
-    def report(self, *, enabled: bool, active: int, by_user: dict[str, int],
-               events_emitted: int, max_per_user: int, max_total: int,
-               timestamp: str) -> dict[str, Any]:
+    def report(
+        self,
+        *,
+        enabled: bool,
+        active: int,
+        by_user: dict[str, int],
+        events_emitted: int,
+        max_per_user: int,
+        max_total: int,
+        timestamp: str,
+    ) -> dict[str, Any]:
         """The runbook's stats document (every field, same names and types)."""
         perf = self.performance()
         uptime = self.uptime_s

@@ -53,9 +53,15 @@ WS_PATH = "/ws/portfolio"
 class PortfolioStreamManager:
     """Owns every `/ws/portfolio` connection of this process."""
 
-    def __init__(self, settings: Settings, bus: EventBus, portfolio: PortfolioStore,
-                 stats: StreamStats, metrics: Metrics | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: EventBus,
+        portfolio: PortfolioStore,
+        stats: StreamStats,
+        metrics: Metrics | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._settings = settings
         self._bus = bus
         self._portfolio = portfolio
@@ -81,8 +87,10 @@ class PortfolioStreamManager:
             self._unsubscribers.append(self._bus.subscribe(event_type, self._on_event))
         self._accepting = True
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="ws-heartbeat")
-        log.info(f"[STARTUP] Portfolio stream initialized on {WS_PATH}",
-                 _batchWindowMs=self._settings.batch_window_ms)
+        log.info(
+            f"[STARTUP] Portfolio stream initialized on {WS_PATH}",
+            _batchWindowMs=self._settings.batch_window_ms,
+        )
         log.info(f"[STARTUP] Event bus listeners registered: [{', '.join(EVENT_TYPES)}]")
 
     def stop_accepting(self) -> None:
@@ -146,13 +154,14 @@ class PortfolioStreamManager:
 
     # Admission and the receive loop
 
-    def admit(self, user_id: str, ws: web.WebSocketResponse,
-              request: web.Request) -> Connection | None:
+    def admit(
+        self, user_id: str, ws: web.WebSocketResponse, request: web.Request
+    ) -> Connection | None:
         """Register an upgraded socket, or None when a connection limit is reached."""
         user_conns = self._by_user.get(user_id)
-        if (len(self._connections) >= self._settings.max_total_connections
-                or (user_conns is not None
-                    and len(user_conns) >= self._settings.max_connections_per_user)):
+        if len(self._connections) >= self._settings.max_total_connections or (
+            user_conns is not None and len(user_conns) >= self._settings.max_connections_per_user
+        ):
             return None
         started, _ = self._stats.connection_opened(user_id)
         conn = Connection(new_connection_id(), user_id, ws, request.transport, started)
@@ -160,17 +169,26 @@ class PortfolioStreamManager:
         self._by_user.setdefault(user_id, {})[conn.id] = conn
         if self._metrics is not None:
             self._metrics.connection_opened()
-        log.info("[PortfolioStream] Client connected", userId=user_id, connectionId=conn.id,
-                 totalUserConnections=len(self._by_user[user_id]))
-        self._send_control(conn, encode({
-            "type": "connected",
-            "connectionId": conn.id,
-            "userId": user_id,
-            "channels": list(CHANNELS),
-            "batchWindowMs": self._settings.batch_window_ms,
-            "heartbeatIntervalMs": self._settings.heartbeat_interval_ms,
-            "serverTime": utc_timestamp(self._wall()),
-        }))
+        log.info(
+            "[PortfolioStream] Client connected",
+            userId=user_id,
+            connectionId=conn.id,
+            totalUserConnections=len(self._by_user[user_id]),
+        )
+        self._send_control(
+            conn,
+            encode(
+                {
+                    "type": "connected",
+                    "connectionId": conn.id,
+                    "userId": user_id,
+                    "channels": list(CHANNELS),
+                    "batchWindowMs": self._settings.batch_window_ms,
+                    "heartbeatIntervalMs": self._settings.heartbeat_interval_ms,
+                    "serverTime": utc_timestamp(self._wall()),
+                }
+            ),
+        )
         return conn
 
     async def serve(self, conn: Connection) -> None:
@@ -182,8 +200,11 @@ class PortfolioStreamManager:
                 kind = msg.type
                 if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                     conn.last_heard = self._stats.now()
-                    if conn.rate_exceeded(conn.last_heard, self._settings.ws_rate_limit_messages,
-                                          self._settings.ws_rate_limit_window_s):
+                    if conn.rate_exceeded(
+                        conn.last_heard,
+                        self._settings.ws_rate_limit_messages,
+                        self._settings.ws_rate_limit_window_s,
+                    ):
                         await self._close(conn, CloseCode.POLICY_VIOLATION, CloseReason.RATE)
                         break
                     if kind is WSMsgType.BINARY:
@@ -217,8 +238,10 @@ class PortfolioStreamManager:
             self._send_error(conn, ProtocolError(UNSUPPORTED_FRAME.code, "Text is not UTF-8"))
             return
         if message.type == "ping":
-            self._send_control(conn, b'{"type":"pong","serverTime":"'
-                               + utc_timestamp(self._wall()).encode() + b'"}')
+            self._send_control(
+                conn,
+                b'{"type":"pong","serverTime":"' + utc_timestamp(self._wall()).encode() + b'"}',
+            )
         elif message.type == "resync":
             self._send_control(conn, SnapshotRequest(conn.channels))
         else:
@@ -231,9 +254,12 @@ class PortfolioStreamManager:
         conn.channels = before | channels if kind == "subscribe" else before - channels
         ordered = [c for c in CHANNELS if c in conn.channels]
         if kind == "subscribe":
-            log.info(f"[PortfolioStream] Client subscribed to channels: "
-                     f"{orjson.dumps(ordered).decode().replace(',', ', ')}",
-                     _userId=conn.user_id, _connectionId=conn.id)
+            log.info(
+                f"[PortfolioStream] Client subscribed to channels: "
+                f"{orjson.dumps(ordered).decode().replace(',', ', ')}",
+                _userId=conn.user_id,
+                _connectionId=conn.id,
+            )
         self._send_control(conn, encode({"type": "subscribed", "channels": ordered}))
         added = conn.channels - before
         if added:
@@ -257,10 +283,14 @@ class PortfolioStreamManager:
         code = conn.close_code if conn.close_code is not None else conn.ws.close_code
         if self._metrics is not None:
             self._metrics.connection_closed(code, duration)
-        log.info("[PortfolioStream] Client disconnected", userId=conn.user_id,
-                 code=code if code is not None else 1006,
-                 reason=conn.close_reason or "Connection lost", duration=f"{round(duration)}s",
-                 _connectionId=conn.id)
+        log.info(
+            "[PortfolioStream] Client disconnected",
+            userId=conn.user_id,
+            code=code if code is not None else 1006,
+            reason=conn.close_reason or "Connection lost",
+            duration=f"{round(duration)}s",
+            _connectionId=conn.id,
+        )
 
     def _drop_user_batch(self, user_id: str) -> None:
         handle = self._timers.pop(user_id, None)
@@ -274,11 +304,17 @@ class PortfolioStreamManager:
         payload = event.payload
         user_id = payload["userId"]
         if event.type == TRADE_EXECUTED:
-            log.info("[PortfolioStream] Processed trade:executed event", userId=user_id,
-                     symbol=payload["symbol"])
+            log.info(
+                "[PortfolioStream] Processed trade:executed event",
+                userId=user_id,
+                symbol=payload["symbol"],
+            )
         elif event.type == POSITION_UPDATED:
-            fields: dict[str, Any] = {"userId": user_id, "symbol": payload["symbol"],
-                                      "unrealizedPnl": payload["unrealizedPnl"]}
+            fields: dict[str, Any] = {
+                "userId": user_id,
+                "symbol": payload["symbol"],
+                "unrealizedPnl": payload["unrealizedPnl"],
+            }
             if event.quiet:
                 log.debug("[PortfolioStream] Broadcast position update", **fields)
             else:
@@ -306,8 +342,13 @@ class PortfolioStreamManager:
         positions, orders, total = batch.summary()
         # A batch of nothing but price ticks is per-tick noise (one per tick at window 0).
         flushed = log.info if batch.loud else log.debug
-        flushed("[PortfolioStream] Batch flushed", userId=user_id, positionUpdates=positions,
-                orderUpdates=orders, totalEvents=total)
+        flushed(
+            "[PortfolioStream] Batch flushed",
+            userId=user_id,
+            positionUpdates=positions,
+            orderUpdates=orders,
+            totalEvents=total,
+        )
         # Serialize once per distinct channel set; most of a user's tabs share one.
         prepared: dict[frozenset[str], PreparedBatch | None] = {}
         ts = utc_timestamp(self._wall())
@@ -322,8 +363,11 @@ class PortfolioStreamManager:
                 continue
             if channels not in prepared:
                 body = batch.body(channels, ts)
-                prepared[channels] = None if body is None else PreparedBatch(
-                    orjson.dumps(body), body["eventCount"], batch.oldest_emit)
+                prepared[channels] = (
+                    None
+                    if body is None
+                    else PreparedBatch(orjson.dumps(body), body["eventCount"], batch.oldest_emit)
+                )
             ready = prepared[channels]
             if ready is not None:
                 self._send_control(conn, ready)
@@ -373,8 +417,9 @@ class PortfolioStreamManager:
             # ConnectionError("Connection lost")); the receive loop sees the close and releases it.
             log.debug("[PortfolioStream] Send failed", connectionId=conn.id, error=str(exc))
         except Exception:
-            log.exception("[PortfolioStream] Unexpected send error", connectionId=conn.id,
-                          userId=conn.user_id)
+            log.exception(
+                "[PortfolioStream] Unexpected send error", connectionId=conn.id, userId=conn.user_id
+            )
             self._abort(conn, CloseCode.GOING_AWAY, "Internal error")
         finally:
             conn.sending = False
@@ -413,8 +458,10 @@ class PortfolioStreamManager:
             self._abort(conn, code, reason)
             return
         try:
-            await asyncio.wait_for(conn.ws.close(code=code, message=reason.encode()),
-                                   timeout=max(self._settings.shutdown_timeout_s / 4, 0.25))
+            await asyncio.wait_for(
+                conn.ws.close(code=code, message=reason.encode()),
+                timeout=max(self._settings.shutdown_timeout_s / 4, 0.25),
+            )
         except (TimeoutError, ConnectionError, RuntimeError):
             self._abort(conn, code, reason)
 
@@ -444,18 +491,22 @@ class PortfolioStreamManager:
                     continue
                 stuck = conn.sending and now - conn.send_started > timeout
                 if stuck or now - conn.last_heard > timeout:
-                    log.info("[PortfolioStream] Closing unresponsive client", userId=conn.user_id,
-                             connectionId=conn.id, silentFor=f"{now - conn.last_heard:.1f}s",
-                             stuck=stuck)
+                    log.info(
+                        "[PortfolioStream] Closing unresponsive client",
+                        userId=conn.user_id,
+                        connectionId=conn.id,
+                        silentFor=f"{now - conn.last_heard:.1f}s",
+                        stuck=stuck,
+                    )
                     if stuck:
                         self._abort(conn, CloseCode.HEARTBEAT_TIMEOUT, CloseReason.HEARTBEAT)
                     else:
                         closing = asyncio.ensure_future(
-                            self._close(conn, CloseCode.HEARTBEAT_TIMEOUT, CloseReason.HEARTBEAT))
+                            self._close(conn, CloseCode.HEARTBEAT_TIMEOUT, CloseReason.HEARTBEAT)
+                        )
                         self._writers.add(closing)
                         closing.add_done_callback(self._writers.discard)
                 elif ping_due:
                     # Queued even while the writer is busy: control frames go out before the
                     # pending batch, and a client that never hears a ping never answers one.
                     self._send_control(conn, PING)
-

@@ -59,8 +59,9 @@ class Notifier:
         raw = env.get("NOTIFY_SOCKET")
         address = notify_address(raw)
         if raw and address is None:
-            log.warning("[systemd] Unsupported NOTIFY_SOCKET; notifications disabled",
-                        notifySocket=raw)
+            log.warning(
+                "[systemd] Unsupported NOTIFY_SOCKET; notifications disabled", notifySocket=raw
+            )
         return cls(address)
 
     @property
@@ -97,8 +98,9 @@ class Notifier:
             self._sock = None
 
 
-def watchdog_interval(environ: Mapping[str, str] | None = None,
-                      pid: int | None = None) -> float | None:
+def watchdog_interval(
+    environ: Mapping[str, str] | None = None, pid: int | None = None
+) -> float | None:
     """Seconds between ``WATCHDOG=1`` pings (half of WatchdogSec), or None when not enabled."""
     env = os.environ if environ is None else environ
     raw_usec = env.get("WATCHDOG_USEC")
@@ -110,15 +112,22 @@ def watchdog_interval(environ: Mapping[str, str] | None = None,
         if raw_pid and int(raw_pid) != (os.getpid() if pid is None else pid):
             return None  # the watchdog belongs to another process (e.g. our parent)
     except ValueError:
-        log.warning("[systemd] Ignoring malformed watchdog environment",
-                    watchdogUsec=raw_usec, watchdogPid=raw_pid)
+        log.warning(
+            "[systemd] Ignoring malformed watchdog environment",
+            watchdogUsec=raw_usec,
+            watchdogPid=raw_pid,
+        )
         return None
     return usec / 2_000_000 if usec > 0 else None
 
 
-async def supervise(notifier: Notifier, describe: Callable[[], str], *,
-                    watchdog_s: float | None,
-                    status_interval_s: float = STATUS_INTERVAL_S) -> None:
+async def supervise(
+    notifier: Notifier,
+    describe: Callable[[], str],
+    *,
+    watchdog_s: float | None,
+    status_interval_s: float = STATUS_INTERVAL_S,
+) -> None:
     """Until cancelled: ``WATCHDOG=1`` every ``watchdog_s``; ``STATUS=`` whenever it changed.
 
     It runs on the service's event loop on purpose: if a callback blocks the loop, the pings
@@ -140,8 +149,9 @@ async def supervise(notifier: Notifier, describe: Callable[[], str], *,
         await asyncio.sleep(tick)
 
 
-def listen_fds(environ: MutableMapping[str, str] | None = None, pid: int | None = None, *,
-               unset: bool = True) -> list[int]:
+def listen_fds(
+    environ: MutableMapping[str, str] | None = None, pid: int | None = None, *, unset: bool = True
+) -> list[int]:
     """File descriptors passed by socket activation (sd_listen_fds(3)), usually ``[3]``."""
     env = os.environ if environ is None else environ
     try:
@@ -151,8 +161,11 @@ def listen_fds(environ: MutableMapping[str, str] | None = None, pid: int | None 
         try:
             for_pid, count = int(raw_pid), int(raw_fds)
         except ValueError:
-            log.warning("[systemd] Ignoring malformed LISTEN_PID/LISTEN_FDS",
-                        listenPid=raw_pid, listenFds=raw_fds)
+            log.warning(
+                "[systemd] Ignoring malformed LISTEN_PID/LISTEN_FDS",
+                listenPid=raw_pid,
+                listenFds=raw_fds,
+            )
             return []
         if for_pid != (os.getpid() if pid is None else pid) or count <= 0:
             return []
@@ -167,16 +180,19 @@ def listen_fds(environ: MutableMapping[str, str] | None = None, pid: int | None 
                 env.pop(name, None)
 
 
-def inherited_sockets(environ: MutableMapping[str, str] | None = None,
-                      pid: int | None = None) -> list[socket.socket]:
+def inherited_sockets(
+    environ: MutableMapping[str, str] | None = None, pid: int | None = None
+) -> list[socket.socket]:
     """Listening stream sockets handed over by systemd (or a test standing in for it)."""
     sockets: list[socket.socket] = []
     for fd in listen_fds(environ, pid):
         sock = socket.socket(fileno=fd)
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
         if sock.type != socket.SOCK_STREAM or not listening:
-            log.warning("[systemd] Ignoring inherited descriptor that is not a listening "
-                        "stream socket", fd=fd)
+            log.warning(
+                "[systemd] Ignoring inherited descriptor that is not a listening stream socket",
+                fd=fd,
+            )
             with contextlib.suppress(OSError):
                 sock.detach()
             continue

@@ -26,15 +26,17 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
     if user is None:
         raise ApiError.unauthorized()
     if not origin_allowed(request, settings.allowed_origins):
-        log.warning("[PortfolioStream] Rejected cross-origin upgrade", userId=user.id,
-                    origin=request.headers.get("Origin", "")[:200])
+        log.warning(
+            "[PortfolioStream] Rejected cross-origin upgrade",
+            userId=user.id,
+            origin=request.headers.get("Origin", "")[:200],
+        )
         raise ApiError.forbidden("Origin not allowed")
     if not settings.enable_realtime_portfolio:
         return web.json_response({"status": "disabled"}, status=503)
     manager = request.app[STREAM_KEY]
     if request.app[DRAINING_KEY].get("draining") or not manager.accepting:
-        return web.json_response({"status": "draining"}, status=503,
-                                 headers={"Retry-After": "1"})
+        return web.json_response({"status": "draining"}, status=503, headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(
         autoping=False,  # pongs must reach us: they are what "heard from" means
         compress=settings.ws_compression,
@@ -44,8 +46,11 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     conn = manager.admit(user.id, ws, request)
     if conn is None:
-        log.warning("[PortfolioStream] Connection rejected: Maximum connections exceeded",
-                    userId=user.id, activeConnections=manager.active_connections)
+        log.warning(
+            "[PortfolioStream] Connection rejected: Maximum connections exceeded",
+            userId=user.id,
+            activeConnections=manager.active_connections,
+        )
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=CloseReason.LIMIT.encode())
         return ws
     await manager.serve(conn)

@@ -23,8 +23,15 @@ import structlog
 
 from config.settings import Settings
 
-_LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "warn": "WARNING",
-           "error": "ERROR", "critical": "CRITICAL", "exception": "ERROR"}
+_LEVELS = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warning": "WARNING",
+    "warn": "WARNING",
+    "error": "ERROR",
+    "critical": "CRITICAL",
+    "exception": "ERROR",
+}
 
 
 def utc_timestamp(now: float | None = None) -> str:

@@ -114,7 +114,9 @@ class Settings(BaseSettings):
     @classmethod
     def _known_database(cls, value: str) -> str:
         if not value.startswith("sqlite:///"):
-            raise ValueError("must start with sqlite:/// (e.g. sqlite:///./data/portfolio-stream.db)")
+            raise ValueError(
+                "must start with sqlite:/// (e.g. sqlite:///./data/portfolio-stream.db)"
+            )
         return value
 
     @model_validator(mode="after")

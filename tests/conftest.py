@@ -61,17 +61,28 @@ async def app_client(aiohttp_client: Any, tmp_path: Path) -> ClientFactory:
     return build
 
 
-async def login(client: TestClient[Any, web.Application], username: str,
-                password: str = "correct horse", *, admin: bool = False) -> str:
+async def login(
+    client: TestClient[Any, web.Application],
+    username: str,
+    password: str = "correct horse",
+    *,
+    admin: bool = False,
+) -> str:
     """Create a user through the store, log in through the API, return the session id."""
     store = client.app[STORE_KEY]
     await store.ensure_user(username, password, is_admin=admin)
-    response = await client.post("/api/auth/login",
-                                 json={"username": username, "password": password})
+    response = await client.post(
+        "/api/auth/login", json={"username": username, "password": password}
+    )
     assert response.status == 200, await response.text()
     return response.cookies["session"].value
 
 
-def publish(client: TestClient[Any, web.Application], event_type: str,
-            payload: dict[str, Any], *, quiet: bool = False) -> None:
+def publish(
+    client: TestClient[Any, web.Application],
+    event_type: str,
+    payload: dict[str, Any],
+    *,
+    quiet: bool = False,
+) -> None:
     client.app[BUS_KEY].publish(event_type, payload, quiet=quiet)

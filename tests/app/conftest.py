@@ -40,8 +40,9 @@ def users_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def app_client(app_client: ClientFactory, tmp_path: Path,
-                     users_template: Path) -> ClientFactory:
+async def app_client(
+    app_client: ClientFactory, tmp_path: Path, users_template: Path
+) -> ClientFactory:
     """tests/conftest.py's ``app_client``, its store seeded with the template users."""
 
     async def build(**overrides: Any) -> TestClient[Any, web.Application]:

@@ -22,29 +22,63 @@ Client = TestClient[Any, web.Application]
 
 
 def position(user: str, symbol: str, pnl: str = "550.00", qty: str = "10") -> dict[str, str]:
-    return {"userId": user, "symbol": symbol, "qty": qty, "side": "long",
-            "avgEntryPrice": "150.00", "currentPrice": "205.00", "marketValue": "2050.00",
-            "costBasis": "1500.00", "unrealizedPnl": pnl, "unrealizedPnlPercent": "36.67",
-            "updatedAt": "2026-01-04T10:30:00.000Z"}
+    return {
+        "userId": user,
+        "symbol": symbol,
+        "qty": qty,
+        "side": "long",
+        "avgEntryPrice": "150.00",
+        "currentPrice": "205.00",
+        "marketValue": "2050.00",
+        "costBasis": "1500.00",
+        "unrealizedPnl": pnl,
+        "unrealizedPnlPercent": "36.67",
+        "updatedAt": "2026-01-04T10:30:00.000Z",
+    }
 
 
-def order(user: str, order_id: str, status: str = "new", symbol: str = "AAPL",
-          filled: str = "0") -> dict[str, Any]:
-    return {"userId": user, "orderId": order_id, "clientOrderId": f"c-{order_id}",
-            "symbol": symbol, "side": "buy", "type": "market", "qty": "10",
-            "filledQty": filled, "filledAvgPrice": None, "status": status, "event": status,
-            "timestamp": "2026-01-04T10:30:00.000Z"}
+def order(
+    user: str, order_id: str, status: str = "new", symbol: str = "AAPL", filled: str = "0"
+) -> dict[str, Any]:
+    return {
+        "userId": user,
+        "orderId": order_id,
+        "clientOrderId": f"c-{order_id}",
+        "symbol": symbol,
+        "side": "buy",
+        "type": "market",
+        "qty": "10",
+        "filledQty": filled,
+        "filledAvgPrice": None,
+        "status": status,
+        "event": status,
+        "timestamp": "2026-01-04T10:30:00.000Z",
+    }
 
 
 def account(user: str, equity: str = "104550.00") -> dict[str, str]:
-    return {"userId": user, "equity": equity, "cash": "50000.00", "buyingPower": "100000.00",
-            "updatedAt": "2026-01-04T10:30:00.000Z"}
+    return {
+        "userId": user,
+        "equity": equity,
+        "cash": "50000.00",
+        "buyingPower": "100000.00",
+        "updatedAt": "2026-01-04T10:30:00.000Z",
+    }
 
 
 def trade(user: str, trade_id: str = "trade-789", symbol: str = "AAPL") -> dict[str, str]:
-    return {"userId": user, "tradeId": trade_id, "orderId": "order-1", "symbol": symbol,
-            "side": "buy", "qty": "10", "price": "150.00", "positionQty": "10",
-            "event": "fill", "timestamp": "2026-01-04T10:30:00.000Z"}
+    return {
+        "userId": user,
+        "tradeId": trade_id,
+        "orderId": "order-1",
+        "symbol": symbol,
+        "side": "buy",
+        "qty": "10",
+        "price": "150.00",
+        "positionQty": "10",
+        "event": "fill",
+        "timestamp": "2026-01-04T10:30:00.000Z",
+    }
 
 
 def closed(user: str, symbol: str) -> dict[str, str]:
@@ -79,8 +113,9 @@ def cookie(token: str) -> dict[str, str]:
     return {"Cookie": f"session={token}"}
 
 
-async def connect(client: Client, session: Session, **kwargs: Any
-                  ) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+async def connect(
+    client: Client, session: Session, **kwargs: Any
+) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
     """Open `/ws/portfolio` with the session and return the socket and its `connected` message."""
     headers = {**session.headers, **kwargs.pop("headers", {})}
     ws = await client.ws_connect(WS_PATH, headers=headers, **kwargs)
@@ -89,8 +124,7 @@ async def connect(client: Client, session: Session, **kwargs: Any
     return ws, connected
 
 
-async def receive(ws: aiohttp.ClientWebSocketResponse, limit_s: float = TIMEOUT
-                  ) -> dict[str, Any]:
+async def receive(ws: aiohttp.ClientWebSocketResponse, limit_s: float = TIMEOUT) -> dict[str, Any]:
     """The next JSON message (fails on close or timeout)."""
     msg = await asyncio.wait_for(ws.receive(), limit_s)
     assert msg.type is aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
@@ -98,8 +132,9 @@ async def receive(ws: aiohttp.ClientWebSocketResponse, limit_s: float = TIMEOUT
     return data
 
 
-async def receive_type(ws: aiohttp.ClientWebSocketResponse, kind: str,
-                       limit_s: float = TIMEOUT) -> dict[str, Any]:
+async def receive_type(
+    ws: aiohttp.ClientWebSocketResponse, kind: str, limit_s: float = TIMEOUT
+) -> dict[str, Any]:
     """The next message of type ``kind``, skipping others."""
     async with asyncio.timeout(limit_s):
         while True:
@@ -108,8 +143,9 @@ async def receive_type(ws: aiohttp.ClientWebSocketResponse, kind: str,
                 return message
 
 
-async def subscribe(ws: aiohttp.ClientWebSocketResponse, channels: list[str]
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+async def subscribe(
+    ws: aiohttp.ClientWebSocketResponse, channels: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Subscribe and return the `subscribed` reply and the snapshot that follows it."""
     await ws.send_json({"type": "subscribe", "channels": channels})
     subscribed = await receive(ws)
@@ -119,14 +155,19 @@ async def subscribe(ws: aiohttp.ClientWebSocketResponse, channels: list[str]
     return subscribed, snapshot
 
 
-async def receive_close(ws: aiohttp.ClientWebSocketResponse, limit_s: float = TIMEOUT
-                        ) -> aiohttp.WSMessage:
+async def receive_close(
+    ws: aiohttp.ClientWebSocketResponse, limit_s: float = TIMEOUT
+) -> aiohttp.WSMessage:
     """Read until the server's close frame (or the connection dropping) and return it."""
     async with asyncio.timeout(limit_s):
         while True:
             msg = await ws.receive()
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                            aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+            if msg.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.ERROR,
+            ):
                 return msg
 
 

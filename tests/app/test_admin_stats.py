@@ -166,8 +166,7 @@ async def test_a_reconnect_within_sixty_seconds_is_counted(app_client: ClientFac
     await first_of_bob.close()
 
 
-async def test_offline_without_connections_and_healthy_with_one(
-        app_client: ClientFactory) -> None:
+async def test_offline_without_connections_and_healthy_with_one(app_client: ClientFactory) -> None:
     client = await app_client()
     root = await session_for(client, "root")
     assert (await stats(client, root))["status"] == "offline"
@@ -178,7 +177,8 @@ async def test_offline_without_connections_and_healthy_with_one(
 
 
 async def test_degraded_when_unbatched_delivery_passes_100_events(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     """BATCH_WINDOW_MS=0 and events one at a time: efficiency 0% once 100 deliveries exist."""
     client = await app_client(batch_window_ms=0)
     root = await session_for(client, "root")
@@ -210,12 +210,17 @@ async def test_limits_follow_the_settings(app_client: ClientFactory) -> None:
     client = await app_client(max_connections_per_user=7, max_total_connections=70)
     root = await session_for(client, "root")
     assert (await stats(client, root))["limits"] == {
-        "maxConnectionsPerUser": 7, "maxTotalConnections": 70}
+        "maxConnectionsPerUser": 7,
+        "maxTotalConnections": 70,
+    }
 
 
 async def test_stats_never_show_secrets(app_client: ClientFactory) -> None:
-    client = await app_client(alpaca_api_key="PK-IN-STATS", alpaca_secret_key="SECRET-IN-STATS",
-                              metrics_token="TOKEN-IN-STATS")
+    client = await app_client(
+        alpaca_api_key="PK-IN-STATS",
+        alpaca_secret_key="SECRET-IN-STATS",
+        metrics_token="TOKEN-IN-STATS",
+    )
     root = await session_for(client, "root")
     text = json.dumps(await stats(client, root))
     for secret in ("PK-IN-STATS", "SECRET-IN-STATS", "TOKEN-IN-STATS", root.token):

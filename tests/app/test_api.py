@@ -7,8 +7,7 @@ from tests.app.support import account, order, position, session_for
 from tests.conftest import ClientFactory, publish
 
 
-async def test_realtime_config_tells_clients_where_and_how_often(
-        app_client: ClientFactory) -> None:
+async def test_realtime_config_tells_clients_where_and_how_often(app_client: ClientFactory) -> None:
     client = await app_client()
     body = await (await client.get("/api/realtime/config")).json()
     assert body["enabled"] is True
@@ -17,7 +16,8 @@ async def test_realtime_config_tells_clients_where_and_how_often(
 
 
 async def test_realtime_config_says_disabled_when_the_flag_is_off(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await app_client(enable_realtime_portfolio=False)
     body = await (await client.get("/api/realtime/config")).json()
     assert body["enabled"] is False and body["pollIntervalMs"] == 5000
@@ -30,7 +30,8 @@ async def test_portfolio_polling_needs_a_session(app_client: ClientFactory) -> N
 
 
 async def test_portfolio_polling_serves_the_users_state_with_the_flag_off(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await app_client(enable_realtime_portfolio=False)
     alice = await session_for(client, "alice")
     publish(client, "position:updated", position(alice.user_id, "AAPL", pnl="550.00"))
@@ -40,8 +41,7 @@ async def test_portfolio_polling_serves_the_users_state_with_the_flag_off(
     assert response.status == 200
     body = await response.json()
     assert body["userId"] == alice.user_id
-    assert [(p["symbol"], p["unrealizedPnl"]) for p in body["positions"]] == [
-        ("AAPL", "550.00")]
+    assert [(p["symbol"], p["unrealizedPnl"]) for p in body["positions"]] == [("AAPL", "550.00")]
     assert [o["orderId"] for o in body["orders"]] == ["o-1"]
     assert body["account"]["equity"] == "104550.00"
     assert body["serverTime"].endswith("Z")

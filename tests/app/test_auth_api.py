@@ -16,8 +16,7 @@ async def with_user(app_client: ClientFactory, **overrides: Any) -> Client:
 
 
 async def post_login(client: Client, username: str, password: str) -> Any:
-    return await client.post("/api/auth/login",
-                             json={"username": username, "password": password})
+    return await client.post("/api/auth/login", json={"username": username, "password": password})
 
 
 def session_cookie(response: Any) -> tuple[str, str]:
@@ -29,7 +28,8 @@ def session_cookie(response: Any) -> tuple[str, str]:
 
 
 async def test_login_sets_an_httponly_samesite_lax_session_cookie(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await with_user(app_client)
     response = await post_login(client, "alice", PASSWORD)
     assert response.status == 200
@@ -65,8 +65,7 @@ async def test_me_answers_for_the_session_and_401_without(app_client: ClientFact
     assert forged.status == 401
 
 
-async def test_wrong_password_and_unknown_user_get_the_same_401(
-        app_client: ClientFactory) -> None:
+async def test_wrong_password_and_unknown_user_get_the_same_401(app_client: ClientFactory) -> None:
     client = await with_user(app_client)
     wrong = await post_login(client, "alice", "nope")
     unknown = await post_login(client, "mallory", "nope")
@@ -91,14 +90,16 @@ async def test_logout_revokes_the_session_server_side(app_client: ClientFactory)
 async def test_malformed_login_bodies_are_400(app_client: ClientFactory) -> None:
     client = await app_client()
     for body in ('{"username": "alice"}', "[1]", "not json", '{"username": 1, "password": 2}'):
-        response = await client.post("/api/auth/login", data=body,
-                                     headers={"Content-Type": "application/json"})
+        response = await client.post(
+            "/api/auth/login", data=body, headers={"Content-Type": "application/json"}
+        )
         assert response.status == 400, body
         assert (await response.json())["error"] == "bad_request"
 
 
 async def test_repeated_failures_are_throttled_with_429_and_retry_after(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await with_user(app_client, login_max_failures=3, login_lockout_s=120)
     for _ in range(3):
         assert (await post_login(client, "alice", "wrong")).status == 401
@@ -109,7 +110,8 @@ async def test_repeated_failures_are_throttled_with_429_and_retry_after(
 
 
 async def test_a_success_before_the_limit_resets_the_failure_count(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await with_user(app_client, login_max_failures=3)
     for _ in range(2):
         assert (await post_login(client, "alice", "wrong")).status == 401
@@ -124,20 +126,23 @@ async def test_address_lockout_is_separate_and_higher_than_the_user_lockout(app_
     client = await app_client(login_max_failures=2, login_max_failures_per_address=5)
     for name in ("alice", "bob"):
         for _ in range(2):
-            response = await client.post("/api/auth/login",
-                                         json={"username": name, "password": "wrong"})
+            response = await client.post(
+                "/api/auth/login", json={"username": name, "password": "wrong"}
+            )
             assert response.status == 401
-        locked = await client.post("/api/auth/login",
-                                   json={"username": name, "password": "wrong"})
+        locked = await client.post("/api/auth/login", json={"username": name, "password": "wrong"})
         assert locked.status == 429
     # Four failures from this address so far: carol still gets in.
-    ok = await client.post("/api/auth/login",
-                           json={"username": "carol", "password": "correct horse"})
+    ok = await client.post(
+        "/api/auth/login", json={"username": "carol", "password": "correct horse"}
+    )
     assert ok.status == 200
     # The fifth failure locks the address for everyone, and carol's success did not reset it.
-    assert (await client.post("/api/auth/login",
-                              json={"username": "carol", "password": "nope"})).status == 401
-    blocked = await client.post("/api/auth/login",
-                                json={"username": "carol", "password": "correct horse"})
+    assert (
+        await client.post("/api/auth/login", json={"username": "carol", "password": "nope"})
+    ).status == 401
+    blocked = await client.post(
+        "/api/auth/login", json={"username": "carol", "password": "correct horse"}
+    )
     assert blocked.status == 429
     assert int(blocked.headers["Retry-After"]) > 0

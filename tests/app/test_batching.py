@@ -28,7 +28,9 @@ def test_one_entry_per_symbol_and_order_newest_wins() -> None:
     body = batch.body(ALL, "ts")
     assert body is not None
     assert {p["symbol"]: p["unrealizedPnl"] for p in body["positions"]} == {
-        "AAPL": "3.00", "MSFT": "9.00"}
+        "AAPL": "3.00",
+        "MSFT": "9.00",
+    }
     assert [o["status"] for o in body["orders"]] == ["filled"]
     assert body["account"]["equity"] == "2"
     assert body["eventCount"] == 9 and body["ts"] == "ts"
@@ -86,8 +88,13 @@ def test_merging_keeps_the_latest_state_and_stays_bounded() -> None:
     for round_ in range(500):
         batch = Batch()
         for i in range(10):
-            batch.add(event("position:updated", position("u", f"S{i}", pnl=f"{round_}.00"),
-                            at=1000.0 + round_))
+            batch.add(
+                event(
+                    "position:updated",
+                    position("u", f"S{i}", pnl=f"{round_}.00"),
+                    at=1000.0 + round_,
+                )
+            )
         batch.add(event("order:updated", order("u", f"o-{round_ % 3}", status=str(round_))))
         batch.add(event("account:updated", account("u", equity=str(round_))))
         pending.merge(batch, ALL)

@@ -110,7 +110,8 @@ async def test_unsubscribing_during_delivery_is_safe() -> None:
 
 
 async def test_a_failing_handler_is_logged_at_error_and_the_others_still_run(
-        log_lines: io.StringIO) -> None:
+    log_lines: io.StringIO,
+) -> None:
     bus = await started_bus()
     seen: list[Event] = []
 

@@ -44,8 +44,14 @@ def cli(database: Path, tmp_path: Path) -> Cli:
 
     async def run(*args: str, stdin: str = "") -> Result:
         process = await asyncio.create_subprocess_exec(
-            CLI, *args, cwd=tmp_path, env=env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            CLI,
+            *args,
+            cwd=tmp_path,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 30)
         assert process.returncode is not None
         return Result(process.returncode, out.decode(), err.decode())
@@ -59,8 +65,9 @@ async def served(app_client: ClientFactory, database: Path) -> Client:
 
 
 async def login_status(client: Client, username: str, password: str) -> int:
-    response = await client.post("/api/auth/login",
-                                 json={"username": username, "password": password})
+    response = await client.post(
+        "/api/auth/login", json={"username": username, "password": password}
+    )
     client.session.cookie_jar.clear()
     return response.status
 
@@ -69,8 +76,9 @@ async def test_users_add_and_list_with_passwords_from_stdin(cli: Cli, database: 
     added = await cli("users", "add", "alice", stdin="alice-password\n")
     assert added.code == 0, added.err
     assert added.out.strip() == "created user alice (user-1)"
-    admin = await cli("users", "add", "root", "--admin", "--password-stdin",
-                      stdin="root-password\n")
+    admin = await cli(
+        "users", "add", "root", "--admin", "--password-stdin", stdin="root-password\n"
+    )
     assert admin.code == 0 and admin.out.strip() == "created admin root (user-2)"
     duplicate = await cli("users", "add", "ALICE", stdin="pw\n")
     assert duplicate.code == 1 and "already exists" in duplicate.err
@@ -88,7 +96,8 @@ async def test_users_add_and_list_with_passwords_from_stdin(cli: Cli, database: 
 
 
 async def test_sessions_create_prints_a_working_session_cookie(
-        cli: Cli, app_client: ClientFactory, database: Path) -> None:
+    cli: Cli, app_client: ClientFactory, database: Path
+) -> None:
     assert (await cli("users", "add", "root", "--admin", stdin="pw\n")).code == 0
     created = await cli("sessions", "create", "root")
     assert created.code == 0 and len(created.out.splitlines()) == 1

@@ -25,8 +25,9 @@ MARGIN_S = 0.5  # scheduling slack (loaded CI machines)
 
 
 async def fast_heartbeat(app_client: ClientFactory) -> tuple[Client, Session]:
-    client = await app_client(heartbeat_interval_ms=int(INTERVAL_S * 1000),
-                              heartbeat_timeout_ms=int(TIMEOUT_S * 1000))
+    client = await app_client(
+        heartbeat_interval_ms=int(INTERVAL_S * 1000), heartbeat_timeout_ms=int(TIMEOUT_S * 1000)
+    )
     return client, await session_for(client, "alice")
 
 
@@ -70,7 +71,8 @@ async def test_a_client_that_answers_pings_stays_connected(app_client: ClientFac
 
 
 async def test_a_silent_client_is_closed_4000_after_the_timeout(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
     client, alice = await fast_heartbeat(app_client)
     loop = asyncio.get_running_loop()
     ws, _ = await connect(client, alice, autoping=False)  # and never answers

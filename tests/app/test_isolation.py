@@ -53,8 +53,11 @@ class Ledger:
 
     def close_own_symbol(self, client: Client) -> None:
         symbol = f"X{self.base}"
-        publish(client, "position:updated", position(self.session.user_id, symbol,
-                                                     pnl=f"{self.base}.99"))
+        publish(
+            client,
+            "position:updated",
+            position(self.session.user_id, symbol, pnl=f"{self.base}.99"),
+        )
         publish(client, "position:closed", closed(self.session.user_id, symbol))
         self.values |= {symbol, f"{self.base}.99"}
         self.events += 2

@@ -34,7 +34,8 @@ async def scrape(client: Client, **headers: str) -> dict[str, float]:
 
 
 async def test_metrics_follow_the_stream_and_agree_with_the_stats_route(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await app_client()
     root = await session_for(client, "root")
     alice = await session_for(client, "alice")
@@ -52,8 +53,9 @@ async def test_metrics_follow_the_stream_and_agree_with_the_stats_route(
     await until(lambda: manager.active_connections == 1)
 
     samples = await scrape(client)
-    stats: dict[str, Any] = await (await client.get(
-        "/api/admin/websocket-stats", headers=root.headers)).json()
+    stats: dict[str, Any] = await (
+        await client.get("/api/admin/websocket-stats", headers=root.headers)
+    ).json()
     assert samples["websocket_active_connections"] == stats["activeConnections"] == 1
     assert samples["websocket_messages_delivered_total"] == stats["totalMessagesDelivered"] == 2
     assert samples["portfolio_events_emitted_total"] == stats["totalEventsEmitted"] == 2
@@ -66,8 +68,7 @@ async def test_metrics_follow_the_stream_and_agree_with_the_stats_route(
     await ws.close()
 
 
-async def test_metrics_require_the_bearer_token_when_one_is_set(
-        app_client: ClientFactory) -> None:
+async def test_metrics_require_the_bearer_token_when_one_is_set(app_client: ClientFactory) -> None:
     client = await app_client(metrics_token="scrape-me")
     assert (await client.get("/metrics")).status == 401
     wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})

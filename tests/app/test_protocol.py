@@ -21,7 +21,8 @@ def test_simple_messages_parse(kind: str) -> None:
 
 def test_subscribe_splits_known_and_unknown_channels_without_duplicates() -> None:
     message = parse_client_message(
-        '{"type":"subscribe","channels":["positions","trades","orders","positions","trades"]}')
+        '{"type":"subscribe","channels":["positions","trades","orders","positions","trades"]}'
+    )
     assert message.type == "subscribe"
     assert message.channels == ("positions", "orders")
     assert message.unknown_channels == ("trades",)

@@ -13,8 +13,15 @@ SCRIPT = Path(sys.executable).with_name("portfolio-stream")
 def serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "BROKER"))}
     environ.update(PORT="0", DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite", **env)
-    return subprocess.run([str(SCRIPT), "serve"], env=environ, cwd=tmp_path, text=True,
-                          capture_output=True, timeout=30, check=False)
+    return subprocess.run(
+        [str(SCRIPT), "serve"],
+        env=environ,
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def test_a_missing_accounts_file_is_one_line_naming_it(tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ from tests.app.support import (
 from tests.conftest import ClientFactory, publish
 
 
-async def read_until_closed(ws: aiohttp.ClientWebSocketResponse,
-                            ) -> list[tuple[float, aiohttp.WSMessage]]:
+async def read_until_closed(
+    ws: aiohttp.ClientWebSocketResponse,
+) -> list[tuple[float, aiohttp.WSMessage]]:
     """Every frame with its arrival time, up to and including the close."""
     loop = asyncio.get_running_loop()
     frames = []
@@ -31,7 +32,8 @@ async def read_until_closed(ws: aiohttp.ClientWebSocketResponse,
 
 
 async def test_shutdown_flushes_the_pending_batch_then_closes_1001(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
     client = await app_client(batch_window_ms=10_000)  # the window would never end in time
     alice = await session_for(client, "alice")
     bob = await session_for(client, "bob")

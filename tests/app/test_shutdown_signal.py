@@ -45,8 +45,9 @@ async def make_session(database: Path) -> Session:
         await store.close()
 
 
-async def wait_ready(http: aiohttp.ClientSession, base: str,
-                     process: asyncio.subprocess.Process, log: Path) -> None:
+async def wait_ready(
+    http: aiohttp.ClientSession, base: str, process: asyncio.subprocess.Process, log: Path
+) -> None:
     async with asyncio.timeout(30):
         while True:
             assert process.returncode is None, text_of(log)
@@ -61,20 +62,30 @@ async def wait_ready(http: aiohttp.ClientSession, base: str,
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_a_signal_closes_clients_1001_and_exits_0_in_time(
-        tmp_path: Path, signum: signal.Signals) -> None:
+    tmp_path: Path, signum: signal.Signals
+) -> None:
     database = tmp_path / "portfolio-stream.db"
     alice = await make_session(database)
     port = free_port()
     names = {name.upper() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update({"BROKER": "simulated", "SIM_ORDER_INTERVAL_S": "0", "SIM_DEMO_USERS": "false",
-                "DATABASE_URL": f"sqlite:///{database}", "HOST": "127.0.0.1",
-                "PORT": str(port), "SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "BROKER": "simulated",
+            "SIM_ORDER_INTERVAL_S": "0",
+            "SIM_DEMO_USERS": "false",
+            "DATABASE_URL": f"sqlite:///{database}",
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     log = tmp_path / "service.log"
     with log.open("wb") as sink:
         process = await asyncio.create_subprocess_exec(
-            CLI, "serve", cwd=tmp_path, env=env, stdout=sink, stderr=asyncio.subprocess.STDOUT)
+            CLI, "serve", cwd=tmp_path, env=env, stdout=sink, stderr=asyncio.subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:

@@ -77,8 +77,14 @@ async def stalled_client(client: Client, user: Session) -> AsyncIterator[Stalled
         yield stalled
 
 
-async def publish_round(client: Client, user: Session, stalled: Stalled, n: int,
-                        symbols: list[str] = SYMBOLS, pause_s: float = 0.001) -> None:
+async def publish_round(
+    client: Client,
+    user: Session,
+    stalled: Stalled,
+    n: int,
+    symbols: list[str] = SYMBOLS,
+    pause_s: float = 0.001,
+) -> None:
     """One price move for every symbol plus the account, then let the loop run."""
     for i, symbol in enumerate(symbols):
         pnl = f"{n}.{i:02d}"
@@ -105,7 +111,8 @@ async def fill_until_stuck(client: Client, user: Session, stalled: Stalled) -> i
 
 
 async def test_a_stalled_socket_keeps_bounded_coalesced_state_and_gets_it_on_resume(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
     client = await app_client(batch_window_ms=0)
     alice = await session_for(client, "alice")
     async with stalled_client(client, alice) as stalled:
@@ -147,9 +154,11 @@ async def test_a_stalled_socket_keeps_bounded_coalesced_state_and_gets_it_on_res
 
 
 async def test_a_stalled_client_is_closed_after_the_heartbeat_timeout(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
-    client = await app_client(batch_window_ms=0, heartbeat_interval_ms=100,
-                              heartbeat_timeout_ms=300, shutdown_timeout_s=1)
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
+    client = await app_client(
+        batch_window_ms=0, heartbeat_interval_ms=100, heartbeat_timeout_ms=300, shutdown_timeout_s=1
+    )
     alice = await session_for(client, "alice")
     manager = client.app[STREAM_KEY]
     async with stalled_client(client, alice) as stalled:
@@ -167,7 +176,8 @@ async def test_a_stalled_client_is_closed_after_the_heartbeat_timeout(
 
 
 async def test_a_stalled_client_that_vanishes_is_released_quietly(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
     client = await app_client(batch_window_ms=0)
     alice = await session_for(client, "alice")
     manager = client.app[STREAM_KEY]
@@ -182,7 +192,8 @@ async def test_a_stalled_client_that_vanishes_is_released_quietly(
 
 
 async def test_a_neighbour_keeps_receiving_while_another_tab_is_stalled(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await app_client(batch_window_ms=20)
     alice = await session_for(client, "alice")
     async with stalled_client(client, alice) as stalled:
@@ -214,7 +225,8 @@ async def test_a_stalled_client_does_not_hold_up_shutdown(app_client: ClientFact
 
 
 async def test_a_client_that_talks_but_never_reads_is_dropped(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
     """Replies to a client that never reads cannot pile up: past MAX_CONTROL_FRAMES queued
     replies the connection is dropped (the rate limit is raised here to get there fast)."""
     client = await app_client(batch_window_ms=0, ws_rate_limit_messages=1000)
@@ -235,13 +247,15 @@ async def test_a_client_that_talks_but_never_reads_is_dropped(
 
 
 async def test_a_slow_but_healthy_reader_of_a_continuous_stream_is_kept(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
     """The server's writer is busy all the time (a big portfolio whose prices never stop, a
     narrow link), yet the client keeps reading and answers pings: neither the heartbeat nor
     the stuck-writer rule may close it."""
     timeout_s = 1.0
-    client = await app_client(batch_window_ms=0, heartbeat_interval_ms=100,
-                              heartbeat_timeout_ms=int(timeout_s * 1000))
+    client = await app_client(
+        batch_window_ms=0, heartbeat_interval_ms=100, heartbeat_timeout_ms=int(timeout_s * 1000)
+    )
     alice = await session_for(client, "alice")
     manager = client.app[STREAM_KEY]
     big_portfolio = [f"BIG{i}" for i in range(150)]  # ~50 KB per batch
@@ -275,11 +289,13 @@ async def test_a_slow_but_healthy_reader_of_a_continuous_stream_is_kept(
 
 
 async def test_pings_are_queued_behind_a_busy_writer_and_answered_once_it_drains(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     """A ping that falls due while the writer waits on the socket is queued, not skipped: a
     client that is merely slow still hears pings, and its pongs count as heard."""
-    client = await app_client(batch_window_ms=0, heartbeat_interval_ms=100,
-                              heartbeat_timeout_ms=10_000)
+    client = await app_client(
+        batch_window_ms=0, heartbeat_interval_ms=100, heartbeat_timeout_ms=10_000
+    )
     alice = await session_for(client, "alice")
     async with stalled_client(client, alice) as stalled:
         conn = stalled.conn

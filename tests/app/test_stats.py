@@ -31,13 +31,20 @@ def stats(clock: Clock) -> StreamStats:
 
 
 def report(stats: StreamStats, *, enabled: bool = True, active: int = 1) -> dict[str, object]:
-    return stats.report(enabled=enabled, active=active, by_user={"user-1": active},
-                        events_emitted=7, max_per_user=5, max_total=100,
-                        timestamp="2026-01-04T10:30:00.000Z")
+    return stats.report(
+        enabled=enabled,
+        active=active,
+        by_user={"user-1": active},
+        events_emitted=7,
+        max_per_user=5,
+        max_total=100,
+        timestamp="2026-01-04T10:30:00.000Z",
+    )
 
 
 def test_batch_efficiency_is_one_minus_messages_over_the_deliveries_they_carried(
-        stats: StreamStats) -> None:
+    stats: StreamStats,
+) -> None:
     assert stats.batch_efficiency() == 1.0  # nothing delivered, nothing wasted
     stats.message_sent(0)  # a snapshot: a delivered message that carries no event
     assert stats.batch_efficiency() == 1.0
@@ -47,8 +54,12 @@ def test_batch_efficiency_is_one_minus_messages_over_the_deliveries_they_carried
     assert stats.event_deliveries == 100
     assert stats.batch_efficiency() == pytest.approx(1 - 5 / 100)
     perf = report(stats)["performance"]
-    assert perf == {"batchEfficiency": "95.0%", "batchEfficiencyRaw": 0.95,
-                    "avgConnectionDurationSeconds": 0, "disconnectRatePerMinute": "0.00"}
+    assert perf == {
+        "batchEfficiency": "95.0%",
+        "batchEfficiencyRaw": 0.95,
+        "avgConnectionDurationSeconds": 0,
+        "disconnectRatePerMinute": "0.00",
+    }
 
 
 def test_batch_efficiency_formats_like_the_runbook(stats: StreamStats) -> None:
@@ -68,7 +79,8 @@ def test_unbatched_delivery_has_zero_efficiency(stats: StreamStats) -> None:
 
 
 def test_disconnect_rate_counts_the_last_five_minutes_per_minute(
-        stats: StreamStats, clock: Clock) -> None:
+    stats: StreamStats, clock: Clock
+) -> None:
     for _ in range(3):
         started, _ = stats.connection_opened("user-1")
         stats.connection_closed("user-1", started)
@@ -83,7 +95,8 @@ def test_disconnect_rate_counts_the_last_five_minutes_per_minute(
 
 
 def test_average_duration_counts_closed_and_open_connections(
-        stats: StreamStats, clock: Clock) -> None:
+    stats: StreamStats, clock: Clock
+) -> None:
     first, _ = stats.connection_opened("user-1")
     clock.advance(100)
     stats.connection_closed("user-1", first)  # 100 s, closed
@@ -97,7 +110,8 @@ def test_average_duration_counts_closed_and_open_connections(
 
 
 def test_a_connection_within_sixty_seconds_of_a_close_is_a_reconnect(
-        stats: StreamStats, clock: Clock) -> None:
+    stats: StreamStats, clock: Clock
+) -> None:
     started, reconnect = stats.connection_opened("user-1")
     assert reconnect is False
     stats.connection_closed("user-1", started)
@@ -125,7 +139,8 @@ def test_status_offline_without_connections_and_healthy_with(stats: StreamStats)
 
 
 def test_status_degraded_when_recent_disconnects_exceed_ten_percent(
-        stats: StreamStats, clock: Clock) -> None:
+    stats: StreamStats, clock: Clock
+) -> None:
     for _ in range(2):
         started, _ = stats.connection_opened("user-1")
         stats.connection_closed("user-1", started)
@@ -135,8 +150,7 @@ def test_status_degraded_when_recent_disconnects_exceed_ten_percent(
     assert stats.status(enabled=True, active=19) == "healthy"
 
 
-def test_status_degraded_on_low_efficiency_only_after_100_deliveries(
-        stats: StreamStats) -> None:
+def test_status_degraded_on_low_efficiency_only_after_100_deliveries(stats: StreamStats) -> None:
     for _ in range(99):
         stats.message_sent(1)
     assert stats.status(enabled=True, active=1) == "healthy"
@@ -159,9 +173,19 @@ def test_uptime_is_formatted_like_the_runbook(stats: StreamStats, clock: Clock) 
 def test_the_report_has_every_runbook_field(stats: StreamStats) -> None:
     document = report(stats, active=2)
     assert list(document) == [
-        "status", "enabled", "activeConnections", "connectionsByUser", "totalMessagesDelivered",
-        "totalEventsEmitted", "totalDisconnects", "totalReconnects", "performance", "uptime",
-        "limits", "timestamp"]
+        "status",
+        "enabled",
+        "activeConnections",
+        "connectionsByUser",
+        "totalMessagesDelivered",
+        "totalEventsEmitted",
+        "totalDisconnects",
+        "totalReconnects",
+        "performance",
+        "uptime",
+        "limits",
+        "timestamp",
+    ]
     assert document["limits"] == {"maxConnectionsPerUser": 5, "maxTotalConnections": 100}
     assert document["totalEventsEmitted"] == 7 and document["activeConnections"] == 2
     assert re.fullmatch(r"\d+\.\d\d", document["performance"]["disconnectRatePerMinute"])  # type: ignore[index]

@@ -56,7 +56,8 @@ async def test_authenticate_accepts_only_the_right_password(store: Store) -> Non
 
 
 async def test_session_ids_are_256_bit_and_stored_only_as_sha256(
-        store: Store, tmp_path: Path) -> None:
+    store: Store, tmp_path: Path
+) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 3600)
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))

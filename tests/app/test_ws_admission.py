@@ -24,8 +24,12 @@ from tests.app.support import (
 )
 from tests.conftest import ClientFactory
 
-UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade",
-           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
 EVIL = {"Origin": "https://evil.example"}
 
 
@@ -80,7 +84,8 @@ async def test_403_comes_before_the_flag_check(app_client: ClientFactory) -> Non
 
 
 async def test_the_own_host_is_allowed_when_no_origins_are_configured(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await app_client()
     alice = await session_for(client, "alice")
     ws, _ = await connect(client, alice, headers=own_origin(client))
@@ -108,12 +113,20 @@ async def test_flag_off_is_503_disabled(app_client: ClientFactory) -> None:
 
 
 async def test_connected_message_carries_the_contract_fields(app_client: ClientFactory) -> None:
-    client = await app_client(batch_window_ms=250, heartbeat_interval_ms=7000,
-                              heartbeat_timeout_ms=21000)
+    client = await app_client(
+        batch_window_ms=250, heartbeat_interval_ms=7000, heartbeat_timeout_ms=21000
+    )
     alice = await session_for(client, "alice")
     ws, connected = await connect(client, alice)
-    assert set(connected) >= {"type", "connectionId", "userId", "channels", "batchWindowMs",
-                              "heartbeatIntervalMs", "serverTime"}
+    assert set(connected) >= {
+        "type",
+        "connectionId",
+        "userId",
+        "channels",
+        "batchWindowMs",
+        "heartbeatIntervalMs",
+        "serverTime",
+    }
     match = re.fullmatch(r"conn_(\d{13})_([A-Za-z0-9]+)", connected["connectionId"])
     assert match is not None, connected["connectionId"]
     assert abs(int(match.group(1)) / 1000 - time.time()) < 5
@@ -129,7 +142,8 @@ async def test_connected_message_carries_the_contract_fields(app_client: ClientF
 
 
 async def test_connections_over_the_per_user_limit_are_closed_1013(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await app_client(max_connections_per_user=2, max_total_connections=10)
     alice = await session_for(client, "alice")
     bob = await session_for(client, "bob")
@@ -149,13 +163,15 @@ async def test_connections_over_the_per_user_limit_are_closed_1013(
         await ws.close()
 
 
-async def test_connections_over_the_total_limit_are_closed_1013(
-        app_client: ClientFactory) -> None:
+async def test_connections_over_the_total_limit_are_closed_1013(app_client: ClientFactory) -> None:
     client = await app_client(max_connections_per_user=2, max_total_connections=3)
     alice = await session_for(client, "alice")
     bob = await session_for(client, "bob")
-    sockets = [(await connect(client, alice))[0], (await connect(client, alice))[0],
-               (await connect(client, bob))[0]]
+    sockets = [
+        (await connect(client, alice))[0],
+        (await connect(client, alice))[0],
+        (await connect(client, bob))[0],
+    ]
     refused = await client.ws_connect(WS_PATH, headers=bob.headers)
     msg = await receive_close(refused)
     assert (msg.data, msg.extra) == (1013, "Maximum connections exceeded")
@@ -167,8 +183,7 @@ async def test_connections_over_the_total_limit_are_closed_1013(
         await ws.close()
 
 
-async def test_compression_is_off_by_default_even_when_offered(
-        app_client: ClientFactory) -> None:
+async def test_compression_is_off_by_default_even_when_offered(app_client: ClientFactory) -> None:
     client = await app_client()
     alice = await session_for(client, "alice")
     ws = await client.ws_connect(WS_PATH, headers=alice.headers, compress=15)
@@ -186,4 +201,3 @@ async def test_compression_is_negotiated_with_ws_compression(app_client: ClientF
     _, snapshot = await subscribe(ws, ["positions"])  # messages still flow
     assert snapshot["seq"] == 1
     await ws.close()
-

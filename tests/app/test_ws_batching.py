@@ -26,7 +26,8 @@ MARGIN_S = 0.25  # scheduling slack allowed on top of the batch window (loaded C
 
 
 async def test_a_window_of_events_arrives_as_one_coalesced_batch(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
     client = await app_client(batch_window_ms=100)
     alice = await session_for(client, "alice")
     ws, _ = await connect(client, alice)
@@ -41,7 +42,9 @@ async def test_a_window_of_events_arrives_as_one_coalesced_batch(
     batch = await receive(ws)
     assert batch["type"] == "batch" and batch["seq"] == 2
     assert {p["symbol"]: p["unrealizedPnl"] for p in batch["positions"]} == {
-        "AAPL": "3.00", "MSFT": "9.00"}
+        "AAPL": "3.00",
+        "MSFT": "9.00",
+    }
     assert [(o["orderId"], o["status"]) for o in batch["orders"]] == [("o-1", "filled")]
     assert batch["account"]["equity"] == "2.00"
     assert batch["closedPositions"] == []
@@ -50,8 +53,9 @@ async def test_a_window_of_events_arrives_as_one_coalesced_batch(
     await nothing_arrives(ws, 0.15)
     flushed = [line for line in log_lines.getvalue().splitlines() if "Batch flushed" in line]
     assert len(flushed) == 1
-    assert flushed[0].endswith(f"userId={alice.user_id}, positionUpdates=2, orderUpdates=1, "
-                               "totalEvents=9")
+    assert flushed[0].endswith(
+        f"userId={alice.user_id}, positionUpdates=2, orderUpdates=1, totalEvents=9"
+    )
     await ws.close()
 
 
@@ -114,7 +118,8 @@ async def test_every_tab_of_the_user_gets_the_batch(app_client: ClientFactory) -
 
 
 async def test_the_first_event_starts_the_timer_and_later_ones_do_not_rearm_it(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     """Events spread over the window arrive together, no later than window + margin after
     the first one: latency is bounded by the window however busy the user is."""
     window = 0.5
@@ -198,7 +203,8 @@ async def test_window_zero_sends_each_event_at_once(app_client: ClientFactory) -
 
 
 async def test_events_for_a_user_without_connections_are_not_buffered(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await app_client(batch_window_ms=5000)
     alice = await session_for(client, "alice")
     manager = client.app[STREAM_KEY]
@@ -213,7 +219,8 @@ async def test_events_for_a_user_without_connections_are_not_buffered(
 
 
 async def test_a_users_pending_batch_is_dropped_with_their_last_connection(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await app_client(batch_window_ms=5000)
     alice = await session_for(client, "alice")
     ws, _ = await connect(client, alice)

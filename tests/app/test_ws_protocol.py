@@ -35,7 +35,8 @@ async def seeded(app_client: ClientFactory, **overrides: object) -> tuple[Client
 
 
 async def test_subscribe_answers_subscribed_then_a_snapshot_of_current_state(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client, alice = await seeded(app_client)
     ws, _ = await connect(client, alice)
     subscribed, snapshot = await subscribe(ws, ALL_CHANNELS)
@@ -50,7 +51,8 @@ async def test_subscribe_answers_subscribed_then_a_snapshot_of_current_state(
 
 
 async def test_a_snapshot_only_holds_the_newly_subscribed_channels(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client, alice = await seeded(app_client)
     ws, _ = await connect(client, alice)
     _, first = await subscribe(ws, ["positions"])
@@ -61,8 +63,7 @@ async def test_a_snapshot_only_holds_the_newly_subscribed_channels(
     await ws.close()
 
 
-async def test_resubscribing_an_active_channel_sends_no_snapshot(
-        app_client: ClientFactory) -> None:
+async def test_resubscribing_an_active_channel_sends_no_snapshot(app_client: ClientFactory) -> None:
     client, alice = await seeded(app_client)
     ws, _ = await connect(client, alice)
     await subscribe(ws, ["positions"])
@@ -73,13 +74,19 @@ async def test_resubscribing_an_active_channel_sends_no_snapshot(
 
 
 async def test_an_account_snapshot_is_null_before_any_account_event(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client = await app_client()
     bob = await session_for(client, "bob")
     ws, _ = await connect(client, bob)
     _, snapshot = await subscribe(ws, ALL_CHANNELS)
-    assert snapshot == {"type": "snapshot", "seq": 1, "positions": [], "orders": [],
-                        "account": None}
+    assert snapshot == {
+        "type": "snapshot",
+        "seq": 1,
+        "positions": [],
+        "orders": [],
+        "account": None,
+    }
     await ws.close()
 
 
@@ -108,7 +115,8 @@ async def test_ping_is_answered_with_pong(app_client: ClientFactory) -> None:
 
 
 async def test_resync_sends_a_fresh_snapshot_of_every_subscribed_channel(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client, alice = await seeded(app_client)
     ws, _ = await connect(client, alice)
     await subscribe(ws, ["positions", "account"])
@@ -170,7 +178,8 @@ async def test_unknown_type_is_an_error(app_client: ClientFactory) -> None:
 
 
 async def test_unknown_channels_are_reported_and_known_ones_still_apply(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client, alice = await seeded(app_client)
     ws, _ = await connect(client, alice)
     await ws.send_json({"type": "subscribe", "channels": ["positions", "trades", "account"]})
@@ -179,7 +188,11 @@ async def test_unknown_channels_are_reported_and_known_ones_still_apply(
     assert await receive(ws) == {"type": "subscribed", "channels": ["positions", "account"]}
     snapshot = await receive(ws)
     assert snapshot["type"] == "snapshot" and set(snapshot) == {
-        "type", "seq", "positions", "account"}
+        "type",
+        "seq",
+        "positions",
+        "account",
+    }
     await ws.close()
 
 
@@ -210,7 +223,8 @@ async def test_a_frame_over_64_kib_closes_1009(app_client: ClientFactory) -> Non
 
 
 async def test_fifty_messages_in_ten_seconds_are_fine_the_51st_closes_1008(
-        app_client: ClientFactory) -> None:
+    app_client: ClientFactory,
+) -> None:
     client, alice = await seeded(app_client)
     ws, _ = await connect(client, alice)
     for _ in range(50):
@@ -223,8 +237,9 @@ async def test_fifty_messages_in_ten_seconds_are_fine_the_51st_closes_1008(
     assert (msg.data, msg.extra) == (1008, "Rate limit exceeded")
 
 
-async def neighbours(client: Client, alice: Session) -> tuple[
-        aiohttp.ClientWebSocketResponse, aiohttp.ClientWebSocketResponse, Session]:
+async def neighbours(
+    client: Client, alice: Session
+) -> tuple[aiohttp.ClientWebSocketResponse, aiohttp.ClientWebSocketResponse, Session]:
     """Another tab of alice's and a tab of bob's, both subscribed to positions."""
     bob = await session_for(client, "bob")
     sibling, _ = await connect(client, alice)
@@ -235,9 +250,12 @@ async def neighbours(client: Client, alice: Session) -> tuple[
 
 
 async def assert_neighbours_still_served(
-        client: Client, alice: Session, bob: Session,
-        sibling: aiohttp.ClientWebSocketResponse,
-        stranger: aiohttp.ClientWebSocketResponse) -> None:
+    client: Client,
+    alice: Session,
+    bob: Session,
+    sibling: aiohttp.ClientWebSocketResponse,
+    stranger: aiohttp.ClientWebSocketResponse,
+) -> None:
     publish(client, "position:updated", position(alice.user_id, "AAPL", pnl="777.00"))
     publish(client, "position:updated", position(bob.user_id, "TSLA", pnl="-5.00"))
     mine = await receive_type(sibling, "batch")
@@ -258,8 +276,7 @@ async def test_bad_input_does_not_disturb_other_connections(app_client: ClientFa
     await assert_neighbours_still_served(client, alice, bob, sibling, stranger)
 
 
-async def test_an_oversized_frame_closes_only_its_own_connection(
-        app_client: ClientFactory) -> None:
+async def test_an_oversized_frame_closes_only_its_own_connection(app_client: ClientFactory) -> None:
     client, alice = await seeded(app_client)
     sibling, stranger, bob = await neighbours(client, alice)
     bad, _ = await connect(client, alice)

@@ -39,19 +39,19 @@ RUNBOOK_LINES = {
     "startup": r"\[STARTUP\] Portfolio stream initialized on /ws/portfolio",
     # The runbook's three types first, in its order; this service listens to two more.
     "listeners": r"\[STARTUP\] Event bus listeners registered: "
-                 r"\[trade:executed, position:updated, position:closed(, [a-z]+:[a-z]+)*\]",
+    r"\[trade:executed, position:updated, position:closed(, [a-z]+:[a-z]+)*\]",
     "connected": r"\[PortfolioStream\] Client connected: userId=user-1, "
-                 r"connectionId=conn_\d{13}_[A-Za-z0-9]+, totalUserConnections=1",
+    r"connectionId=conn_\d{13}_[A-Za-z0-9]+, totalUserConnections=1",
     "subscribed": r'\[PortfolioStream\] Client subscribed to channels: \["positions", "orders"\]',
     "processed": r"\[PortfolioStream\] Processed trade:executed event: userId=user-1, "
-                 r"symbol=AAPL",
+    r"symbol=AAPL",
     "broadcast": r"\[PortfolioStream\] Broadcast position update: userId=user-1, symbol=AAPL, "
-                 r"unrealizedPnl=550\.00",
+    r"unrealizedPnl=550\.00",
     "flushed": r"\[PortfolioStream\] Batch flushed: userId=user-1, positionUpdates=2, "
-               r"orderUpdates=1, totalEvents=5",
+    r"orderUpdates=1, totalEvents=5",
     "emit": r'\[EventBus\] eventBus\.emit\("trade:executed"\): userId=user-1, symbol=AAPL',
     "disconnected": r"\[PortfolioStream\] Client disconnected: userId=user-1, code=1000, "
-                    r"reason=Client disconnect, duration=\d+s",
+    r"reason=Client disconnect, duration=\d+s",
 }
 
 
@@ -93,13 +93,20 @@ async def scenario(app_client: ClientFactory) -> tuple[Client, Session]:
 def grep(text: str, tmp_path: Path, pipeline: str) -> str:
     """Run one of the runbook's shell pipelines over ``text`` saved as server.log."""
     (tmp_path / "server.log").write_text(text)
-    result = subprocess.run(["bash", "-c", pipeline], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=10, check=False)
+    result = subprocess.run(
+        ["bash", "-c", pipeline],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     return result.stdout
 
 
 async def test_every_runbook_line_appears_word_for_word(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
     await scenario(app_client)
     lines = log_lines.getvalue().splitlines()
     for name, pattern in RUNBOOK_LINES.items():
@@ -108,24 +115,35 @@ async def test_every_runbook_line_appears_word_for_word(
 
 
 async def test_lines_are_timestamped_in_utc_milliseconds_with_a_level(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
     await scenario(app_client)
     for line in log_lines.getvalue().splitlines():
         assert re.match(rf"{TS} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S", line), line
 
 
 async def test_grep_eventbus_emit_cut_yields_the_event_types(
-        app_client: ClientFactory, log_lines: io.StringIO, tmp_path: Path) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO, tmp_path: Path
+) -> None:
     await scenario(app_client)
-    output = grep(log_lines.getvalue(), tmp_path,
-                  """grep "eventBus.emit" server.log | cut -d'"' -f2 | sort | uniq -c""")
+    output = grep(
+        log_lines.getvalue(),
+        tmp_path,
+        """grep "eventBus.emit" server.log | cut -d'"' -f2 | sort | uniq -c""",
+    )
     counts = {kind: int(count) for count, kind in (line.split() for line in output.splitlines())}
-    assert counts == {"account:updated": 1, "order:updated": 1, "position:closed": 1,
-                      "position:updated": 1, "trade:executed": 1}
+    assert counts == {
+        "account:updated": 1,
+        "order:updated": 1,
+        "position:closed": 1,
+        "position:updated": 1,
+        "trade:executed": 1,
+    }
 
 
 async def test_the_runbooks_other_greps_find_their_lines(
-        app_client: ClientFactory, log_lines: io.StringIO, tmp_path: Path) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO, tmp_path: Path
+) -> None:
     await scenario(app_client)
     text = log_lines.getvalue()
     assert "positionUpdates=2" in grep(text, tmp_path, 'grep "Batch flushed" server.log | tail -20')
@@ -139,7 +157,8 @@ async def test_the_runbooks_other_greps_find_their_lines(
 
 
 async def test_grep_error_portfoliostream_finds_errors_and_only_errors(
-        app_client: ClientFactory, log_lines: io.StringIO, tmp_path: Path) -> None:
+    app_client: ClientFactory, log_lines: io.StringIO, tmp_path: Path
+) -> None:
     client, alice = await scenario(app_client)
     pipeline = 'grep "ERROR.*PortfolioStream" server.log | wc -l'
     assert grep(log_lines.getvalue(), tmp_path, pipeline).strip() == "0"
@@ -153,8 +172,9 @@ async def test_grep_error_portfoliostream_finds_errors_and_only_errors(
     assert "Traceback" in log_lines.getvalue()  # the traceback follows the line
 
 
-async def test_price_tick_lines_are_debug(app_client: ClientFactory, log_lines: io.StringIO,
-                                          tmp_path: Path) -> None:
+async def test_price_tick_lines_are_debug(
+    app_client: ClientFactory, log_lines: io.StringIO, tmp_path: Path
+) -> None:
     client = await app_client(batch_window_ms=0)
     alice = await session_for(client, "alice")
     ws, _ = await connect(client, alice)
@@ -165,21 +185,23 @@ async def test_price_tick_lines_are_debug(app_client: ClientFactory, log_lines: 
     assert log_lines.getvalue()[before:] == ""  # nothing at INFO for a price tick
     configure_logging(make_settings(tmp_path, log_level="DEBUG"), extra_streams=[log_lines])
     try:
-        publish(client, "position:updated", position(alice.user_id, "AAPL", pnl="2.00"),
-                quiet=True)
+        publish(client, "position:updated", position(alice.user_id, "AAPL", pnl="2.00"), quiet=True)
         assert (await receive(ws))["type"] == "batch"
     finally:
         configure_logging(make_settings(tmp_path), extra_streams=[log_lines])
     ticks = log_lines.getvalue()[before:].splitlines()
-    assert any(re.fullmatch(rf'{TS} DEBUG \[EventBus\] eventBus\.emit\("position:updated"\).*',
-                            line) for line in ticks), ticks
+    assert any(
+        re.fullmatch(rf'{TS} DEBUG \[EventBus\] eventBus\.emit\("position:updated"\).*', line)
+        for line in ticks
+    ), ticks
     assert any(" DEBUG [PortfolioStream] Broadcast position update" in line for line in ticks)
     assert all(" DEBUG " in line for line in ticks), ticks
     await ws.close()
 
 
 async def test_json_lines_parse_and_carry_the_same_fields(
-        app_client: ClientFactory, configure: Callable[..., TeeLogger]) -> None:
+    app_client: ClientFactory, configure: Callable[..., TeeLogger]
+) -> None:
     stream = io.StringIO()
     configure(stream, log_format="json")
     await scenario(app_client)
@@ -204,7 +226,8 @@ async def test_json_lines_parse_and_carry_the_same_fields(
 
 
 async def test_log_file_gets_exactly_the_stdout_lines(
-        app_client: ClientFactory, tmp_path: Path, configure: Callable[..., TeeLogger]) -> None:
+    app_client: ClientFactory, tmp_path: Path, configure: Callable[..., TeeLogger]
+) -> None:
     stream = io.StringIO()
     log_file = tmp_path / "logs" / "portfolio-stream.log"
     configure(stream, log_file=log_file)
@@ -213,8 +236,9 @@ async def test_log_file_gets_exactly_the_stdout_lines(
     assert log_file.read_text() == stream.getvalue()
 
 
-def test_a_rotated_log_file_is_reopened(tmp_path: Path,
-                                        configure: Callable[..., TeeLogger]) -> None:
+def test_a_rotated_log_file_is_reopened(
+    tmp_path: Path, configure: Callable[..., TeeLogger]
+) -> None:
     log_file = tmp_path / "portfolio-stream.log"
     configure(log_file=log_file)
     log = structlog.get_logger()
@@ -227,9 +251,13 @@ def test_a_rotated_log_file_is_reopened(tmp_path: Path,
 
 
 async def test_secrets_never_reach_the_logs(
-        app_client: ClientFactory, log_lines: io.StringIO) -> None:
-    client = await app_client(alpaca_api_key="PK-LOGGED-KEY", alpaca_secret_key="LOGGED-SECRET",
-                              metrics_token="LOGGED-TOKEN")
+    app_client: ClientFactory, log_lines: io.StringIO
+) -> None:
+    client = await app_client(
+        alpaca_api_key="PK-LOGGED-KEY",
+        alpaca_secret_key="LOGGED-SECRET",
+        metrics_token="LOGGED-TOKEN",
+    )
     alice = await session_for(client, "alice")
     ws, _ = await connect(client, alice)
     await ws.close()

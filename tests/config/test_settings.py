@@ -74,7 +74,8 @@ def service_env(**overrides: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(("variable", "default"), list(SPEC_DEFAULTS.items()))
 def test_every_spec_variable_has_its_documented_default(
-        clean_env: pytest.MonkeyPatch, variable: str, default: Any) -> None:
+    clean_env: pytest.MonkeyPatch, variable: str, default: Any
+) -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert getattr(settings, variable.lower()) == default
 
@@ -89,12 +90,24 @@ def test_alpaca_endpoint_constants_are_alpacas_own() -> None:
 
 def test_environment_variables_set_every_field(clean_env: pytest.MonkeyPatch) -> None:
     values = {
-        "ENABLE_REALTIME_PORTFOLIO": "false", "HOST": "127.0.0.1", "PORT": "8080",
-        "BATCH_WINDOW_MS": "0", "HEARTBEAT_INTERVAL_MS": "100", "HEARTBEAT_TIMEOUT_MS": "300",
-        "MAX_CONNECTIONS_PER_USER": "10", "MAX_TOTAL_CONNECTIONS": "200", "BROKER": "simulated",
-        "ALPACA_PAPER": "false", "ALPACA_USERNAME": "alice", "ALPACA_DATA_FEED": "sip",
-        "ALPACA_API_URL": "http://127.0.0.1:1/", "LOG_FORMAT": "json", "LOG_LEVEL": "debug",
-        "LOG_FILE": "/var/log/ps/x.log", "SHUTDOWN_TIMEOUT_S": "3", "WS_COMPRESSION": "true",
+        "ENABLE_REALTIME_PORTFOLIO": "false",
+        "HOST": "127.0.0.1",
+        "PORT": "8080",
+        "BATCH_WINDOW_MS": "0",
+        "HEARTBEAT_INTERVAL_MS": "100",
+        "HEARTBEAT_TIMEOUT_MS": "300",
+        "MAX_CONNECTIONS_PER_USER": "10",
+        "MAX_TOTAL_CONNECTIONS": "200",
+        "BROKER": "simulated",
+        "ALPACA_PAPER": "false",
+        "ALPACA_USERNAME": "alice",
+        "ALPACA_DATA_FEED": "sip",
+        "ALPACA_API_URL": "http://127.0.0.1:1/",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "debug",
+        "LOG_FILE": "/var/log/ps/x.log",
+        "SHUTDOWN_TIMEOUT_S": "3",
+        "WS_COMPRESSION": "true",
         "REDIS_URL": "redis://127.0.0.1:6379/0",
     }
     for name, value in values.items():
@@ -135,8 +148,9 @@ def test_secrets_never_appear_in_repr_str_or_dumps(clean_env: pytest.MonkeyPatch
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert isinstance(settings.alpaca_secret_key, SecretStr)
     assert isinstance(settings.metrics_token, SecretStr)
-    rendered = " ".join([repr(settings), str(settings), settings.model_dump_json(),
-                         str(settings.model_dump())])
+    rendered = " ".join(
+        [repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())]
+    )
     for secret in ("PK-VISIBLE-KEY-123", "super-secret-value-456", "metrics-token-789"):
         assert secret not in rendered
     assert settings.alpaca_secret_key.get_secret_value() == "super-secret-value-456"
@@ -157,7 +171,8 @@ def test_secrets_never_appear_in_repr_str_or_dumps(clean_env: pytest.MonkeyPatch
     ],
 )
 def test_a_bad_value_is_described_in_one_line_naming_the_variable(
-        clean_env: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    clean_env: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
     clean_env.setenv(variable, value)
     with pytest.raises(ValidationError) as caught:
         Settings(_env_file=None)  # type: ignore[call-arg]
@@ -170,16 +185,18 @@ def test_a_bad_value_is_described_in_one_line_naming_the_variable(
 @pytest.mark.parametrize(
     ("env", "named"),
     [
-        ({"HEARTBEAT_INTERVAL_MS": "5000", "HEARTBEAT_TIMEOUT_MS": "5000"},
-         "HEARTBEAT_TIMEOUT_MS"),
-        ({"MAX_CONNECTIONS_PER_USER": "20", "MAX_TOTAL_CONNECTIONS": "10"},
-         "MAX_CONNECTIONS_PER_USER"),
+        ({"HEARTBEAT_INTERVAL_MS": "5000", "HEARTBEAT_TIMEOUT_MS": "5000"}, "HEARTBEAT_TIMEOUT_MS"),
+        (
+            {"MAX_CONNECTIONS_PER_USER": "20", "MAX_TOTAL_CONNECTIONS": "10"},
+            "MAX_CONNECTIONS_PER_USER",
+        ),
         ({"ALPACA_API_KEY": "PK"}, "ALPACA_SECRET_KEY"),
         ({"BROKER": "alpaca"}, "BROKER=alpaca"),
     ],
 )
 def test_incoherent_combinations_name_the_variables(
-        clean_env: pytest.MonkeyPatch, env: dict[str, str], named: str) -> None:
+    clean_env: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
     for name, value in env.items():
         clean_env.setenv(name, value)
     with pytest.raises(ValidationError) as caught:
@@ -197,8 +214,9 @@ def test_a_rejected_url_does_not_echo_its_password(clean_env: pytest.MonkeyPatch
     assert "hunter2-secret" not in line
 
 
-def test_dotenv_file_is_read_and_the_environment_wins(clean_env: pytest.MonkeyPatch,
-                                                      tmp_path: Path) -> None:
+def test_dotenv_file_is_read_and_the_environment_wins(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     (tmp_path / ".env").write_text(
         "BATCH_WINDOW_MS=250\nENABLE_REALTIME_PORTFOLIO=false\n"
         "ALLOWED_ORIGINS=https://app.example.com,https://admin.example.com\n"
@@ -215,8 +233,13 @@ def test_dotenv_file_is_read_and_the_environment_wins(clean_env: pytest.MonkeyPa
 
 def test_serve_with_a_bad_variable_exits_2_with_one_stderr_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [CLI, "serve"], cwd=tmp_path, env=service_env(BATCH_WINDOW_MS="abc"),
-        capture_output=True, text=True, timeout=30, check=False,
+        [CLI, "serve"],
+        cwd=tmp_path,
+        env=service_env(BATCH_WINDOW_MS="abc"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -229,8 +252,13 @@ def test_serve_reads_the_dotenv_file_of_its_working_directory(tmp_path: Path) ->
     """A bad value that only exists in `.env` stops `serve`: the file was read."""
     (tmp_path / ".env").write_text("HEARTBEAT_TIMEOUT_MS=not-a-number\n")
     result = subprocess.run(
-        [CLI, "serve"], cwd=tmp_path, env=service_env(),
-        capture_output=True, text=True, timeout=30, check=False,
+        [CLI, "serve"],
+        cwd=tmp_path,
+        env=service_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -239,9 +267,13 @@ def test_serve_reads_the_dotenv_file_of_its_working_directory(tmp_path: Path) ->
 
 def test_serve_never_prints_a_secret_in_its_error_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [CLI, "serve"], cwd=tmp_path,
+        [CLI, "serve"],
+        cwd=tmp_path,
         env=service_env(ALPACA_API_KEY="PK-SHOULD-NOT-SHOW", PORT="not-a-port"),
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 2
     assert "PORT" in result.stderr

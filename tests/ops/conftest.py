@@ -22,8 +22,11 @@ from typing import Any
 import pytest
 
 BIN_DIR = Path(sys.executable).parent
-CLI = str(BIN_DIR / "portfolio-stream") if (BIN_DIR / "portfolio-stream").exists() else (
-    shutil.which("portfolio-stream") or "portfolio-stream")
+CLI = (
+    str(BIN_DIR / "portfolio-stream")
+    if (BIN_DIR / "portfolio-stream").exists()
+    else (shutil.which("portfolio-stream") or "portfolio-stream")
+)
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 30.0
 
@@ -41,8 +44,14 @@ LISTEN_WRAPPER = (
     "os.execvp(sys.argv[2], sys.argv[2:])\n"
 )
 
-_SYSTEMD_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC",
-                 "WATCHDOG_PID")
+_SYSTEMD_VARS = (
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+)
 
 
 def free_port() -> int:
@@ -55,17 +64,19 @@ def free_port() -> int:
 def service_env(tmp_path: Path, **overrides: Any) -> dict[str, str]:
     """The environment of a test service: simulated broker, quiet, private database and port."""
     env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARS}
-    env.update({
-        "BROKER": "simulated",
-        "SIM_ORDER_INTERVAL_S": "0",
-        "SIM_DEMO_USERS": "false",
-        "DATABASE_URL": f"sqlite:///{tmp_path}/portfolio-stream.db",
-        "HOST": "127.0.0.1",
-        "PORT": str(free_port()),
-        "SHUTDOWN_TIMEOUT_S": "5",
-        "LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "BROKER": "simulated",
+            "SIM_ORDER_INTERVAL_S": "0",
+            "SIM_DEMO_USERS": "false",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/portfolio-stream.db",
+            "HOST": "127.0.0.1",
+            "PORT": str(free_port()),
+            "SHUTDOWN_TIMEOUT_S": "5",
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update({key.upper(): str(value) for key, value in overrides.items()})
     return env
 
@@ -77,14 +88,23 @@ def workdir(env: dict[str, str]) -> Path:
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     """Run a `portfolio-stream` subcommand (users, sessions, trade); returns its stdout."""
-    result = subprocess.run([CLI, *args], env=env, input=stdin, capture_output=True, text=True,
-                            timeout=60, check=False, cwd=workdir(env))
+    result = subprocess.run(
+        [CLI, *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=workdir(env),
+    )
     assert result.returncode == 0, f"{args}: {result.stderr}"
     return result.stdout.strip()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.05) -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -109,9 +129,14 @@ def http_status(url: str, headers: dict[str, str] | None = None, timeout: float 
 class Service:
     """A `portfolio-stream serve` subprocess with its log captured in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *,
-                 listen_sock: socket.socket | None = None,
-                 wrapper: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        listen_sock: socket.socket | None = None,
+        wrapper: list[str] | None = None,
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -126,8 +151,14 @@ class Service:
             host, port = listen_sock.getsockname()[:2]
         self.base_url = f"http://{host}:{port}"
         argv = [*(wrapper or []), *argv]
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     pass_fds=pass_fds, cwd=workdir(env))
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
+            cwd=workdir(env),
+        )
 
     @property
     def pid(self) -> int:

@@ -18,9 +18,16 @@ async def test_draining_fails_readiness_and_refuses_upgrades(app_client: ClientF
     not_ready = await client.get("/readyz")
     assert not_ready.status == 503
     assert (await not_ready.json())["checks"]["notDraining"] is False
-    upgrade = await client.get("/ws/portfolio", headers={
-        "Cookie": f"session={token}", "Connection": "Upgrade", "Upgrade": "websocket",
-        "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    upgrade = await client.get(
+        "/ws/portfolio",
+        headers={
+            "Cookie": f"session={token}",
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
     assert upgrade.status == 503
     assert upgrade.headers["Retry-After"] == "1"
     assert await upgrade.json() == {"status": "draining"}

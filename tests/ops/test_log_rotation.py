@@ -19,9 +19,11 @@ pytestmark = pytest.mark.slow
 def _failed_login(base_url: str, username: str) -> None:
     """Something that logs one line we can look for (`[Auth] Login failed`)."""
     request = urllib.request.Request(  # noqa: S310 - loopback http
-        f"{base_url}/api/auth/login", method="POST",
+        f"{base_url}/api/auth/login",
+        method="POST",
         data=json.dumps({"username": username, "password": "wrong"}).encode(),
-        headers={"Content-Type": "application/json"})
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as failure:
         urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
     assert failure.value.code == 401
@@ -39,12 +41,18 @@ def test_rename_then_sighup_reopens_log_file(tmp_path: Path, services: list[Serv
     rotated = log_file.with_name("server.log.1")
     os.rename(log_file, rotated)  # logrotate's default: rename, then signal
     service.signal(signal.SIGHUP)
-    wait_until(lambda: log_file.exists() and "SIGHUP received" in log_file.read_text(),
-               timeout=10, what="a new server.log after SIGHUP")
+    wait_until(
+        lambda: log_file.exists() and "SIGHUP received" in log_file.read_text(),
+        timeout=10,
+        what="a new server.log after SIGHUP",
+    )
 
     _failed_login(service.base_url, "after-rotation")
-    wait_until(lambda: "username=after-rotation" in log_file.read_text(), timeout=10,
-               what="new lines in the new server.log")
+    wait_until(
+        lambda: "username=after-rotation" in log_file.read_text(),
+        timeout=10,
+        what="new lines in the new server.log",
+    )
     assert "username=after-rotation" not in rotated.read_text()
     assert "[STARTUP] Portfolio stream initialized" in rotated.read_text()
     assert "[STARTUP]" not in log_file.read_text()
@@ -56,8 +64,7 @@ def test_rename_then_sighup_reopens_log_file(tmp_path: Path, services: list[Serv
     assert "username=after-rotation" in stdout and "[STARTUP] Portfolio stream" in stdout
 
 
-def test_json_log_lines_carry_message_and_fields(tmp_path: Path,
-                                                services: list[Service]) -> None:
+def test_json_log_lines_carry_message_and_fields(tmp_path: Path, services: list[Service]) -> None:
     log_file = tmp_path / "server.log"
     env = service_env(tmp_path, LOG_FILE=log_file, LOG_FORMAT="json")
     service = Service(env, tmp_path / "stdout.log")

@@ -30,10 +30,10 @@ MDWE_WRAPPER = (
 
 
 async def test_service_works_under_memory_deny_write_execute(
-        tmp_path: Path, services: list[Service]) -> None:
+    tmp_path: Path, services: list[Service]
+) -> None:
     env = service_env(tmp_path, SIM_DEMO_USERS="true", BATCH_WINDOW_MS=50)
-    service = Service(env, tmp_path / "server.log",
-                      wrapper=[sys.executable, "-c", MDWE_WRAPPER])
+    service = Service(env, tmp_path / "server.log", wrapper=[sys.executable, "-c", MDWE_WRAPPER])
     services.append(service)
     first_line = await asyncio.to_thread(_first_line, service)
     if first_line == "mdwe=unsupported":
@@ -43,8 +43,10 @@ async def test_service_works_under_memory_deny_write_execute(
 
     # unsafe=True: keep cookies set by an IP-address host (127.0.0.1)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        login = await http.post(f"{service.base_url}/api/auth/login",
-                                json={"username": "alice", "password": "alice-demo"})
+        login = await http.post(
+            f"{service.base_url}/api/auth/login",
+            json={"username": "alice", "password": "alice-demo"},
+        )
         assert login.status == 200  # argon2 verification inside the W^X process
         async with http.ws_connect(f"{service.base_url}/ws/portfolio") as ws:
             assert (await ws.receive_json(timeout=10))["type"] == "connected"

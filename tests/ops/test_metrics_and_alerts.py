@@ -52,16 +52,19 @@ def _families(text: str) -> dict[str, Any]:
 
 def _value(families: dict[str, Any], name: str, suffix: str = "", **labels: str) -> float:
     for sample in families[name].samples:
-        if sample.name == name + suffix and all(sample.labels.get(k) == v
-                                                for k, v in labels.items()):
+        if sample.name == name + suffix and all(
+            sample.labels.get(k) == v for k, v in labels.items()
+        ):
             return float(sample.value)
     raise AssertionError(f"no sample {name}{suffix} {labels}")
 
 
 async def test_metrics_exposes_every_family_and_follows_the_stream(
-        app_client: ClientFactory) -> None:
-    client = await app_client(batch_window_ms=20, max_total_connections=40,
-                              max_connections_per_user=4)
+    app_client: ClientFactory,
+) -> None:
+    client = await app_client(
+        batch_window_ms=20, max_total_connections=40, max_connections_per_user=4
+    )
     token = await login(client, "alice")
     ws = await client.ws_connect("/ws/portfolio", headers={"Cookie": f"session={token}"})
     assert (await ws.receive_json())["type"] == "connected"
@@ -69,11 +72,23 @@ async def test_metrics_exposes_every_family_and_follows_the_stream(
     assert (await ws.receive_json())["type"] == "subscribed"
     assert (await ws.receive_json())["type"] == "snapshot"
     user_id = (await (await client.get("/api/auth/me")).json())["user"]["userId"]
-    publish(client, "position:updated", {
-        "userId": user_id, "symbol": "AAPL", "qty": "1", "side": "long",
-        "avgEntryPrice": "100", "currentPrice": "101", "marketValue": "101",
-        "costBasis": "100", "unrealizedPnl": "1.00", "unrealizedPnlPercent": "1.00",
-        "updatedAt": "2026-01-04T10:30:00.000Z"})
+    publish(
+        client,
+        "position:updated",
+        {
+            "userId": user_id,
+            "symbol": "AAPL",
+            "qty": "1",
+            "side": "long",
+            "avgEntryPrice": "100",
+            "currentPrice": "101",
+            "marketValue": "101",
+            "costBasis": "100",
+            "unrealizedPnl": "1.00",
+            "unrealizedPnlPercent": "1.00",
+            "updatedAt": "2026-01-04T10:30:00.000Z",
+        },
+    )
     assert (await ws.receive_json())["type"] == "batch"
 
     response = await client.get("/metrics")
@@ -134,8 +149,21 @@ def test_alerts_file_has_the_runbook_alerts() -> None:
 def test_alerts_use_only_metrics_the_service_exports() -> None:
     known = set(REQUIRED) | {"up"}
     suffixes = ("_total", "_bucket", "_count", "_sum")
-    functions = {"sum", "rate", "increase", "hour", "minute", "day_of_week", "on", "ignoring",
-                 "by", "and", "or", "humanizePercentage", "printf"}
+    functions = {
+        "sum",
+        "rate",
+        "increase",
+        "hour",
+        "minute",
+        "day_of_week",
+        "on",
+        "ignoring",
+        "by",
+        "and",
+        "or",
+        "humanizePercentage",
+        "printf",
+    }
     for rule in _rules():
         for name in set(re.findall(r"\b([a-z_][a-z0-9_]*)\b\s*(?:\{|\[|\)|\s|$)", rule["expr"])):
             if name in functions or name in ("scope", "instance", "job"):
@@ -146,8 +174,9 @@ def test_alerts_use_only_metrics_the_service_exports() -> None:
 
 def test_runbook_anchors_in_alerts_exist() -> None:
     runbook = (REPO / "docs" / "runbook.md").read_text(encoding="utf-8")
-    anchors = {_anchor(line.lstrip("#").strip()) for line in runbook.splitlines()
-               if line.startswith("#")}
+    anchors = {
+        _anchor(line.lstrip("#").strip()) for line in runbook.splitlines() if line.startswith("#")
+    }
     for rule in _rules():
         target = rule["annotations"]["runbook"]
         assert target.startswith("docs/runbook.md#")
@@ -166,9 +195,19 @@ promtool = shutil.which("promtool")
 @pytest.mark.skipif(promtool is None, reason="promtool (Debian package prometheus) not installed")
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     assert promtool is not None
-    check = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True,
-                           text=True, timeout=60, check=False)
+    check = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    unit = subprocess.run([promtool, "test", "rules", str(ALERT_TESTS)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    unit = subprocess.run(
+        [promtool, "test", "rules", str(ALERT_TESTS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert unit.returncode == 0, unit.stdout + unit.stderr

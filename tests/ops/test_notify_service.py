@@ -59,8 +59,10 @@ def test_ready_watchdog_status_and_stopping(tmp_path: Path, services: list[Servi
 
         # STATUS follows the connection count.
         async def connect_and_watch() -> str:
-            async with aiohttp.ClientSession(cookies={"session": token}) as http, \
-                    http.ws_connect(f"{service.base_url}/ws/portfolio") as ws:
+            async with (
+                aiohttp.ClientSession(cookies={"session": token}) as http,
+                http.ws_connect(f"{service.base_url}/ws/portfolio") as ws,
+            ):
                 await ws.receive_json()  # connected
                 deadline = time.monotonic() + 5
                 while time.monotonic() < deadline:
@@ -80,12 +82,12 @@ def test_ready_watchdog_status_and_stopping(tmp_path: Path, services: list[Servi
 
 
 def test_no_watchdog_pings_when_the_watchdog_belongs_to_another_process(
-        tmp_path: Path, services: list[Service]) -> None:
+    tmp_path: Path, services: list[Service]
+) -> None:
     name = f"portfolio-stream-notify-{secrets.token_hex(6)}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
         manager.bind("\0" + name)
-        env = service_env(tmp_path, NOTIFY_SOCKET="@" + name, WATCHDOG_USEC=100_000,
-                          WATCHDOG_PID=1)
+        env = service_env(tmp_path, NOTIFY_SOCKET="@" + name, WATCHDOG_USEC=100_000, WATCHDOG_PID=1)
         service = Service(env, tmp_path / "server.log")
         services.append(service)
         _next(manager, "READY", timeout=30)

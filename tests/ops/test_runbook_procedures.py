@@ -27,15 +27,29 @@ from tests.ops.conftest import BIN_DIR, REPO, Service, cli, service_env, wait_un
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("jq") is None or shutil.which("curl") is None,
-                       reason="the runbook's commands need curl and jq"),
+    pytest.mark.skipif(
+        shutil.which("jq") is None or shutil.which("curl") is None,
+        reason="the runbook's commands need curl and jq",
+    ),
 ]
 
 RUNBOOK = REPO / "docs" / "runbook.md"
 ENV_PATH = "/etc/portfolio-stream/portfolio-stream.env"
 # Commands that need a real systemd host, a terminal or other machines.
-HOST_ONLY = ("systemctl", "journalctl", "top ", "ping ", "ps ", "tail -f", "sudoedit", "make ",
-             "git ", "usermod", "portfolio-stream users add", "cd ")
+HOST_ONLY = (
+    "systemctl",
+    "journalctl",
+    "top ",
+    "ping ",
+    "ps ",
+    "tail -f",
+    "sudoedit",
+    "make ",
+    "git ",
+    "usermod",
+    "portfolio-stream users add",
+    "cd ",
+)
 
 
 @dataclass
@@ -88,8 +102,15 @@ def host_command(command: str, env_file: Path) -> str:
 
 
 def run(command: str, env: dict[str, str], cwd: Path) -> str:
-    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, cwd=cwd,
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     output = result.stdout.strip()
     # grep's exit status 1 means "no line matched", a valid answer (e.g. zero ERROR lines).
     no_match = command.startswith("grep ") and result.returncode == 1 and output in ("", "0")
@@ -98,9 +119,16 @@ def run(command: str, env: dict[str, str], cwd: Path) -> str:
 
 
 # Greps that must find lines after start-up, a client session and a test trade.
-MUST_MATCH = ("Batch flushed", "eventBus.emit", "Event bus listeners registered",
-              "AlpacaStream", "Portfolio stream initialized", "Client connected",
-              "Client disconnected", "Broadcast")
+MUST_MATCH = (
+    "Batch flushed",
+    "eventBus.emit",
+    "Event bus listeners registered",
+    "AlpacaStream",
+    "Portfolio stream initialized",
+    "Client connected",
+    "Client disconnected",
+    "Broadcast",
+)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -125,14 +153,19 @@ class Host:
         self.env_file = tmp_path / "portfolio-stream.env"
         base = service_env(tmp_path)
         overrides = {
-            "DATABASE_URL": base["DATABASE_URL"], "LOG_FILE": str(self.logs / "server.log"),
-            "BROKER": "simulated", "SIM_DEMO_USERS": "true", "SIM_ORDER_INTERVAL_S": "0",
-            "BATCH_WINDOW_MS": "100", "SHUTDOWN_TIMEOUT_S": "5",
+            "DATABASE_URL": base["DATABASE_URL"],
+            "LOG_FILE": str(self.logs / "server.log"),
+            "BROKER": "simulated",
+            "SIM_DEMO_USERS": "true",
+            "SIM_ORDER_INTERVAL_S": "0",
+            "BATCH_WINDOW_MS": "100",
+            "SHUTDOWN_TIMEOUT_S": "5",
         }
         # The shipped example, with this host's paths appended (later lines win).
         example = (REPO / "systemd" / "portfolio-stream.env.example").read_text()
-        self.env_file.write_text(example + "\n" + "".join(
-            f"{key}={value}\n" for key, value in overrides.items()))
+        self.env_file.write_text(
+            example + "\n" + "".join(f"{key}={value}\n" for key, value in overrides.items())
+        )
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
         self.socket.listen(4096)
@@ -149,8 +182,11 @@ class Host:
 
     def start(self) -> None:
         self.generation += 1
-        self.service = Service(self.service_env(), self.tmp_path / f"stdout-{self.generation}.log",
-                               listen_sock=self.socket)
+        self.service = Service(
+            self.service_env(),
+            self.tmp_path / f"stdout-{self.generation}.log",
+            listen_sock=self.socket,
+        )
         self.services.append(self.service)
         self.service.wait_ready()
 
@@ -162,8 +198,11 @@ class Host:
 
     def shell_env(self, admin_session: str) -> dict[str, str]:
         env = self.service_env()
-        env.update(BASE=f"http://127.0.0.1:{self.port}", ADMIN_SESSION_ID=admin_session,
-                   PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}")  # `portfolio-stream`
+        env.update(
+            BASE=f"http://127.0.0.1:{self.port}",
+            ADMIN_SESSION_ID=admin_session,
+            PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}",
+        )  # `portfolio-stream`
         return env
 
     def close(self) -> None:
@@ -198,7 +237,8 @@ def test_runbook_commands_and_procedures_against_a_real_service(host: Host) -> N
         for step in section.steps:
             command = host_command(step.command, host.env_file)
             if any(marker in command for marker in HOST_ONLY) or not (
-                    command.startswith(("curl ", "grep ", "portfolio-stream trade"))):
+                command.startswith(("curl ", "grep ", "portfolio-stream trade"))
+            ):
                 continue
             if "sed -i" in command or "tee -a" in command:
                 continue  # flag changes are walked through below
@@ -212,9 +252,20 @@ def test_runbook_commands_and_procedures_against_a_real_service(host: Host) -> N
 
     # --- Health Check ---
     stats = json.loads(run(sections["Health Check"].steps[0].command, shell, cwd))
-    for key in ("status", "enabled", "activeConnections", "connectionsByUser",
-                "totalMessagesDelivered", "totalEventsEmitted", "totalDisconnects",
-                "totalReconnects", "performance", "uptime", "limits", "timestamp"):
+    for key in (
+        "status",
+        "enabled",
+        "activeConnections",
+        "connectionsByUser",
+        "totalMessagesDelivered",
+        "totalEventsEmitted",
+        "totalDisconnects",
+        "totalReconnects",
+        "performance",
+        "uptime",
+        "limits",
+        "timestamp",
+    ):
         assert key in stats, key
     assert stats["enabled"] is True and stats["status"] in ("healthy", "offline")
     assert stats["totalEventsEmitted"] > 0 and stats["totalMessagesDelivered"] > 0
@@ -233,8 +284,12 @@ def test_runbook_commands_and_procedures_against_a_real_service(host: Host) -> N
     enable = "ENABLE_REALTIME_PORTFOLIO=true"
     flag_steps = sections["Enable/Disable Without Code Change"].steps
     assert [step.command for step in flag_steps] == [enable, "ENABLE_REALTIME_PORTFOLIO=false"]
-    run(f"sed -i '/^ENABLE_REALTIME_PORTFOLIO=/d' {host.env_file} && "
-        f"echo '{enable}' >> {host.env_file}", shell, cwd)
+    run(
+        f"sed -i '/^ENABLE_REALTIME_PORTFOLIO=/d' {host.env_file} && "
+        f"echo '{enable}' >> {host.env_file}",
+        shell,
+        cwd,
+    )
     host.restart()
     stats = json.loads(run(sections["Health Check"].steps[0].command, shell, cwd))
     assert stats["enabled"] is True and stats["status"] in ("healthy", "offline")
@@ -248,8 +303,7 @@ def _check_expectation(expect: str, output: str, command: str) -> None:
         assert output == expect, (command, output)
 
 
-def _walk_flag_procedure(host: Host, section: Section, shell: dict[str, str],
-                         cwd: Path) -> None:
+def _walk_flag_procedure(host: Host, section: Section, shell: dict[str, str], cwd: Path) -> None:
     """Run a section's steps in order: env-file edits, the restart, the verifications."""
     restarted = verified = False
     for step in section.steps:
@@ -273,20 +327,26 @@ async def _client_sees_test_trade(host: Host, shell: dict[str, str]) -> None:
     env = host.service_env()
     token = cli(env, "sessions", "create", "alice")
     base = shell["BASE"]
-    async with aiohttp.ClientSession(cookies={"session": token}) as http, \
-            http.ws_connect(f"{base}/ws/portfolio") as ws:
+    async with (
+        aiohttp.ClientSession(cookies={"session": token}) as http,
+        http.ws_connect(f"{base}/ws/portfolio") as ws,
+    ):
         assert (await ws.receive_json(timeout=10))["type"] == "connected"
         await ws.send_json({"type": "subscribe", "channels": ["positions", "orders", "account"]})
         assert (await ws.receive_json(timeout=10))["type"] == "subscribed"
         assert (await ws.receive_json(timeout=10))["type"] == "snapshot"
         # The runbook's test trade (Issue 4, step 3).
-        trade = next(step.command for step in runbook_sections()["Issue 4: No Events Being Emitted"]
-                     .steps if "trade USERNAME AAPL buy 1" in step.command)
+        trade = next(
+            step.command
+            for step in runbook_sections()["Issue 4: No Events Being Emitted"].steps
+            if "trade USERNAME AAPL buy 1" in step.command
+        )
         await asyncio.to_thread(run, host_command(trade, host.env_file), shell, host.logs)
         while True:
             message = await ws.receive_json(timeout=15)
             if message["type"] == "batch" and any(
-                    p["symbol"] == "AAPL" for p in message.get("positions", [])):
+                p["symbol"] == "AAPL" for p in message.get("positions", [])
+            ):
                 break
     log = host.logs / "server.log"
     wait_until(lambda: "Client disconnected" in log.read_text(), 10, "the disconnect line")
@@ -303,9 +363,15 @@ async def _clients_are_told_to_poll(host: Host) -> None:
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await http.ws_connect(f"{base}/ws/portfolio")
         assert refused.value.status == 503
-        upgrade = await http.get(f"{base}/ws/portfolio", headers={
-            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        upgrade = await http.get(
+            f"{base}/ws/portfolio",
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
         assert upgrade.status == 503 and await upgrade.json() == {"status": "disabled"}
         portfolio = await http.get(f"{base}/api/portfolio")
         assert portfolio.status == 200

@@ -41,15 +41,19 @@ def fields(datagram: bytes) -> dict[str, str]:
 
 
 def test_notify_sends_ready_status_and_mainpid_in_one_datagram(
-        notify_socket: tuple[socket.socket, str]) -> None:
+    notify_socket: tuple[socket.socket, str],
+) -> None:
     sock, path = notify_socket
     notifier = Notifier.from_environ({"NOTIFY_SOCKET": path})
     try:
         assert notifier.enabled
         assert notifier.ready("0 WebSocket connections (0 users)")
         got = fields(sock.recv(4096))
-        assert got == {"READY": "1", "STATUS": "0 WebSocket connections (0 users)",
-                       "MAINPID": str(os.getpid())}
+        assert got == {
+            "READY": "1",
+            "STATUS": "0 WebSocket connections (0 users)",
+            "MAINPID": str(os.getpid()),
+        }
         assert notifier.stopping("Draining")
         assert fields(sock.recv(4096)) == {"STOPPING": "1", "STATUS": "Draining"}
     finally:
@@ -98,7 +102,8 @@ def test_a_vanished_manager_socket_does_not_raise(tmp_path: Path) -> None:
     ],
 )
 def test_watchdog_interval_is_half_the_period_and_only_for_the_named_pid(
-        env: dict[str, str], expected: float | None) -> None:
+    env: dict[str, str], expected: float | None
+) -> None:
     assert watchdog_interval(env, pid=4242) == expected
 
 
@@ -133,12 +138,22 @@ def test_inherited_socket_is_taken_from_descriptor_3_in_the_activated_process() 
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         fd = listener.fileno()
-        result = subprocess.run([sys.executable, "-c", wrapper, str(fd), probe], pass_fds=(fd,),
-                                capture_output=True, text=True, timeout=30, check=True,
-                                cwd=Path(__file__).resolve().parents[2])
+        result = subprocess.run(
+            [sys.executable, "-c", wrapper, str(fd), probe],
+            pass_fds=(fd,),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         report = json.loads(result.stdout)
-        assert report == {"fds": [3], "addr": [list(listener.getsockname())],
-                          "inheritable": [False], "env": []}
+        assert report == {
+            "fds": [3],
+            "addr": [list(listener.getsockname())],
+            "inheritable": [False],
+            "env": [],
+        }
 
 
 def test_inherited_sockets_ignores_a_descriptor_that_is_not_listening() -> None:
@@ -155,14 +170,21 @@ def test_inherited_sockets_ignores_a_descriptor_that_is_not_listening() -> None:
     )
     with socket.socket() as unbound:
         fd = unbound.fileno()
-        result = subprocess.run([sys.executable, "-c", wrapper, str(fd), probe], pass_fds=(fd,),
-                                capture_output=True, text=True, timeout=30, check=True,
-                                cwd=Path(__file__).resolve().parents[2])
+        result = subprocess.run(
+            [sys.executable, "-c", wrapper, str(fd), probe],
+            pass_fds=(fd,),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         assert result.stdout.strip().splitlines()[-1] == "0"
 
 
 async def test_supervise_pings_from_the_loop_and_sends_status_only_on_change(
-        notify_socket: tuple[socket.socket, str]) -> None:
+    notify_socket: tuple[socket.socket, str],
+) -> None:
     sock, path = notify_socket
     sock.settimeout(0.05)
     received: list[tuple[float, dict[str, str]]] = []

@@ -13,7 +13,8 @@ from tests.ops.conftest import CLI, REPO
 UNITS = REPO / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
-    ANALYZE is None, reason="systemd-analyze missing (.ci/run installs Debian's systemd)")
+    ANALYZE is None, reason="systemd-analyze missing (.ci/run installs Debian's systemd)"
+)
 
 
 def _unit(name: str) -> dict[str, dict[str, list[str]]]:
@@ -46,9 +47,19 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert ANALYZE is not None
     units = _installable_copy(tmp_path)
     result = subprocess.run(
-        [ANALYZE, "verify", "--man=no", str(units / "portfolio-stream.socket"),
-         str(units / "portfolio-stream.service")],
-        capture_output=True, text=True, timeout=60, check=False, cwd=units)
+        [
+            ANALYZE,
+            "verify",
+            "--man=no",
+            str(units / "portfolio-stream.socket"),
+            str(units / "portfolio-stream.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=units,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout + result.stderr == "", result.stdout + result.stderr
 
@@ -58,12 +69,24 @@ def test_service_sandbox_exposure_is_low(tmp_path: Path) -> None:
     assert ANALYZE is not None
     units = _installable_copy(tmp_path)
     result = subprocess.run(
-        [ANALYZE, "security", "--offline=yes", "--threshold=20", "--no-pager",
-         str(units / "portfolio-stream.service")],
-        capture_output=True, text=True, timeout=60, check=False, cwd=units)
+        [
+            ANALYZE,
+            "security",
+            "--offline=yes",
+            "--threshold=20",
+            "--no-pager",
+            str(units / "portfolio-stream.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=units,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    score = float(result.stdout.split("Overall exposure level for portfolio-stream.service:")[1]
-                  .split()[0])
+    score = float(
+        result.stdout.split("Overall exposure level for portfolio-stream.service:")[1].split()[0]
+    )
     assert score <= 2.0, result.stdout
 
 
@@ -76,19 +99,29 @@ def test_service_unit_settings() -> None:
     assert service["KillSignal"] == "SIGTERM"
     assert service["EnvironmentFile"] == "-/etc/portfolio-stream/portfolio-stream.env"
     assert service["StateDirectory"] == "portfolio-stream"
-    assert ("DATABASE_URL=sqlite:////var/lib/portfolio-stream/portfolio-stream.db"
-            in unit["Service"]["Environment"])
+    assert (
+        "DATABASE_URL=sqlite:////var/lib/portfolio-stream/portfolio-stream.db"
+        in unit["Service"]["Environment"]
+    )
     assert int(service["LimitNOFILE"]) >= 65536
     assert service["WatchdogSec"].endswith("s") and int(service["WatchdogSec"][:-1]) >= 10
     # Above the largest graceful shutdown at the default SHUTDOWN_TIMEOUT_S (10 s), with margin.
     assert int(service["TimeoutStopSec"].removesuffix("s")) >= 10 + 10
     for key, value in {
-        "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-        "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectKernelTunables": "yes",
-        "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
-        "ProtectControlGroups": "yes", "LockPersonality": "yes",
-        "MemoryDenyWriteExecute": "yes", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
-        "CapabilityBoundingSet": "", "User": "portfolio-stream",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "CapabilityBoundingSet": "",
+        "User": "portfolio-stream",
     }.items():
         assert service[key] == value, key
     assert "@system-service" in unit["Service"]["SystemCallFilter"]
@@ -116,8 +149,13 @@ def test_env_example_names_only_real_settings() -> None:
 def test_admin_wrapper_and_logrotate_are_well_formed() -> None:
     sh = shutil.which("sh")
     assert sh is not None
-    check = subprocess.run([sh, "-n", str(UNITS / "portfolio-stream-cli")], capture_output=True,
-                           text=True, timeout=30, check=False)
+    check = subprocess.run(
+        [sh, "-n", str(UNITS / "portfolio-stream-cli")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert check.returncode == 0, check.stderr
     logrotate = (UNITS / "portfolio-stream.logrotate").read_text(encoding="utf-8")
     assert "/var/log/portfolio-stream/*.log" in logrotate and "HUP" in logrotate
@@ -126,8 +164,13 @@ def test_admin_wrapper_and_logrotate_are_well_formed() -> None:
 def test_makefile_install_target_uses_the_shipped_files() -> None:
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     target = makefile.split("\ninstall-systemd:", 1)[1].split("\n\n", 1)[0]
-    for shipped in ("portfolio-stream.service", "portfolio-stream.socket",
-                    "portfolio-stream.env.example", "portfolio-stream.logrotate",
-                    "portfolio-stream-cli", "portfolio-stream.sysusers"):
+    for shipped in (
+        "portfolio-stream.service",
+        "portfolio-stream.socket",
+        "portfolio-stream.env.example",
+        "portfolio-stream.logrotate",
+        "portfolio-stream-cli",
+        "portfolio-stream.sysusers",
+    ):
         assert shipped in target, shipped
     assert "test -e /etc/portfolio-stream/portfolio-stream.env ||" in target  # never overwritten

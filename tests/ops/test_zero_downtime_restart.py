@@ -29,7 +29,8 @@ def _refused(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ConnectionRefusedError) or (
-                isinstance(seen, OSError) and seen.errno == errno.ECONNREFUSED):
+            isinstance(seen, OSError) and seen.errno == errno.ECONNREFUSED
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -61,8 +62,9 @@ class Hammer:
     async def worker(self, kind: str) -> None:
         connector = aiohttp.TCPConnector(force_close=True, limit=0)
         timeout = aiohttp.ClientTimeout(total=20)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                         cookies={"session": self.token}) as http:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, cookies={"session": self.token}
+        ) as http:
             while not self.stop.is_set():
                 try:
                     attempt = self._attempt_ws if kind == "ws" else self._attempt_http
@@ -81,7 +83,8 @@ async def _wait_ready(service: Service) -> None:
 
 
 async def test_restart_under_load_refuses_nothing_and_closes_clients_with_1001(
-        tmp_path: Path, services: list[Service]) -> None:
+    tmp_path: Path, services: list[Service]
+) -> None:
     # A 10 s batch window: the fill below is still pending when SIGTERM arrives.
     env = service_env(tmp_path, SIM_DEMO_USERS="true", BATCH_WINDOW_MS=10_000)
 
@@ -105,13 +108,16 @@ async def test_restart_under_load_refuses_nothing_and_closes_clients_with_1001(
                 assert (await ws.receive_json())["type"] == "snapshot"
 
             hammer = Hammer(old.base_url, hammer_token)
-            workers = [asyncio.create_task(hammer.worker(kind))
-                       for kind in ("http", "http", "http", "ws", "ws")]
+            workers = [
+                asyncio.create_task(hammer.worker(kind))
+                for kind in ("http", "http", "http", "ws", "ws")
+            ]
             await asyncio.sleep(0.5)  # load before the restart
             before = sum(hammer.outcomes.values())
             await asyncio.to_thread(cli, env, "trade", "alice", "AAPL", "buy", "1")
             await asyncio.to_thread(
-                wait_until, lambda: "Processed trade:executed event" in old.log(), 15, "the fill")
+                wait_until, lambda: "Processed trade:executed event" in old.log(), 15, "the fill"
+            )
 
             # systemctl restart: SIGTERM, wait for the exit, start anew on the same socket.
             exit_code = await asyncio.to_thread(old.stop)
@@ -132,22 +138,29 @@ async def test_restart_under_load_refuses_nothing_and_closes_clients_with_1001(
                 while (msg := await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT:
                     frames.append(json.loads(msg.data))
                 closes.append((msg.type, msg.data, msg.extra))
-                flushed.append(any(frame["type"] == "batch" and any(
-                    p["symbol"] == "AAPL" for p in frame["positions"]) for frame in frames))
+                flushed.append(
+                    any(
+                        frame["type"] == "batch"
+                        and any(p["symbol"] == "AAPL" for p in frame["positions"])
+                        for frame in frames
+                    )
+                )
                 await ws.close()
 
         assert exit_code == 0
         assert hammer.outcomes["refused"] == 0, (hammer.outcomes, hammer.refusals[:5])
         assert before > 0 and hammer.outcomes["http 200"] > 0 and hammer.outcomes["ws upgraded"]
-        assert all(close == (aiohttp.WSMsgType.CLOSE, 1001, "Server shutting down")
-                   for close in closes), closes
+        assert all(
+            close == (aiohttp.WSMsgType.CLOSE, 1001, "Server shutting down") for close in closes
+        ), closes
         assert flushed == [True, True, True], "the pending batch is flushed before the close"
         assert "Client disconnected: userId=" in old.log() and "code=1001" in old.log()
         assert new.stop() == 0
 
 
 async def test_without_an_inherited_socket_a_stopped_service_refuses(
-        tmp_path: Path, services: list[Service]) -> None:
+    tmp_path: Path, services: list[Service]
+) -> None:
     """The contrast that makes the first test meaningful: a plain TCPSite gap is refused."""
     env = service_env(tmp_path)
     service = Service(env, tmp_path / "server.log")
