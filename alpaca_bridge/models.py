@@ -18,20 +18,8 @@ from typing import Any
 
 import orjson
 
-# Order statuses after which an order never changes again.
-TERMINAL_STATUSES = frozenset(
-    {
-        "filled",
-        "canceled",
-        "expired",
-        "rejected",
-        "replaced",
-        "done_for_day",
-        "stopped",
-        "suspended",
-        "calculated",
-    }
-)
+from app.events import TERMINAL_STATUSES
+
 FILL_EVENTS = frozenset({"fill", "partial_fill"})
 
 # RFC 3339 with up to nanoseconds; Python keeps microseconds, so the tail is cut.

@@ -28,6 +28,21 @@ EVENT_TYPES: Final[tuple[EventType, ...]] = (
     ACCOUNT_UPDATED,
 )
 
+# Alpaca order statuses after which an order never changes again (``order:updated`` status).
+TERMINAL_STATUSES: Final = frozenset(
+    {
+        "filled",
+        "canceled",
+        "expired",
+        "rejected",
+        "replaced",
+        "done_for_day",
+        "stopped",
+        "suspended",
+        "calculated",
+    }
+)
+
 REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     TRADE_EXECUTED: (
         "userId",

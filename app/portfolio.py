@@ -17,22 +17,8 @@ from app.events import (
     ORDER_UPDATED,
     POSITION_CLOSED,
     POSITION_UPDATED,
+    TERMINAL_STATUSES,
     Event,
-)
-
-# Order statuses after which an order can no longer change.
-TERMINAL_STATUSES = frozenset(
-    {
-        "filled",
-        "canceled",
-        "expired",
-        "rejected",
-        "replaced",
-        "done_for_day",
-        "stopped",
-        "suspended",
-        "calculated",
-    }
 )
 
 
