@@ -56,6 +56,14 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_runqueue_wait_s(pid: int) -> float:
+    """Time the process's main thread was runnable but waiting for a CPU (/proc/PID/schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def proc_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -162,6 +170,9 @@ class ServerProcess:
 
     def rss_kib(self) -> int:
         return proc_rss_kib(self.pid)
+
+    def runqueue_wait_s(self) -> float:
+        return proc_runqueue_wait_s(self.pid)
 
     def fds(self) -> int:
         return proc_fds(self.pid)

@@ -243,9 +243,11 @@ async def stream(
         source0 = await server.control(cmd="stats")
         stats0 = await admin_stats(server, users) if users else None
         cpu0, client0, t0 = server.cpu_s(), group.cpu_s(), time.monotonic()
+        wait0 = server.runqueue_wait_s()
         busy0, self0 = machine_busy_s(), time.process_time()
         await asyncio.sleep(opts.measure_s)
         cpu1, client1, t1 = server.cpu_s(), group.cpu_s(), time.monotonic()
+        wait1 = server.runqueue_wait_s()
         busy1, self1 = machine_busy_s(), time.process_time()
         source1 = await server.control(cmd="stats")
         stats1 = await admin_stats(server, users) if users else None
@@ -280,6 +282,8 @@ async def stream(
         "serverCpuPerEventUs": round(cpu / published * 1e6, 3) if published else 0.0,
         "serverCpuPerMessageUs": round(cpu / messages * 1e6, 3) if messages else 0.0,
         "clientCpuUtil": round((client1 - client0) / elapsed, 3),
+        # Share of the window the server's loop was ready to run but had no CPU.
+        "serverRunqueueWaitShare": round((wait1 - wait0) / elapsed, 3),
         # CPU used by everything else on the machine meanwhile (other jobs compete for the 2
         # cores: a figure far above 0 means the run was disturbed).
         "foreignCpuCores": round(
