@@ -147,6 +147,8 @@ def dispatch(event: Event, handlers: list[Handler] | tuple[Handler, ...]) -> Non
 
 def log_emit(event: Event) -> None:
     """The runbook's per-emit line; ``cut -d'"' -f2`` on it yields the event type."""
+    if event.quiet and not log.debug_enabled:
+        return
     payload = event.payload
     fields: dict[str, Any] = {"userId": payload["userId"]}
     symbol = payload.get("symbol")

@@ -88,6 +88,9 @@ REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
+_REQUIRED_SETS: Final = {kind: frozenset(names) for kind, names in REQUIRED_FIELDS.items()}
+
+
 class TradeExecuted(TypedDict):
     userId: str
     tradeId: str
@@ -149,11 +152,11 @@ class InvalidEvent(ValueError):
 
 
 def validate_payload(event_type: str, payload: dict[str, Any]) -> None:
-    required = REQUIRED_FIELDS.get(event_type)
+    required = _REQUIRED_SETS.get(event_type)
     if required is None:
         raise InvalidEvent(f"unknown event type {event_type!r}")
-    missing = [name for name in required if name not in payload]
-    if missing:
+    if not required <= payload.keys():
+        missing = [name for name in REQUIRED_FIELDS[event_type] if name not in payload]
         raise InvalidEvent(f"{event_type} payload is missing {', '.join(missing)}")
     if not isinstance(payload["userId"], str) or not payload["userId"]:
         raise InvalidEvent(f"{event_type} payload needs a non-empty userId")

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -309,16 +308,14 @@ class PortfolioStreamManager:
                 userId=user_id,
                 symbol=payload["symbol"],
             )
-        elif event.type == POSITION_UPDATED:
-            fields: dict[str, Any] = {
-                "userId": user_id,
-                "symbol": payload["symbol"],
-                "unrealizedPnl": payload["unrealizedPnl"],
-            }
-            if event.quiet:
-                log.debug("[PortfolioStream] Broadcast position update", **fields)
-            else:
-                log.info("[PortfolioStream] Broadcast position update", **fields)
+        elif event.type == POSITION_UPDATED and (not event.quiet or log.debug_enabled):
+            # Price ticks are DEBUG; skip even building the line when DEBUG is off.
+            (log.debug if event.quiet else log.info)(
+                "[PortfolioStream] Broadcast position update",
+                userId=user_id,
+                symbol=payload["symbol"],
+                unrealizedPnl=payload["unrealizedPnl"],
+            )
         if user_id not in self._by_user:
             return
         batch = self._batches.get(user_id)

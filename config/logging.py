@@ -187,6 +187,7 @@ def configure_logging(settings: Settings, extra_streams: Iterable[IO[str]] = ())
         logger_factory=lambda *_: sink,
         cache_logger_on_first_use=False,
     )
+    _LOG.rebind(structlog.get_logger().bind(), debug=level <= logging.DEBUG)
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, _StdlibBridge):
@@ -196,6 +197,38 @@ def configure_logging(settings: Settings, extra_streams: Iterable[IO[str]] = ())
     return sink
 
 
-def get_logger() -> Any:
-    """The service's structlog logger (bound lazily, so configuration may happen later)."""
-    return structlog.get_logger()
+class ServiceLogger:
+    """The one logger the service's modules hold, rebound by each ``configure_logging``.
+
+    structlog's lazy proxy builds a new bound logger on every call when caching is off (and
+    caching would pin the first configuration forever); the hot path logs on every event, so
+    this facade holds the current logger's bound methods directly. Disabled levels are
+    structlog's no-ops, and ``debug_enabled`` lets per-tick call sites skip building fields.
+    """
+
+    _METHODS = ("debug", "info", "warning", "error", "exception", "critical")
+
+    def __init__(self) -> None:
+        self.debug_enabled = True
+        self.rebind(structlog.get_logger(), debug=True)
+
+    def rebind(self, logger: Any, *, debug: bool) -> None:
+        for name in self._METHODS:
+            setattr(self, name, getattr(logger, name))
+        self.debug_enabled = debug
+
+    # Filled in by rebind(); declared for type checkers.
+    debug: Any
+    info: Any
+    warning: Any
+    error: Any
+    exception: Any
+    critical: Any
+
+
+_LOG = ServiceLogger()
+
+
+def get_logger() -> ServiceLogger:
+    """The service's logger; follows the latest ``configure_logging``."""
+    return _LOG
