@@ -149,6 +149,12 @@ class Connection:
         times.append(now)
         return full and now - oldest < window_s
 
+    def forget_old_messages(self, now: float, window_s: float) -> None:
+        """Drop the rate-limit history once it is all outside the window (idle clients)."""
+        times = self.rate_times
+        if times is not None and now - times[-1] >= window_s:
+            self.rate_times = None
+
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq

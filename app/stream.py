@@ -426,6 +426,8 @@ class PortfolioStreamManager:
         control = conn.control
         if control:
             item = control.popleft()
+            if not control:
+                conn.control = None  # an idle connection keeps no deque (memory per connection)
             if isinstance(item, PreparedBatch):
                 return item.frame(conn.next_seq()), item.deliveries, item.oldest_emit
             if isinstance(item, SnapshotRequest):
@@ -486,6 +488,7 @@ class PortfolioStreamManager:
             for conn in list(self._connections.values()):
                 if conn.closing:
                     continue
+                conn.forget_old_messages(now, self._settings.ws_rate_limit_window_s)
                 stuck = conn.sending and now - conn.send_started > timeout
                 if stuck or now - conn.last_heard > timeout:
                     log.info(
