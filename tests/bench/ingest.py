@@ -141,7 +141,7 @@ def main() -> int:
     if args.profile:
         from pyinstrument import Profiler
 
-        profiler = Profiler(interval=0.0005, async_mode="disabled")
+        profiler = Profiler(interval=0.001, async_mode="disabled")
         profiler.start()
     result = asyncio.run(run(args.users, args.seconds, args.workdir, args.window_ms))
     if profiler is not None:

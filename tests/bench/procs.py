@@ -155,12 +155,12 @@ class ServerProcess:
             await writer.wait_closed()
         return True
 
-    async def control(self, **command: Any) -> dict[str, Any]:
+    async def control(self, timeout_s: float = 10.0, **command: Any) -> dict[str, Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.control_port)
         try:
             writer.write(json.dumps(command).encode() + b"\n")
             await writer.drain()
-            reply: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), 10))
+            reply: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), timeout_s))
             return reply
         finally:
             writer.close()

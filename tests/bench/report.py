@@ -257,7 +257,7 @@ def plot(samples: dict[str, array[float]], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    panels = [("fanout", "fanout (window 1000 ms)"), ("latency", "latency (window 0)")]
+    panels = [("fanout", "fanout, last run"), ("latency", "latency (window 0), last run")]
     present = [(k, t) for k, t in panels if any(n.startswith(k) for n in samples)]
     if not present:
         return None

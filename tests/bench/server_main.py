@@ -44,7 +44,7 @@ class Profiling:
             return
         from pyinstrument import Profiler
 
-        self._profiler = Profiler(interval=0.0005, async_mode="disabled")
+        self._profiler = Profiler(interval=0.001, async_mode="disabled")
         self._profiler.start()
 
     def stop(self) -> None:
