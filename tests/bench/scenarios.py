@@ -200,8 +200,13 @@ async def capacity(opts: Options, users: BenchUsers) -> dict[str, Any]:
     log(f"capacity: service, {target} connections over {n_users} users")
     try:
         ours, group = await hold(opts, server, "portfolio", conns)
-        stats = await admin_stats(server, users)
-        ours["serverActive"] = stats["activeConnections"]
+        try:
+            stats = await admin_stats(server, users)
+            ours["serverActive"] = stats["activeConnections"]
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # At the open-file limit the server cannot accept even the stats request.
+            ours["serverActive"] = -1
+            ours["statsError"] = f"{type(exc).__name__}: {exc}"
         await group.close()
     finally:
         await server.stop()
