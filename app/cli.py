@@ -156,12 +156,13 @@ async def _post_trade(
 
 def cmd_serve(_: argparse.Namespace) -> int:
     from alpaca_bridge.accounts import AccountsConfigError
+    from app.runtime import FileLimitTooLow
     from app.server import serve
 
     settings = load_settings()
     try:
         return serve(settings)
-    except AccountsConfigError as exc:
+    except (AccountsConfigError, FileLimitTooLow) as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

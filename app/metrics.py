@@ -169,6 +169,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.gc_pause = Histogram(
+            "python_gc_pause_seconds",
+            "Garbage-collector pauses by generation (the event loop stands still meanwhile)",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )
         self.connections_opened = Counter(
             "websocket_connections_opened", "Accepted connections", registry=self.registry
         )
@@ -179,6 +186,9 @@ class Metrics:
     def connection_closed(self, code: int | None, duration_s: float) -> None:
         self.disconnects.labels(code=str(code if code is not None else 1006)).inc()
         self.connection_duration.observe(duration_s)
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        self.gc_pause.labels(generation=str(generation)).observe(seconds)
 
     def observe_latency(self, seconds: float) -> None:
         self.delivery_latency.observe(max(seconds, 0.0))

@@ -26,7 +26,8 @@ from collections.abc import Callable, MutableMapping
 from aiohttp import web
 
 from app.factory import create_app
-from app.keys import BRIDGE_KEY, DRAINING_KEY, STREAM_KEY
+from app.keys import BRIDGE_KEY, DRAINING_KEY, METRICS_KEY, STREAM_KEY
+from app.runtime import ensure_file_limit, freeze_startup_heap, timed_gc, tune_gc
 from app.systemd import Notifier, describe_address, inherited_sockets, supervise, watchdog_interval
 from config.logging import configure_logging, get_logger
 from config.settings import Settings
@@ -100,6 +101,7 @@ async def run_service(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s / 2
     )
     supervisor: asyncio.Task[None] | None = None
+    gc_timing = contextlib.ExitStack()
     try:
         await runner.setup()  # the cleanup contexts: store, bus, broker streams, stream manager
         for site, listening in _sites(runner, settings, inherited):
@@ -108,6 +110,9 @@ async def run_service(
                 listening, _mode=settings.broker_mode, _enabled=settings.enable_realtime_portfolio
             )
         _log_demo_logins(app, settings)
+        freeze_startup_heap()
+        tune_gc(settings.gc_thresholds)
+        gc_timing.enter_context(timed_gc(app[METRICS_KEY].observe_gc_pause))
         notifier.ready(service_status(app))
         supervisor = asyncio.create_task(
             supervise(notifier, lambda: service_status(app), watchdog_s=watchdog_interval(environ)),
@@ -126,6 +131,7 @@ async def run_service(
             return 1
         return 0
     finally:
+        gc_timing.close()
         if supervisor is not None:
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,6 +158,8 @@ def _log_demo_logins(app: web.Application, settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> int:
+    """Run the service; raises FileLimitTooLow before anything starts if limits cannot fit."""
+    ensure_file_limit(settings)
     sink = configure_logging(settings)
     _install_uvloop()
     try:

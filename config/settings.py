@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     log_file: Path | None = None
     shutdown_timeout_s: float = Field(10.0, gt=0, le=300)
     metrics_token: SecretStr | None = None
+    # gc.set_threshold(gen0, gen1, gen2) once serving; "700,10,10" is CPython's default.
+    gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = (100_000, 50, 1_000)
     node_id: str | None = None
 
     @field_validator("allowed_origins", mode="before")
@@ -103,6 +105,23 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("gc_thresholds", mode="before")
+    @classmethod
+    def _split_thresholds(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",")]
+            if len(parts) != 3:
+                raise ValueError("must be three comma-separated integers, e.g. 100000,50,1000")
+            return tuple(parts)
+        return value
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _positive_thresholds(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(part < 1 for part in value):
+            raise ValueError("thresholds must be positive")
         return value
 
     @field_validator("log_level", mode="before")

@@ -41,3 +41,30 @@ def test_an_accounts_entry_without_username_names_the_entry(tmp_path: Path) -> N
     assert "\n" not in line
     assert "username" in line
     assert "S1" not in result.stderr + result.stdout  # secrets never echoed
+
+
+def test_more_connections_than_open_files_is_refused_at_start(tmp_path: Path) -> None:
+    """At the descriptor ceiling even /healthz and the 1013 close fail, so refuse up front."""
+    import resource
+
+    def low_file_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "BROKER"))}
+    environ.update(
+        PORT="0", DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite", MAX_TOTAL_CONNECTIONS="1000"
+    )
+    result = subprocess.run(
+        [str(SCRIPT), "serve"],
+        env=environ,
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=30,
+        check=False,
+        preexec_fn=low_file_limit,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("invalid configuration: MAX_TOTAL_CONNECTIONS=1000")
+    assert "limit is 512" in line
