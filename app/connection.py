@@ -155,9 +155,30 @@ class Connection:
         if times is not None and now - times[-1] >= window_s:
             self.rate_times = None
 
+    def pop_control(self) -> ControlFrame:
+        control = self.control
+        assert control
+        item = control.popleft()
+        if not control:
+            self.control = None  # an idle connection keeps no deque (memory per connection)
+        return item
+
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
+
+
+PING_FRAME: Final = b"\x89\x00"  # FIN + ping opcode, empty payload (RFC 6455 §5.5.2)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented server-to-client text frame (RFC 6455 §5.2)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
 def batch_frame(seq: int, body: dict[str, Any]) -> bytes:

@@ -19,6 +19,7 @@ from app.batching import CHANNELS, Batch
 from app.bus import EventBus, Unsubscribe
 from app.connection import (
     PING,
+    PING_FRAME,
     Connection,
     ControlFrame,
     PreparedBatch,
@@ -28,6 +29,7 @@ from app.connection import (
     new_connection_id,
     send_text,
     snapshot_frame,
+    text_frame,
 )
 from app.events import EVENT_TYPES, POSITION_UPDATED, TRADE_EXECUTED, Event
 from app.metrics import Metrics
@@ -71,12 +73,13 @@ class PortfolioStreamManager:
         self._connections: dict[str, Connection] = {}
         self._by_user: dict[str, dict[str, Connection]] = {}
         self._batches: dict[str, Batch] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, asyncio.Handle] = {}
         self._unsubscribers: list[Unsubscribe] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._writers: set[asyncio.Task[None]] = set()
         self._accepting = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._direct_writes = not settings.ws_compression
 
     # Lifecycle
 
@@ -322,11 +325,15 @@ class PortfolioStreamManager:
         if batch is None:
             batch = self._batches[user_id] = Batch()
         batch.add(event)
-        if self._window <= 0:
-            self._flush(user_id)
-        elif user_id not in self._timers:
+        if user_id not in self._timers:
             loop = self._loop or asyncio.get_running_loop()
-            self._timers[user_id] = loop.call_later(self._window, self._flush, user_id)
+            # A zero window still flushes at the end of this loop turn, so a burst delivered
+            # together (one bus drain) leaves as one message rather than one per event.
+            self._timers[user_id] = (
+                loop.call_later(self._window, self._flush, user_id)
+                if self._window > 0
+                else loop.call_soon(self._flush, user_id)
+            )
 
     def _flush(self, user_id: str) -> None:
         handle = self._timers.pop(user_id, None)
@@ -368,16 +375,46 @@ class PortfolioStreamManager:
             ready = prepared[channels]
             if ready is not None:
                 self._send_control(conn, ready)
+        if prepared and batch.oldest_emit is not None and self._metrics is not None:
+            self._metrics.observe_latency(self._wall() - batch.oldest_emit)
 
     # The writer
 
     def _send_control(self, conn: Connection, frame: ControlFrame) -> None:
         if conn.closing:
             return
+        if self._can_write_now(conn):
+            self._write_now(conn, frame)
+            return
         if not conn.queue_control(frame):
             self._abort(conn, CloseCode.POLICY_VIOLATION, "Client is not reading")
             return
         self._schedule(conn)
+
+    def _can_write_now(self, conn: Connection) -> bool:
+        """Nothing queued ahead and nothing left unsent from before (the kernel took every byte
+        so far): the frame can go out synchronously.
+
+        This is the common case, and it spares a task and aiohttp's async send per message.
+        The frame is written whole in one call, so it cannot interleave with aiohttp's own
+        frames (pongs, the close frame), and ``ws.closed`` turns true as soon as a close
+        starts. With permessage-deflate on, every frame goes through aiohttp's compressor.
+        """
+        if conn.sending or conn.control or not self._direct_writes or conn.ws.closed:
+            return False
+        transport = conn.transport
+        return (
+            transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0
+        )
+
+    def _write_now(self, conn: Connection, item: ControlFrame) -> None:
+        payload, deliveries, _ = self._render(conn, item)
+        assert conn.transport is not None
+        conn.transport.write(PING_FRAME if payload is None else text_frame(payload))
+        if deliveries >= 0:
+            self._stats.message_sent(deliveries)
 
     def _schedule(self, conn: Connection) -> None:
         if conn.sending or conn.closing:
@@ -390,21 +427,29 @@ class PortfolioStreamManager:
         task.add_done_callback(self._writers.discard)
 
     async def _write(self, conn: Connection) -> None:
-        """Drain a connection's output: control frames in order, then the coalesced batch."""
+        """Drain a backed-up connection: control frames in order, then the coalesced batch.
+
+        aiohttp's send waits while the socket is paused (``writer_limit`` is tiny), so a
+        client that stops reading parks this task while new batches fold into ``pending``.
+        """
         ws = conn.ws
         try:
             while not conn.closing and not ws.closed:
-                frame, deliveries, oldest = self._next_frame(conn)
-                if frame is None:
+                if conn.control:
+                    payload, deliveries, oldest = self._render(conn, conn.pop_control())
+                elif conn.pending is not None and not conn.pending.is_empty():
+                    payload, deliveries, oldest = self._render_pending(conn)
+                    if payload is None:
+                        continue
+                else:
                     break
                 # "Stuck" means one frame has not gone out for the heartbeat timeout; a writer
                 # that stays busy because the stream never pauses is making progress.
                 conn.send_started = self._stats.now()
-                if frame is PING:
+                if payload is None:
                     await ws.ping()
                     continue
-                assert isinstance(frame, bytes)
-                await send_text(ws, frame)
+                await send_text(ws, payload)
                 if deliveries >= 0:
                     self._stats.message_sent(deliveries)
                     if oldest is not None and self._metrics is not None:
@@ -421,28 +466,29 @@ class PortfolioStreamManager:
         finally:
             conn.sending = False
 
-    def _next_frame(self, conn: Connection) -> tuple[bytes | object | None, int, float | None]:
-        """The next frame to send, the event deliveries it carries (-1: not a data message)."""
-        control = conn.control
-        if control:
-            item = control.popleft()
-            if not control:
-                conn.control = None  # an idle connection keeps no deque (memory per connection)
-            if isinstance(item, PreparedBatch):
-                return item.frame(conn.next_seq()), item.deliveries, item.oldest_emit
-            if isinstance(item, SnapshotRequest):
-                body = self._portfolio.snapshot(conn.user_id, item.channels & conn.channels)
-                return snapshot_frame(conn.next_seq(), body), 0, None
+    def _render(
+        self, conn: Connection, item: ControlFrame
+    ) -> tuple[bytes | None, int, float | None]:
+        """A queued item as (text payload or None for a ping, event deliveries or -1 when it is
+        not a data message, emit time to observe latency from)."""
+        if isinstance(item, PreparedBatch):
+            # Its latency was observed once for all of the user's tabs when it was flushed.
+            return item.frame(conn.next_seq()), item.deliveries, None
+        if isinstance(item, SnapshotRequest):
+            body = self._portfolio.snapshot(conn.user_id, item.channels & conn.channels)
+            return snapshot_frame(conn.next_seq(), body), 0, None
+        if isinstance(item, bytes):
             return item, -1, None
-        pending = conn.pending
-        if pending is not None and not pending.is_empty():
-            conn.pending = None
-            batch_body = pending.body(conn.channels, utc_timestamp(self._wall()))
-            if batch_body is not None:
-                frame = batch_frame(conn.next_seq(), batch_body)
-                return frame, batch_body["eventCount"], pending.oldest_emit
-            return self._next_frame(conn)
         return None, -1, None
+
+    def _render_pending(self, conn: Connection) -> tuple[bytes | None, int, float | None]:
+        pending = conn.pending
+        assert pending is not None
+        conn.pending = None
+        body = pending.body(conn.channels, utc_timestamp(self._wall()))
+        if body is None:
+            return None, -1, None
+        return batch_frame(conn.next_seq(), body), body["eventCount"], pending.oldest_emit
 
     # Closing
 

@@ -42,6 +42,9 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
         compress=settings.ws_compression,
         max_msg_size=settings.ws_max_message_bytes,
         decode_text=False,
+        # Check for a paused socket on every send: a backed-up client's writer then waits for
+        # it to drain while its batches coalesce, instead of queueing 64 KiB more first.
+        writer_limit=1,
     )
     await ws.prepare(request)
     conn = manager.admit(user.id, ws, request)

@@ -231,3 +231,37 @@ async def test_a_users_pending_batch_is_dropped_with_their_last_connection(
     await ws.close()
     await until(lambda: manager.active_connections == 0)
     assert manager.pending_timers() == 0
+
+
+async def test_window_zero_sends_a_burst_delivered_together_as_one_message(
+    app_client: ClientFactory,
+) -> None:
+    """No timer with BATCH_WINDOW_MS=0, yet events published in one loop turn (a broker
+    burst) leave together: a slow link is not flooded with one frame per event."""
+    client = await app_client(batch_window_ms=0)
+    alice = await session_for(client, "alice")
+    ws, _ = await connect(client, alice)
+    await subscribe(ws, ["positions"])
+    for n in range(20):
+        publish(client, "position:updated", position(alice.user_id, f"S{n}", pnl=f"{n}.00"))
+    batch = await receive(ws)
+    assert batch["type"] == "batch"
+    assert batch["eventCount"] == 20
+    assert len(batch["positions"]) == 20
+    await nothing_arrives(ws, 0.1)
+    await ws.close()
+
+
+async def test_batches_arrive_intact_with_permessage_deflate(app_client: ClientFactory) -> None:
+    """With WS_COMPRESSION=true every frame goes through aiohttp's compressor (no raw writes)."""
+    client = await app_client(batch_window_ms=20, ws_compression=True)
+    alice = await session_for(client, "alice")
+    ws, _ = await connect(client, alice, compress=15)
+    assert ws.compress == 15
+    await subscribe(ws, ["positions"])
+    for n in range(3):
+        publish(client, "position:updated", position(alice.user_id, "AAPL", pnl=f"{n}.00"))
+    batch = await receive(ws)
+    assert (batch["type"], batch["seq"], batch["eventCount"]) == ("batch", 2, 3)
+    assert batch["positions"][0]["unrealizedPnl"] == "2.00"
+    await ws.close()
