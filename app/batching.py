@@ -23,6 +23,22 @@ from app.portfolio import public_payload
 
 CHANNELS: Final = ("positions", "orders", "account")
 
+# Every possible channel set, built once: connections share these instead of each holding its
+# own frozenset (216 bytes apiece at tens of thousands of connections).
+_CHANNEL_SETS: Final[dict[frozenset[str], frozenset[str]]] = {
+    subset: subset
+    for subset in (
+        frozenset(c for i, c in enumerate(CHANNELS) if mask >> i & 1)
+        for mask in range(1 << len(CHANNELS))
+    )
+}
+
+
+def channel_set(channels: frozenset[str]) -> frozenset[str]:
+    """The shared instance equal to ``channels`` (which must hold known channels only)."""
+    return _CHANNEL_SETS[channels]
+
+
 # Which channel an event type belongs to (trade:executed informs about positions).
 CHANNEL_OF: Final[dict[str, str]] = {
     POSITION_UPDATED: "positions",

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import orjson
 from aiohttp import WSMsgType, web
 
-from app.batching import CHANNELS, Batch
+from app.batching import CHANNELS, Batch, channel_set
 from app.bus import EventBus, Unsubscribe
 from app.connection import (
     PING,
@@ -253,7 +253,7 @@ class PortfolioStreamManager:
 
     def _change_channels(self, conn: Connection, kind: str, channels: frozenset[str]) -> None:
         before = conn.channels
-        conn.channels = before | channels if kind == "subscribe" else before - channels
+        conn.channels = channel_set(before | channels if kind == "subscribe" else before - channels)
         ordered = [c for c in CHANNELS if c in conn.channels]
         if kind == "subscribe":
             log.info(

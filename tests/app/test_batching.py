@@ -134,3 +134,12 @@ def test_a_batch_of_price_ticks_only_is_quiet() -> None:
     assert batch.loud is False
     batch.add(event("order:updated", order("u", "o-1")))
     assert batch.loud is True
+
+
+def test_channel_sets_are_shared_instances() -> None:
+    from app.batching import channel_set
+
+    first = channel_set(frozenset({"positions", "orders"}))
+    second = channel_set(frozenset(["orders", "positions"]))
+    assert first is second
+    assert channel_set(frozenset()) == frozenset()
