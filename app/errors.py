@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from config.logging import get_logger
 
@@ -50,9 +51,25 @@ class ApiError(Exception):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn ApiError into its JSON response and unexpected errors into a logged 500."""
+def error_middleware(unwrapped_paths: Collection[str] = ()) -> Middleware:
+    """Turn ApiError into its JSON response and unexpected errors into a logged 500.
+
+    Handlers on ``unwrapped_paths`` are awaited directly, without a wrapping frame: a WebSocket
+    handler lives as long as its socket, and a middleware frame per connection would be held
+    for hours. Such handlers answer their own errors (app/ws.py).
+    """
+    unwrapped = frozenset(unwrapped_paths)
+
+    @web.middleware  # a plain function returning the awaitable: no frame of its own
+    def middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+        if request.path in unwrapped:
+            return handler(request)
+        return _guarded(request, handler)
+
+    return middleware
+
+
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as error:

@@ -117,7 +117,7 @@ def create_app(
     settings: Settings, *, with_bridge: bool = True, extra_contexts: tuple[CleanupContext, ...] = ()
 ) -> web.Application:
     """Build the service. ``with_bridge=False`` runs without a broker (events come from tests)."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[error_middleware({WS_PATH})], client_max_size=64 * 1024)
     app[SETTINGS_KEY] = settings
     app[BUS_KEY] = InProcessBus()
     app[PORTFOLIO_KEY] = PortfolioStore(settings.recent_orders_limit)

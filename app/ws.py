@@ -15,28 +15,46 @@ from app.auth import current_user, origin_allowed
 from app.errors import ApiError
 from app.keys import DRAINING_KEY, SETTINGS_KEY, STREAM_KEY
 from app.protocol import CloseCode, CloseReason
+from app.store import User
 from config.logging import get_logger
 
 log = get_logger()
 
 
-async def portfolio_ws(request: web.Request) -> web.StreamResponse:
+async def admission_refusal(request: web.Request) -> tuple[User | None, web.Response | None]:
+    """Steps 1-3: the user, or the response refusing the upgrade."""
     settings = request.app[SETTINGS_KEY]
     user = await current_user(request)
     if user is None:
-        raise ApiError.unauthorized()
+        return None, ApiError.unauthorized().response()
     if not origin_allowed(request, settings.allowed_origins):
         log.warning(
             "[PortfolioStream] Rejected cross-origin upgrade",
             userId=user.id,
             origin=request.headers.get("Origin", "")[:200],
         )
-        raise ApiError.forbidden("Origin not allowed")
+        return None, ApiError.forbidden("Origin not allowed").response()
     if not settings.enable_realtime_portfolio:
-        return web.json_response({"status": "disabled"}, status=503)
+        return None, web.json_response({"status": "disabled"}, status=503)
+    if request.app[DRAINING_KEY].get("draining") or not request.app[STREAM_KEY].accepting:
+        draining = web.json_response({"status": "draining"}, status=503)
+        draining.headers["Retry-After"] = "1"
+        return None, draining
+    return user, None
+
+
+async def portfolio_ws(request: web.Request) -> web.StreamResponse:
+    """The upgrade handler; it runs for the socket's lifetime (outside the error middleware)."""
+    try:
+        user, refusal = await admission_refusal(request)
+    except Exception:
+        log.exception("[PortfolioStream] Admission failed", path=request.path)
+        return ApiError(500, "internal_error", "Internal server error").response()
+    if user is None:
+        assert refusal is not None
+        return refusal
+    settings = request.app[SETTINGS_KEY]
     manager = request.app[STREAM_KEY]
-    if request.app[DRAINING_KEY].get("draining") or not manager.accepting:
-        return web.json_response({"status": "draining"}, status=503, headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(
         autoping=False,  # pongs must reach us: they are what "heard from" means
         compress=settings.ws_compression,
