@@ -37,7 +37,7 @@ log = get_logger()
 LISTEN_BACKLOG = 1024
 
 
-def _install_uvloop() -> None:
+def install_uvloop() -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -84,6 +84,7 @@ async def run_service(
     *,
     environ: MutableMapping[str, str] | None = None,
     reopen_logs: Callable[[], None] | None = None,
+    build_app: Callable[[Settings], web.Application] = create_app,
 ) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop``), then shut down within SHUTDOWN_TIMEOUT_S."""
     stop = stop or asyncio.Event()
@@ -95,7 +96,7 @@ async def run_service(
     notifier = Notifier.from_environ(environ)
     # Taken (and LISTEN_* unset) before anything else runs, so nothing else can inherit them.
     inherited = inherited_sockets(environ)
-    app = create_app(settings)
+    app = build_app(settings)
     # handler_cancellation: a handler still running once shutdown_timeout passed is cancelled.
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s / 2
@@ -161,7 +162,7 @@ def serve(settings: Settings) -> int:
     """Run the service; raises FileLimitTooLow before anything starts if limits cannot fit."""
     ensure_file_limit(settings)
     sink = configure_logging(settings)
-    _install_uvloop()
+    install_uvloop()
     try:
         return asyncio.run(run_service(settings, reopen_logs=sink.reopen))
     except OSError as exc:
