@@ -79,6 +79,7 @@ class Connection:
         "control",
         "id",
         "last_heard",
+        "next_ping",
         "pending",
         "rate_times",
         "send_started",
@@ -104,6 +105,7 @@ class Connection:
         self.transport = transport
         self.started_at = started_at
         self.last_heard = started_at
+        self.next_ping = started_at
         self.channels: frozenset[str] = frozenset()
         self.seq = 0
         self.pending: Batch | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Callable
 
@@ -167,6 +168,8 @@ class PortfolioStreamManager:
             return None
         started, _ = self._stats.connection_opened(user_id)
         conn = Connection(new_connection_id(), user_id, ws, request.transport, started)
+        # A random phase spreads pings over the interval even when thousands connected at once.
+        conn.next_ping = started + self._settings.heartbeat_interval_s * random.uniform(0.5, 1.0)
         self._connections[conn.id] = conn
         self._by_user.setdefault(user_id, {})[conn.id] = conn
         if self._metrics is not None:
@@ -520,17 +523,18 @@ class PortfolioStreamManager:
     # Heartbeat
 
     async def _heartbeat(self) -> None:
-        """Ping every interval; close connections silent for the timeout or stuck sending."""
+        """Ping each connection every interval; close those silent for the timeout or stuck.
+
+        Each connection has its own ping phase (see ``admit``), so a sweep pings only the slice
+        that is due: pinging thousands of sockets in one loop turn would stall every batch
+        timer behind it.
+        """
         interval = self._settings.heartbeat_interval_s
         timeout = self._settings.heartbeat_timeout_s
         tick = min(interval / 2, 1.0)
-        next_ping = self._stats.now() + interval
         while True:
             await asyncio.sleep(tick)
             now = self._stats.now()
-            ping_due = now >= next_ping
-            if ping_due:
-                next_ping = now + interval
             for conn in list(self._connections.values()):
                 if conn.closing:
                     continue
@@ -552,7 +556,8 @@ class PortfolioStreamManager:
                         )
                         self._writers.add(closing)
                         closing.add_done_callback(self._writers.discard)
-                elif ping_due:
+                elif now >= conn.next_ping:
+                    conn.next_ping = now + interval
                     # Queued even while the writer is busy: control frames go out before the
                     # pending batch, and a client that never hears a ping never answers one.
                     self._send_control(conn, PING)
