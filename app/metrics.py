@@ -176,6 +176,8 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=self.registry,
         )
+        for generation in ("0", "1", "2"):  # exported from the start, at zero
+            self.gc_pause.labels(generation=generation)
         self.connections_opened = Counter(
             "websocket_connections_opened", "Accepted connections", registry=self.registry
         )
