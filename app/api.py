@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import socket
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -10,7 +11,6 @@ from aiohttp import web
 
 from app.auth import (
     clear_session_cookie,
-    current_user,
     require_admin,
     require_user,
     set_session_cookie,
@@ -132,7 +132,7 @@ def stats_document(app: web.Application) -> dict[str, Any]:
         timestamp=utc_timestamp(),
     )
     document["batchWindowMs"] = settings.batch_window_ms
-    document["node"] = settings.node_id or request_host_name()
+    document["node"] = settings.node_id or socket.gethostname()
     document["draining"] = app[DRAINING_KEY].get("draining", False)
     bridge = app.get(BRIDGE_KEY)
     if bridge is not None:
@@ -142,12 +142,6 @@ def stats_document(app: web.Application) -> dict[str, Any]:
             "prices": bridge.price_stream_status(),
         }
     return document
-
-
-def request_host_name() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 @routes.get("/api/admin/websocket-stats")
@@ -226,8 +220,3 @@ async def readyz(request: web.Request) -> web.Response:
     }
     ready = all(checks.values())
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
-
-
-async def whoami(request: web.Request) -> dict[str, Any] | None:
-    user = await current_user(request)
-    return user.public() if user else None

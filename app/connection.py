@@ -11,7 +11,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -49,7 +48,6 @@ class PreparedBatch:
 
     body: bytes
     deliveries: int
-    oldest_emit: float | None
 
     def frame(self, seq: int) -> bytes:
         return b'{"type":"batch","seq":%d,%s' % (seq, self.body[1:])
@@ -138,9 +136,6 @@ class Connection:
             self.pending = Batch()
         self.pending.merge(batch, self.channels)
 
-    def has_output(self) -> bool:
-        return bool(self.control) or (self.pending is not None and not self.pending.is_empty())
-
     def rate_exceeded(self, now: float, limit: int, window_s: float) -> bool:
         """Record one client message; True when more than ``limit`` arrived within ``window_s``."""
         times = self.rate_times
@@ -193,6 +188,3 @@ def snapshot_frame(seq: int, body: dict[str, Any]) -> bytes:
 
 async def send_text(ws: web.WebSocketResponse, data: bytes) -> None:
     await ws.send_frame(data, WSMsgType.TEXT)
-
-
-TimeSource = Callable[[], float]

@@ -71,9 +71,6 @@ class PortfolioStore:
         portfolio = self._users.get(user_id)
         return (portfolio or UserPortfolio()).snapshot(channels)
 
-    def user_count(self) -> int:
-        return len(self._users)
-
     def clear(self) -> None:
         self._users.clear()
 

@@ -371,9 +371,7 @@ class PortfolioStreamManager:
             if channels not in prepared:
                 body = batch.body(channels, ts)
                 prepared[channels] = (
-                    None
-                    if body is None
-                    else PreparedBatch(orjson.dumps(body), body["eventCount"], batch.oldest_emit)
+                    None if body is None else PreparedBatch(orjson.dumps(body), body["eventCount"])
                 )
             ready = prepared[channels]
             if ready is not None:

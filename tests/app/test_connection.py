@@ -34,7 +34,7 @@ def test_an_idle_connection_drops_its_rate_history() -> None:
 
 
 def test_prepared_batches_splice_each_connections_seq() -> None:
-    batch = PreparedBatch(b'{"positions":[],"eventCount":1,"ts":"t"}', 1, None)
+    batch = PreparedBatch(b'{"positions":[],"eventCount":1,"ts":"t"}', 1)
     assert batch.frame(7) == b'{"type":"batch","seq":7,"positions":[],"eventCount":1,"ts":"t"}'
 
 
