@@ -15,7 +15,7 @@ from app.auth import (
     require_user,
     set_session_cookie,
 )
-from app.errors import ApiError
+from app.errors import ApiError, ApiErrorCode
 from app.keys import (
     BRIDGE_KEY,
     BUS_KEY,
@@ -41,7 +41,7 @@ MAX_JSON_BODY = 16 * 1024
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise ApiError(413, "payload_too_large", "Request body is too large")
+        raise ApiError(ApiErrorCode.PAYLOAD_TOO_LARGE, "Request body is too large")
     try:
         body = await request.json()
     except ValueError:
@@ -61,8 +61,7 @@ async def login(request: web.Request) -> web.Response:
     wait = throttle.retry_after(username, request.remote)
     if wait > 0:
         raise ApiError(
-            429,
-            "too_many_attempts",
+            ApiErrorCode.TOO_MANY_ATTEMPTS,
             "Too many failed logins; try again later",
             headers={"Retry-After": str(int(wait) + 1)},
         )
@@ -71,7 +70,7 @@ async def login(request: web.Request) -> web.Response:
     if user is None:
         throttle.failed(username, request.remote)
         log.warning("[Auth] Login failed", username=username[:64], remote=request.remote)
-        raise ApiError(401, "invalid_credentials", "Invalid username or password")
+        raise ApiError(ApiErrorCode.INVALID_CREDENTIALS, "Invalid username or password")
     throttle.succeeded(username)
     settings = request.app[SETTINGS_KEY]
     token = await store.create_session(user.id, settings.session_ttl_hours * 3600)
@@ -169,17 +168,17 @@ async def test_trade(request: web.Request) -> web.Response:
         raise ApiError.bad_request("qty must be a positive number")
     bridge = request.app.get(BRIDGE_KEY)
     if bridge is None:
-        raise ApiError(503, "broker_unavailable", "No broker bridge is running")
+        raise ApiError(ApiErrorCode.BROKER_UNAVAILABLE, "No broker bridge is running")
     from alpaca_bridge.service import BrokerUnavailable, OrderRejected, UnknownAccount
 
     try:
         order = await bridge.place_order(username, symbol.strip().upper(), side, quantity)
     except UnknownAccount as exc:
-        raise ApiError(404, "unknown_account", str(exc)) from None
+        raise ApiError(ApiErrorCode.UNKNOWN_ACCOUNT, str(exc)) from None
     except OrderRejected as exc:
-        raise ApiError(422, "order_rejected", str(exc)) from None
+        raise ApiError(ApiErrorCode.ORDER_REJECTED, str(exc)) from None
     except BrokerUnavailable as exc:
-        raise ApiError(503, "broker_unavailable", str(exc)) from None
+        raise ApiError(ApiErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
     log.info(
         "[PortfolioStream] Test trade placed",
         admin=admin.username,
@@ -198,7 +197,7 @@ async def metrics(request: web.Request) -> web.Response:
     if token is not None:
         supplied = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if not hmac.compare_digest(supplied.encode(), token.get_secret_value().encode()):
-            raise ApiError(401, "unauthorized", "Bearer token required")
+            raise ApiError(ApiErrorCode.UNAUTHORIZED, "Bearer token required")
     body = request.app[METRICS_KEY].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
