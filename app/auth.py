@@ -14,6 +14,9 @@ from app.keys import SETTINGS_KEY, STORE_KEY
 from app.store import User
 
 SESSION_COOKIE = "session"
+# Failure records kept before the expired ones are swept: bounds memory under a spray of
+# made-up usernames without a pass over the table on every failure.
+THROTTLE_SWEEP_AT = 10_000
 _USER_KEY: web.RequestKey[User | None] = web.RequestKey("user")
 
 
@@ -127,7 +130,7 @@ class LoginThrottle:
                 self._failures[key] = _Failures(1, now)
             else:
                 entry.count += 1
-        if len(self._failures) > 10_000:
+        if len(self._failures) > THROTTLE_SWEEP_AT:
             self._failures = {
                 k: v for k, v in self._failures.items() if now - v.first_at < self._lockout
             }

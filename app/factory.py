@@ -31,7 +31,7 @@ from app.keys import (
 )
 from app.metrics import Metrics
 from app.portfolio import PortfolioStore
-from app.stats import StreamStats
+from app.stats import StatsRules, StreamStats
 from app.store import Store
 from app.stream import WS_PATH, PortfolioStreamManager
 from app.ws import portfolio_ws
@@ -117,11 +117,13 @@ def create_app(
     settings: Settings, *, with_bridge: bool = True, extra_contexts: tuple[CleanupContext, ...] = ()
 ) -> web.Application:
     """Build the service. ``with_bridge=False`` runs without a broker (events come from tests)."""
-    app = web.Application(middlewares=[error_middleware({WS_PATH})], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[error_middleware({WS_PATH})], client_max_size=settings.http_max_body_bytes
+    )
     app[SETTINGS_KEY] = settings
     app[BUS_KEY] = InProcessBus()
     app[PORTFOLIO_KEY] = PortfolioStore(settings.recent_orders_limit)
-    app[STATS_KEY] = StreamStats(settings.reconnect_window_s)
+    app[STATS_KEY] = StreamStats(StatsRules.from_settings(settings))
     app[METRICS_KEY] = Metrics()
     app[THROTTLE_KEY] = LoginThrottle(
         settings.login_max_failures,
