@@ -274,3 +274,90 @@ class Watcher:
         for order in message.get("orders", []):
             self.seen.order_updates += 1
             self.seen.orders[order["orderId"]] = order
+
+
+@dataclass
+class Member:
+    """One connection of a crowd: what it received and how it ended."""
+
+    user: str
+    messages: int = 0
+    batches: int = 0
+    close_code: int | None = None
+    ended: bool = False
+
+
+class Crowd:
+    """Many browser-like connections on one thread and loop, each subscribed to everything."""
+
+    def __init__(self, base_url: str, cookies: list[tuple[str, str]]) -> None:
+        self.base_url = base_url
+        self.members = [Member(user) for user, _ in cookies]
+        self._cookies = [cookie for _, cookie in cookies]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="crowd", daemon=True)
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Future[None]] = []
+
+    def __enter__(self) -> Crowd:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._connect_all(), self._loop).result(120)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _connect_all(self) -> None:
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        opened: list[asyncio.Future[None]] = []
+        for member, cookie in zip(self.members, self._cookies, strict=True):
+            ready: asyncio.Future[None] = self._loop.create_future()
+            self._tasks.append(asyncio.ensure_future(self._member(member, cookie, ready)))
+            opened.append(ready)
+        await asyncio.gather(*opened)
+
+    async def _member(self, member: Member, cookie: str, ready: asyncio.Future[None]) -> None:
+        assert self._http is not None
+        try:
+            async with self._http.ws_connect(
+                self.base_url + WS_PATH, headers={"Cookie": cookie}, heartbeat=None
+            ) as ws:
+                await ws.send_json({"type": "subscribe", "channels": ALL_CHANNELS})
+                async for msg in ws:
+                    if msg.type is not aiohttp.WSMsgType.TEXT:
+                        break
+                    member.messages += 1
+                    kind = orjson.loads(msg.data)["type"]
+                    member.batches += kind == "batch"
+                    if kind == "snapshot" and not ready.done():
+                        ready.set_result(None)
+                member.close_code = ws.close_code
+        except Exception as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+        finally:
+            member.ended = True
+            if not ready.done():
+                ready.set_exception(AssertionError(f"{member.user}: closed before its snapshot"))
+
+    async def _close_all(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+
+    def wait_ended(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(m.ended for m in self.members):
+            time.sleep(0.02)
+
+    def close_codes(self) -> dict[int | None, int]:
+        codes: dict[int | None, int] = {}
+        for member in self.members:
+            key = None if member.close_code is None else int(member.close_code)
+            codes[key] = codes.get(key, 0) + 1
+        return codes
