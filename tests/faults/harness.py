@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
+
+from argon2 import PasswordHasher
 
 from app.store import Store
 from tests.faults.broker import FaultyBroker
@@ -58,12 +62,23 @@ class Session:
         return {"Cookie": self.cookie}
 
 
+# Argon2 parameters for users made in bulk (hundreds of accounts): a hash carries its own
+# parameters, so the server verifies these as they are; the service's own hashing is unchanged.
+BULK_HASHER = functools.partial(PasswordHasher, time_cost=1, memory_cost=1024, parallelism=1)
+
+
 async def make_sessions(
-    env: dict[str, str], usernames: Iterable[str], *, admin: Iterable[str] = ()
+    env: dict[str, str],
+    usernames: Iterable[str],
+    *,
+    admin: Iterable[str] = (),
+    bulk: bool = False,
 ) -> dict[str, Session]:
-    """Create each user (password ``PASSWORD``) and a session for it, in the server's store."""
+    """Create each user (password ``PASSWORD``) and a session for it, in the server's store;
+    ``bulk`` hashes their passwords cheaply."""
     admins = set(admin)
-    store = Store(Path(env["DATABASE_URL"].removeprefix("sqlite:///")))
+    with mock.patch("app.store.PasswordHasher", BULK_HASHER) if bulk else contextlib.nullcontext():
+        store = Store(Path(env["DATABASE_URL"].removeprefix("sqlite:///")))
     await store.open()
     try:
         sessions: dict[str, Session] = {}
@@ -142,6 +157,16 @@ class Server:
             return http_status(f"{self.base_url}/readyz", timeout=2) == 200
 
         wait_until(ready, timeout, f"{self.base_url}/readyz", interval=0.1)
+
+    def wait_healthy(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Serving HTTP (``/healthz``), whether or not ``/readyz`` agrees."""
+
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            return http_status(f"{self.base_url}/healthz", timeout=2) == 200
+
+        wait_until(healthy, timeout, f"{self.base_url}/healthz", interval=0.1)
 
     def wait_log(self, needle: str, timeout: float = 10, since: int = 0) -> None:
         wait_until(lambda: needle in self.log_since(since), timeout, f"log line {needle!r}")
@@ -258,16 +283,24 @@ def live_service(
     admin: Iterable[str] = (),
     nofile: int | None = None,
     broker_options: dict[str, Any] | None = None,
+    prepare: Callable[[FaultyBroker], None] | None = None,
+    ready: bool = True,
     **overrides: Any,
 ) -> Iterator[Live]:
-    """A server whose ``traders`` have broker accounts (and ``others`` only logins), ready."""
+    """A server whose ``traders`` have broker accounts (and ``others`` only logins), ready
+    (unless ``ready`` is False); ``prepare`` misconfigures the broker before the server starts."""
     with FaultyBroker(traders, **(broker_options or {})) as broker:
+        if prepare is not None:
+            prepare(broker)
         env = server_env(tmp_path, **{**broker.env(tmp_path), **overrides})
         names = [*traders, *others]
-        sessions = asyncio.run(make_sessions(env, names, admin=admin))
+        sessions = asyncio.run(make_sessions(env, names, admin=admin, bulk=len(names) > 20))
         server = Server(env, tmp_path / "server.log", nofile=nofile)
         try:
-            server.wait_ready()
+            if ready:
+                server.wait_ready()
+            else:
+                server.wait_healthy()
             yield Live(server, broker, sessions, env)
         finally:
             server.kill()
