@@ -29,6 +29,10 @@ WS_PATH = "/ws/portfolio"
 ALL_CHANNELS = ["positions", "orders", "account"]
 
 
+def dumps_message(message: dict[str, Any]) -> str:
+    return orjson.dumps(message).decode()
+
+
 class Closed(Exception):
     """The server closed the connection: ``code`` from its close frame, None when it dropped
     the TCP connection without one."""
