@@ -24,9 +24,9 @@ from alpaca.trading.client import TradingClient
 
 from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.ledger import AccountLedger
-from alpaca_bridge.models import TradeUpdate
 from alpaca_bridge.payloads import BusEvent
 from alpaca_bridge.reconcile import BrokerSnapshot, fetch_snapshot
+from alpaca_bridge.wire_parser import TradeUpdate
 from app.bus import BusClosed, EventBus
 from config.logging import get_logger
 

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from alpaca_bridge.models import AccountState, OrderState, PositionState, TradeUpdate
 from alpaca_bridge.payloads import (
     BusEvent,
     account_updated,
@@ -25,6 +24,7 @@ from alpaca_bridge.payloads import (
     trade_executed,
 )
 from alpaca_bridge.positions import Position, signed_fill, trade
+from alpaca_bridge.wire_parser import AccountState, OrderState, PositionState, TradeUpdate
 
 # Orders kept after they end, so late or replayed updates for them are still recognised.
 RECENT_TERMINAL_ORDERS = 500

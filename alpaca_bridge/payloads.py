@@ -8,8 +8,8 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from alpaca_bridge.models import OrderState, TradeUpdate, decimal_text, iso_utc
 from alpaca_bridge.positions import Position
+from alpaca_bridge.wire_parser import OrderState, TradeUpdate, decimal_text, iso_utc
 
 CENT = Decimal("0.01")
 # A computed average (e.g. 2255 / 15) is shown to this many places, as the embedded broker's REST

@@ -27,7 +27,7 @@ from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import GetOrdersRequest
 
 from alpaca_bridge.accounts import BrokerAccount
-from alpaca_bridge.models import (
+from alpaca_bridge.wire_parser import (
     AccountState,
     MalformedUpdate,
     OrderState,

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohttp
 from aiohttp import web
 
+from alpaca_bridge.account_runtime import AccountRuntime
 from alpaca_bridge.account_sync import AccountSync
 from alpaca_bridge.backoff import Backoff
-from alpaca_bridge.models import decimal_text
 from alpaca_bridge.orders import (
     BrokerError,
     BrokerUnavailable,
@@ -26,11 +26,11 @@ from alpaca_bridge.orders import (
     UnknownAccount,
     submit_market_order,
 )
+from alpaca_bridge.plan import BridgePlan, plan_alpaca, plan_simulated
 from alpaca_bridge.prices import PriceFeed
 from alpaca_bridge.reconcile import trading_client
-from alpaca_bridge.runtime import AccountRuntime
-from alpaca_bridge.setup import BridgePlan, plan_alpaca, plan_simulated
 from alpaca_bridge.trade_stream import TradeUpdatesStream
+from alpaca_bridge.wire_parser import decimal_text
 from app.bus import EventBus
 from app.keys import BRIDGE_KEY, BUS_KEY, SETTINGS_KEY, STORE_KEY
 from app.store import Store

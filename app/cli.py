@@ -156,7 +156,7 @@ async def _post_trade(
 
 def cmd_serve(_: argparse.Namespace) -> int:
     from alpaca_bridge.accounts import AccountsConfigError
-    from app.runtime import FileLimitTooLow
+    from app.process_tuning import FileLimitTooLow
     from app.server import serve
 
     settings = load_settings()

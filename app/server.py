@@ -27,7 +27,7 @@ from aiohttp import web
 
 from app.factory import create_app
 from app.keys import BRIDGE_KEY, DRAINING_KEY, METRICS_KEY, STREAM_KEY
-from app.runtime import ensure_file_limit, freeze_startup_heap, timed_gc, tune_gc
+from app.process_tuning import ensure_file_limit, freeze_startup_heap, timed_gc, tune_gc
 from app.systemd import Notifier, describe_address, inherited_sockets, supervise, watchdog_interval
 from config.logging import configure_logging, get_logger
 from config.settings import Settings

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from alpaca_bridge.ledger import AccountLedger
-from alpaca_bridge.models import AccountState, OrderState, PositionState, parse_trade_update
 from alpaca_bridge.payloads import BusEvent
+from alpaca_bridge.wire_parser import AccountState, OrderState, PositionState, parse_trade_update
 from app.events import validate_payload
 
 NOW = datetime(2026, 1, 4, 10, 30, tzinfo=UTC)

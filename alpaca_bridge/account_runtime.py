@@ -9,8 +9,8 @@ from alpaca.trading.client import TradingClient
 
 from alpaca_bridge.account_sync import AccountSync
 from alpaca_bridge.accounts import BrokerAccount
-from alpaca_bridge.models import iso_from_epoch
 from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
+from alpaca_bridge.wire_parser import iso_from_epoch
 
 AccountStatus = Literal[
     "connecting", "connected", "reconnecting", "unauthorized", "unknown_user", "stopped"
