@@ -205,7 +205,7 @@ class SimulatedBroker(StreamControls):
         client_order_id: str | None = None,
         time_in_force: str = "day",
     ) -> Json:
-        """Place an order exactly as ``POST /v2/orders`` would; raises OrderRejected."""
+        """Place an order exactly as ``POST /v2/orders`` would; raises SimApiError."""
         body: dict[str, Any] = {
             "symbol": symbol,
             "side": side,
@@ -218,7 +218,7 @@ class SimulatedBroker(StreamControls):
         return place_order(self._desk, api_key, body)
 
     def cancel_order(self, api_key: str, order_id: str) -> Json:
-        """Cancel as ``DELETE /v2/orders/{id}`` would; raises OrderRejected."""
+        """Cancel as ``DELETE /v2/orders/{id}`` would; raises SimApiError."""
         return order_json(self._desk.cancel(api_key, order_id))
 
     def set_partial_fills(self, enabled: bool) -> None:

@@ -16,7 +16,7 @@ from decimal import ROUND_FLOOR, Decimal
 
 from alpaca_bridge.simulator.ledger import AccountBook, Execution
 from alpaca_bridge.simulator.market import MarketEngine
-from alpaca_bridge.simulator.orders import OrderRejected, OrderRequest, SimOrder, invalid
+from alpaca_bridge.simulator.orders import OrderRequest, SimApiError, SimOrder, invalid
 from alpaca_bridge.simulator.sockets import StateWatch
 from alpaca_bridge.simulator.wire import Json, trade_update
 
@@ -52,7 +52,7 @@ class OrderDesk:
         return list(self._history.get(api_key, ()))
 
     def submit(self, api_key: str, request: OrderRequest) -> SimOrder:
-        """Accept an order (announcing ``new``) and schedule its fill; raises OrderRejected."""
+        """Accept an order (announcing ``new``) and schedule its fill; raises SimApiError."""
         book = self.book(api_key)
         listing = self.market.listing(request.symbol)
         if listing is None:
@@ -72,11 +72,11 @@ class OrderDesk:
         return order
 
     def cancel(self, api_key: str, order_id: str) -> SimOrder:
-        """Cancel an open order (announcing ``canceled``); 404/422 OrderRejected otherwise."""
+        """Cancel an open order (announcing ``canceled``); 404/422 SimApiError otherwise."""
         book = self.book(api_key)
         order = book.orders.get(order_id)
         if order is None:
-            raise OrderRejected(404, 40410000, "order not found")
+            raise SimApiError(404, 40410000, "order not found")
         book.cancel(order, time.time_ns())
         timer = self._timers.pop(order.id, None)
         if timer is not None:
