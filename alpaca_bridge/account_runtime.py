@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
 
 from alpaca.trading.client import TradingClient
 
@@ -11,10 +10,7 @@ from alpaca_bridge.account_sync import AccountSync
 from alpaca_bridge.accounts import BrokerAccount
 from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
 from alpaca_bridge.wire_parser import iso_from_epoch
-
-AccountStatus = Literal[
-    "connecting", "connected", "reconnecting", "unauthorized", "unknown_user", "stopped"
-]
+from app.broker import AccountStatus, AccountStreamStatus
 
 
 @dataclass(slots=True)
@@ -36,11 +32,11 @@ class AccountRuntime:
             return True
         return self.sync.reconciled_at is not None
 
-    def status(self, mode: str) -> dict[str, Any]:
+    def status(self, mode: str) -> AccountStatus:
         """The per-account entry of ``BrokerBridge.accounts_status()``; ``reconnects`` counts
         reconnect attempts since start."""
         stream, sync = self.stream, self.sync
-        state: AccountStatus = "unknown_user" if self.user_id is None else "stopped"
+        state: AccountStreamStatus = "unknown_user" if self.user_id is None else "stopped"
         if self.user_id is not None and stream is not None:
             state = stream.state.value
         last = stream.last_event_at if stream is not None else None

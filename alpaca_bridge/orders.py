@@ -1,8 +1,7 @@
-"""Placing a market order through an account (the admin test trade, SPEC §6.5), and what can
-go wrong when doing so.
+"""Placing a market order through an account (the admin test trade, SPEC §6.5).
 
-The admin API answers the errors with 404, 422 and 503 respectively (``app/api.py``). Messages
-are safe to show to an admin: they never contain keys or secrets.
+What can go wrong is told with the broker seam's errors (``app/broker.py``): the order refused
+(``OrderRejected``) or the broker unreachable (``BrokerUnavailable``).
 """
 
 from __future__ import annotations
@@ -17,21 +16,7 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
 
-
-class BrokerError(Exception):
-    """A request to the broker that could not be carried out; the message says why."""
-
-
-class UnknownAccount(BrokerError):
-    """No broker account is configured for that username."""
-
-
-class OrderRejected(BrokerError):
-    """The broker refused the order (Alpaca's message), or it was invalid before sending."""
-
-
-class BrokerUnavailable(BrokerError):
-    """The broker could not be reached."""
+from app.broker import BrokerUnavailable, OrderRejected
 
 
 def api_error_message(exc: APIError) -> str:

@@ -1,65 +1,46 @@
 """The broker bridge: every configured account's stream, ledger and reconciliation, one price
-feed, and (in simulated mode) the embedded broker with its demo users.
+feed, and (in simulated mode) the embedded broker with accounts for its demo users.
 
-``bridge_ctx`` is the app's cleanup context: it builds the bridge from ``app[SETTINGS_KEY]``,
-``app[BUS_KEY]`` and ``app[STORE_KEY]``, starts it, exposes it as ``app[BRIDGE_KEY]`` and stops
-it (everything closed within about a second) on the way out.
+``BrokerBridge`` implements the app's ``Broker`` seam (``app/broker.py``); the app builds it,
+creates the users it reports in ``demo_logins``, starts it and stops it. It publishes on the
+bus it is given and finds an account's user through the lookup it is given.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from functools import cached_property
+from typing import Any, Literal
 
 import aiohttp
-from aiohttp import web
 
 from alpaca_bridge.account_runtime import AccountRuntime
 from alpaca_bridge.account_sync import AccountSync
 from alpaca_bridge.backoff import Backoff
-from alpaca_bridge.orders import (
-    BrokerError,
-    BrokerUnavailable,
-    OrderRejected,
-    UnknownAccount,
-    submit_market_order,
-)
-from alpaca_bridge.plan import BridgePlan, plan_alpaca, plan_simulated
+from alpaca_bridge.orders import submit_market_order
+from alpaca_bridge.plan import BridgePlan, demo_logins, plan_alpaca, plan_simulated
 from alpaca_bridge.prices import PriceFeed
 from alpaca_bridge.reconcile import trading_client
+from alpaca_bridge.simulator import SimulatedBroker
 from alpaca_bridge.trade_stream import TradeUpdatesStream
 from alpaca_bridge.wire_parser import decimal_text
+from app.broker import AccountStatus, DemoLogin, UnknownAccount, UserLookup
 from app.bus import EventBus
-from app.keys import BRIDGE_KEY, BUS_KEY, SETTINGS_KEY, STORE_KEY
-from app.store import Store
 from config.logging import get_logger
 from config.settings import Settings
 
-if TYPE_CHECKING:
-    from alpaca_bridge.simulator import SimulatedBroker
-
 log = get_logger()
-
-__all__ = [
-    "BrokerBridge",
-    "BrokerError",
-    "BrokerUnavailable",
-    "OrderRejected",
-    "UnknownAccount",
-    "bridge_ctx",
-]
 
 
 class BrokerBridge:
     """Runs the Alpaca side of the service; see the module docstring."""
 
-    def __init__(self, settings: Settings, bus: EventBus, store: Store) -> None:
+    def __init__(self, settings: Settings, bus: EventBus, find_user_id: UserLookup) -> None:
         self.mode: Literal["alpaca", "simulated"] = settings.broker_mode
         self._settings = settings
         self._bus = bus
-        self._store = store
+        self._find_user_id = find_user_id
         self._accounts: dict[str, AccountRuntime] = {}
         self._prices: PriceFeed | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -71,15 +52,16 @@ class BrokerBridge:
     def simulator(self) -> SimulatedBroker | None:
         return self._plan.simulator if self._plan else None
 
-    @property
-    def demo_logins(self) -> list[tuple[str, str]]:
-        return list(self._plan.demo_logins) if self._plan else []
+    @cached_property
+    def demo_logins(self) -> tuple[DemoLogin, ...]:
+        """The demo users simulated mode has accounts for; their users must exist before
+        ``start``. Raises ``AccountsConfigError`` like ``start``."""
+        return demo_logins(self._settings)
 
     @property
     def ready(self) -> bool:
-        """Store open and every account settled: reconciled once, or definitively failed."""
-        accounts = self._accounts.values()
-        return self._running and self._store.is_open and all(a.settled for a in accounts)
+        """Started, and every account settled: reconciled once, or definitively failed."""
+        return self._running and all(a.settled for a in self._accounts.values())
 
     async def wait_ready(self) -> None:
         """Return once ``ready`` (see there) has been true; use with a timeout."""
@@ -95,9 +77,7 @@ class BrokerBridge:
         ``AccountsConfigError`` for account configuration that cannot work."""
         settings = self._settings
         plan = await (
-            plan_simulated(settings, self._store)
-            if self.mode == "simulated"
-            else plan_alpaca(settings)
+            plan_simulated(settings) if self.mode == "simulated" else plan_alpaca(settings)
         )
         self._plan = plan
         self._http = aiohttp.ClientSession()
@@ -115,15 +95,15 @@ class BrokerBridge:
                 account, trading_client(account, plan.endpoints(account).api_url)
             )
             self._accounts[account.username.lower()] = entry
-            user = await self._store.get_user_by_username(account.username)
-            if user is None:
+            user_id = await self._find_user_id(account.username)
+            if user_id is None:
                 log.error(
                     "[AlpacaStream] No user for broker account; its events are not "
                     "streamed until the user exists and the service restarts",
                     account=account.username,
                 )
                 continue
-            entry.user_id = user.id
+            entry.user_id = user_id
             self._start_account(entry, plan)
         feeders = [e.account for e in self._accounts.values() if e.sync is not None]
         if feeders:
@@ -186,7 +166,7 @@ class BrokerBridge:
             await self._plan.simulator.stop()
         log.info("[AlpacaStream] Bridge stopped", mode=self.mode, accounts=len(entries))
 
-    def accounts_status(self) -> list[dict[str, Any]]:
+    def accounts_status(self) -> list[AccountStatus]:
         return [entry.status(self.mode) for entry in self._accounts.values()]
 
     def price_stream_status(self) -> dict[str, Any]:
@@ -226,14 +206,3 @@ class BrokerBridge:
                     *(e.sync.ledger.symbols for e in self._accounts.values() if e.sync is not None)
                 )
             )
-
-
-async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: start the bridge, expose it as ``app[BRIDGE_KEY]``, stop it."""
-    bridge = BrokerBridge(app[SETTINGS_KEY], app[BUS_KEY], app[STORE_KEY])
-    await bridge.start()
-    app[BRIDGE_KEY] = bridge
-    try:
-        yield
-    finally:
-        await bridge.stop()

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from alpaca_bridge.service import BrokerBridge, OrderRejected, UnknownAccount, bridge_ctx
+from alpaca_bridge.service import BrokerBridge
 from alpaca_bridge.simulator import SimulatedBroker
+from app.broker import DemoLogin, OrderRejected, UnknownAccount, UserLookup
 from app.bus import InProcessBus
 from app.events import Event
-from app.keys import BRIDGE_KEY, BUS_KEY, SETTINGS_KEY, STORE_KEY
 from app.store import Store
 from config.settings import Settings
 
@@ -76,6 +75,14 @@ def alpaca_settings(sim: SimulatedBroker, tmp_path: Path, **values: Any) -> Sett
     return Settings(_env_file=None, **(defaults | values))
 
 
+def users_in(store: Store) -> UserLookup:
+    async def user_id(username: str) -> str | None:
+        user = await store.get_user_by_username(username)
+        return None if user is None else user.id
+
+    return user_id
+
+
 @pytest.fixture
 async def bridge_for(
     bus: InProcessBus,
@@ -84,7 +91,7 @@ async def bridge_for(
     made: list[BrokerBridge] = []
 
     def make(settings: Settings) -> BrokerBridge:
-        bridge = BrokerBridge(settings, bus, store)
+        bridge = BrokerBridge(settings, bus, users_in(store))
         made.append(bridge)
         return bridge
 
@@ -166,7 +173,7 @@ async def test_start_connects_reconciles_and_reports_status(
         "paper": True,
     }
     assert bridge.simulator is None
-    assert bridge.demo_logins == []
+    assert bridge.demo_logins == ()
     assert bridge.price_stream_status()["status"] == "idle"
     assert log_lines.matching("INFO [AlpacaStream] Bridge started: mode=alpaca, accounts=1")
     assert log_lines.matching("[AlpacaStream] Connected to trade_updates stream: account=alice")
@@ -386,32 +393,43 @@ async def test_stop_closes_everything_within_a_second(
     await asyncio.wait_for(broker.wait_trading_disconnected(KEY), 5)
 
 
-async def test_simulated_mode_runs_the_embedded_broker_with_demo_users(
+DEMO = (
+    DemoLogin("admin", "admin-demo", is_admin=True),
+    DemoLogin("alice", "alice-demo"),
+    DemoLogin("bob", "bob-demo"),
+)
+
+
+def simulated_settings(tmp_path: Path, **values: Any) -> Settings:
+    defaults: dict[str, Any] = {
+        "broker": "simulated",
+        "sim_order_interval_s": 0,
+        "sim_tick_interval_ms": 60_000,
+        "database_url": f"sqlite:///{tmp_path}/u.db",
+    }
+    return Settings(_env_file=None, **(defaults | values))
+
+
+async def test_simulated_mode_gives_demo_users_accounts_and_leaves_the_users_to_the_app(
     tmp_path: Path,
     store: Store,
     bridge_for: Callable[[Settings], BrokerBridge],
     collected: Any,
 ) -> None:
-    settings = Settings(
-        _env_file=None,
-        broker="simulated",
-        sim_order_interval_s=0,
-        sim_tick_interval_ms=60_000,
-        database_url=f"sqlite:///{tmp_path}/u.db",
-    )
-    bridge = bridge_for(settings)
+    bridge = bridge_for(simulated_settings(tmp_path))
+    assert bridge.demo_logins == DEMO
+    await store.ensure_user("bob", "bob-demo")  # alice exists already; admin is left out
     await bridge.start()
     await asyncio.wait_for(bridge.wait_ready(), 5)
     assert bridge.mode == "simulated"
     assert bridge.simulator is not None
-    # alice existed already with her own password, so only the other two demo logins work.
-    assert bridge.demo_logins == [("admin", "admin-demo"), ("bob", "bob-demo")]
-    admin = await store.get_user_by_username("admin")
-    assert admin is not None
-    assert admin.is_admin
+    assert await store.get_user_by_username("admin") is None  # the bridge never writes users
     statuses = {s["username"]: s for s in bridge.accounts_status()}
-    assert sorted(statuses) == ["admin", "alice", "bob"]
-    assert {s["status"] for s in statuses.values()} == {"connected"}
+    assert {name: s["status"] for name, s in statuses.items()} == {
+        "admin": "unknown_user",
+        "alice": "connected",
+        "bob": "connected",
+    }
     order = await bridge.place_order("bob", "MSFT", "buy", Decimal(1))
     trade = await collected.wait_for(is_("trade:executed", orderId=order["orderId"]))
     assert trade.user_id == statuses["bob"]["userId"]
@@ -422,21 +440,17 @@ async def test_simulated_mode_runs_the_embedded_broker_with_demo_users(
     )
 
 
-async def test_bridge_ctx_starts_and_stops_the_bridge_with_the_app(
-    broker: SimulatedBroker,
-    tmp_path: Path,
-    store: Store,
-    bus: InProcessBus,
+def test_demo_logins_leave_out_configured_accounts_and_other_modes(
+    tmp_path: Path, bus: InProcessBus, store: Store
 ) -> None:
-    app = web.Application()
-    app[SETTINGS_KEY] = alpaca_settings(broker, tmp_path)
-    app[BUS_KEY] = bus
-    app[STORE_KEY] = store
-    app.cleanup_ctx.append(bridge_ctx)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    bridge = app[BRIDGE_KEY]
-    await asyncio.wait_for(bridge.wait_ready(), 5)
-    assert [s["status"] for s in bridge.accounts_status()] == ["connected"]
-    await runner.cleanup()
-    assert [s["status"] for s in bridge.accounts_status()] == ["stopped"]
+    def demo(**values: Any) -> tuple[str, ...]:
+        bridge = BrokerBridge(simulated_settings(tmp_path, **values), bus, users_in(store))
+        return tuple(login.username for login in bridge.demo_logins)
+
+    assert demo() == ("admin", "alice", "bob")
+    assert demo(alpaca_api_key=KEY, alpaca_secret_key=SECRET, alpaca_username="Alice") == (
+        "admin",
+        "bob",
+    )
+    assert demo(sim_demo_users=False) == ()
+    assert demo(broker="alpaca", alpaca_api_key=KEY, alpaca_secret_key=SECRET) == ()
