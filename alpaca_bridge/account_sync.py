@@ -28,6 +28,7 @@ from alpaca_bridge.payloads import BusEvent
 from alpaca_bridge.reconcile import BrokerSnapshot, fetch_snapshot
 from alpaca_bridge.wire_parser import TradeUpdate
 from app.bus import BusClosed, EventBus
+from app.events import TRADE_EXECUTED
 from config.logging import get_logger
 
 log = get_logger()
@@ -176,7 +177,7 @@ class AccountSync:
                 self._bus.publish(event.type, event.payload, quiet=event.quiet)
             except BusClosed:
                 return  # shutting down
-            if event.type == "trade:executed":
+            if event.type == TRADE_EXECUTED:
                 log.info(
                     "[AlpacaStream] Emitted trade:executed event",
                     tradeId=event.payload["tradeId"],

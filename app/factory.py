@@ -35,7 +35,7 @@ from app.lifecycle import Lifecycle
 from app.login_throttle import LoginThrottle
 from app.metrics import Metrics
 from app.portfolio import PortfolioStore
-from app.stats import StreamStats
+from app.stats import StatsRules, StreamStats
 from app.store import Store
 from app.stream import WS_PATH, PortfolioStreamManager
 from app.ws import portfolio_ws
@@ -131,11 +131,13 @@ def create_app(
 ) -> web.Application:
     """Build the service. ``with_bridge=False`` puts a ``NullBroker`` in the bridge's place
     (events then come from the tests or from ``extra_contexts``)."""
-    app = web.Application(middlewares=[error_middleware({WS_PATH})], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[error_middleware({WS_PATH})], client_max_size=settings.http_max_body_bytes
+    )
     app[SETTINGS_KEY] = settings
     app[BUS_KEY] = InProcessBus()
     app[PORTFOLIO_KEY] = PortfolioStore(settings.recent_orders_limit)
-    app[STATS_KEY] = StreamStats(settings.reconnect_window_s)
+    app[STATS_KEY] = StreamStats(StatsRules.from_settings(settings))
     app[METRICS_KEY] = Metrics()
     app[THROTTLE_KEY] = LoginThrottle(
         settings.login_max_failures,

@@ -6,6 +6,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# Failure records kept before the expired ones are swept: bounds memory under a spray of
+# made-up usernames without a pass over the table on every failure.
+THROTTLE_SWEEP_AT = 10_000
+
 
 @dataclass(slots=True)
 class _Failures:
@@ -59,7 +63,7 @@ class LoginThrottle:
                 self._failures[key] = _Failures(1, now)
             else:
                 entry.count += 1
-        if len(self._failures) > 10_000:
+        if len(self._failures) > THROTTLE_SWEEP_AT:
             self._failures = {
                 k: v for k, v in self._failures.items() if now - v.first_at < self._lockout
             }

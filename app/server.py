@@ -35,6 +35,9 @@ from config.settings import Settings
 log = get_logger()
 
 LISTEN_BACKLOG = 1024
+# In-flight HTTP handlers may use this share of SHUTDOWN_TIMEOUT_S before aiohttp cancels them;
+# the rest is left for the cleanup contexts (broker, bus, store) within the same bound.
+HANDLER_SHARE_OF_SHUTDOWN = 0.5
 
 
 def install_uvloop() -> None:
@@ -97,7 +100,10 @@ async def run_service(
     app = build_app(settings)
     # handler_cancellation: a handler still running once shutdown_timeout passed is cancelled.
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s / 2
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_s * HANDLER_SHARE_OF_SHUTDOWN,
     )
     supervisor: asyncio.Task[None] | None = None
     gc_timing = contextlib.ExitStack()

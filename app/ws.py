@@ -49,7 +49,7 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
         user, refusal = await admission_refusal(request)
     except Exception:
         log.exception("[PortfolioStream] Admission failed", path=request.path)
-        return ApiError(500, "internal_error", "Internal server error").response()
+        return ApiError.internal().response()
     if user is None:
         assert refusal is not None
         return refusal

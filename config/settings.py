@@ -100,6 +100,18 @@ class Settings(BaseSettings):
     gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = (100_000, 50, 1_000)
     node_id: str | None = None
 
+    # HTTP API and health rules
+    # ``pollIntervalMs`` of /api/realtime/config: how often a browser without a live socket polls.
+    poll_interval_ms: int = Field(5000, ge=1000, le=300_000)
+    # Largest request body (login, test trade: a few hundred bytes); a bigger one is a 413.
+    http_max_body_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    # The stats say "degraded" when more than this share of the active connections closed within
+    # the window, or when batch efficiency is under the minimum once enough deliveries were made.
+    degraded_disconnect_ratio: float = Field(0.10, ge=0)
+    degraded_disconnect_window_s: float = Field(60.0, gt=0, le=3600)
+    degraded_min_batch_efficiency: float = Field(0.5, ge=0, le=1)
+    degraded_min_deliveries: int = Field(100, ge=0)
+
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
