@@ -25,7 +25,7 @@ from alpaca_bridge.reconcile import trading_client
 from alpaca_bridge.simulator import SimulatedBroker
 from alpaca_bridge.trade_stream import TradeUpdatesStream
 from alpaca_bridge.wire_parser import decimal_text
-from app.broker import AccountStatus, DemoLogin, UnknownAccount, UserLookup
+from app.broker import AccountStatus, BrokerReport, DemoLogin, UnknownAccount, UserLookup
 from app.bus import EventBus
 from config.logging import get_logger
 from config.settings import Settings
@@ -168,6 +168,13 @@ class BrokerBridge:
 
     def accounts_status(self) -> list[AccountStatus]:
         return [entry.status(self.mode) for entry in self._accounts.values()]
+
+    def report(self) -> BrokerReport:
+        return {
+            "mode": self.mode,
+            "accounts": self.accounts_status(),
+            "prices": self.price_stream_status(),
+        }
 
     def price_stream_status(self) -> dict[str, Any]:
         if self._prices is None:

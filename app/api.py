@@ -143,12 +143,9 @@ def stats_document(app: web.Application) -> dict[str, Any]:
     document["batchWindowMs"] = settings.batch_window_ms
     document["node"] = settings.node_id or socket.gethostname()
     document["draining"] = app[LIFECYCLE_KEY].draining
-    broker = app[BROKER_KEY]
-    document["broker"] = {
-        "mode": broker.mode,
-        "accounts": broker.accounts_status(),
-        "prices": broker.price_stream_status(),
-    }
+    report = app[BROKER_KEY].report()
+    if report is not None:
+        document["broker"] = report
     return document
 
 

@@ -35,6 +35,14 @@ class AccountStatus(TypedDict):
     paper: bool
 
 
+class BrokerReport(TypedDict):
+    """The stats document's ``broker`` section."""
+
+    mode: str
+    accounts: list[AccountStatus]
+    prices: dict[str, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class DemoLogin:
     """A demo user the broker has an account for; the app creates the user before start."""
@@ -70,11 +78,6 @@ class Broker(Protocol):
     """The brokerage as the app sees it: started and stopped by the app, asked for status."""
 
     @property
-    def mode(self) -> str:
-        """``alpaca``, ``simulated``, or ``none``."""
-        ...
-
-    @property
     def ready(self) -> bool:
         """Every account settled (reconciled once, or failed for good): /readyz's broker check."""
         ...
@@ -98,7 +101,9 @@ class Broker(Protocol):
 
     def accounts_status(self) -> list[AccountStatus]: ...
 
-    def price_stream_status(self) -> dict[str, Any]: ...
+    def report(self) -> BrokerReport | None:
+        """For the stats document; None when there is no broker to report on."""
+        ...
 
     async def place_order(
         self, username: str, symbol: str, side: str, qty: Decimal
@@ -109,10 +114,9 @@ class Broker(Protocol):
 
 
 class NullBroker:
-    """No broker (events come from elsewhere: tests, benchmarks): ready, no accounts, and every
-    order refused as unavailable."""
+    """No broker (events come from elsewhere: tests, benchmarks): ready, no accounts, nothing
+    to report, and every order refused as unavailable."""
 
-    mode = "none"
     ready = True
     demo_logins: Sequence[DemoLogin] = ()
 
@@ -128,8 +132,8 @@ class NullBroker:
     def accounts_status(self) -> list[AccountStatus]:
         return []
 
-    def price_stream_status(self) -> dict[str, Any]:
-        return {"status": "idle", "symbols": [], "ticks": 0, "lastTickAt": None}
+    def report(self) -> BrokerReport | None:
+        return None
 
     async def place_order(
         self, username: str, symbol: str, side: str, qty: Decimal
