@@ -7,7 +7,8 @@ so the snapshot is consistent with the stream; then the snapshot's differences a
 and the held-back updates are applied after it (the ledger counts a fill the snapshot already
 holds only once). If REST fails after an earlier success, updates are applied live again while
 it is retried: a slightly stale ledger moved by live fills beats a frozen one. Before the first
-success there is nothing to apply them to, so they stay held.
+success there is nothing to apply them to, so they stay held. An update the ledger cannot square
+with what it holds (see ``AccountLedger.take_doubt``) starts a reconciliation too.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class AccountSync:
         """Start a reconciliation, or queue one more after the running one."""
         if gap_started_at is not None:
             self._gap_started_at = min(gap_started_at, self._gap_started_at or gap_started_at)
+        self._start_reconciling()
+
+    def _start_reconciling(self) -> None:
         if self.reconciling:
             self._again = True
             return
@@ -93,6 +97,16 @@ class AccountSync:
             self._held.append(update)
             return
         self._publish(self.ledger.apply_update(update))
+        doubt = self.ledger.take_doubt()
+        if doubt is not None:
+            # Reordered or missing updates: REST settles what the stream cannot.
+            if not self.reconciling:
+                log.warning(
+                    "[AlpacaStream] Trade update contradicts the ledger; reconciling",
+                    account=self.account,
+                    reason=doubt,
+                )
+            self._start_reconciling()
 
     def on_prices(self, prices: dict[str, Decimal]) -> None:
         for symbol, price in prices.items():

@@ -1,15 +1,20 @@
-"""Fixtures for the broker bridge tests: captured log lines and a running in-process bus."""
+"""Fixtures for the broker bridge tests: captured log lines, a running in-process bus, a user
+store with alice in it, and bridges built on them (stopped after the test)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
+from alpaca_bridge.service import BrokerBridge
 from app.bus import InProcessBus
 from app.events import EVENT_TYPES, Event
+from app.store import Store
 from config.logging import configure_logging
 from config.settings import Settings
 
@@ -96,3 +101,44 @@ def collected(bus: InProcessBus) -> EventCollector:
     for kind in EVENT_TYPES:
         bus.subscribe(kind, collector)
     return collector
+
+
+@pytest.fixture(scope="session")
+def users_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user database with alice in it, made once: password hashing is deliberately slow."""
+    path = tmp_path_factory.mktemp("users") / "users.db"
+
+    async def create() -> None:
+        store = Store(path)
+        await store.open()
+        await store.create_user("alice", "pw")
+        await store.close()
+
+    asyncio.run(create())
+    return path
+
+
+@pytest.fixture
+async def store(tmp_path: Path, users_db: Path) -> AsyncIterator[Store]:
+    shutil.copy(users_db, tmp_path / "users.db")
+    store = Store(tmp_path / "users.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def bridge_for(
+    bus: InProcessBus,
+    store: Store,
+) -> AsyncIterator[Callable[[Settings], BrokerBridge]]:
+    made: list[BrokerBridge] = []
+
+    def make(settings: Settings) -> BrokerBridge:
+        bridge = BrokerBridge(settings, bus, store)
+        made.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in made:
+        await bridge.stop()
