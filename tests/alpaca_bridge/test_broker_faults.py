@@ -70,3 +70,39 @@ async def test_fills_delivered_newest_first_converge_on_the_broker_truth(
     )
     await buy(bridge, collected, "MSFT", 1)  # in order again, and everything before it is in
     assert bus_state(collected.events, user_id) == rest_state(broker, KEY)
+
+
+async def keep_stream_down(broker: SimulatedBroker) -> None:
+    """Cut the account's stream and leave it down (auth goes unanswered) until auth is "ok"."""
+    broker.set_auth_behaviour(KEY, "silent")
+    broker.drop_trading_streams(KEY, how="abort")
+    await asyncio.wait_for(broker.wait_trading_disconnected(KEY), 5)
+
+
+async def test_an_order_placed_long_before_a_gap_and_filled_in_it_is_read_again(
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+) -> None:
+    bridge = bridge_for(alpaca_settings(broker, tmp_path, alpaca_auth_timeout_s=0.3))
+    user_id = await started(bridge, collected)
+    broker.set_price("AAPL", Decimal(100))
+    # Submitted "two minutes ago": GET /v2/orders?after=<gap start> does not list it.
+    broker.set_clock_offset(-120)
+    resting = await broker.submit_order(
+        KEY, "AAPL", "buy", Decimal(3), type="limit", limit_price=Decimal(90)
+    )
+    broker.set_clock_offset(0)
+    await collected.wait_for(is_("order:updated", orderId=resting["id"], status="new"))
+
+    await keep_stream_down(broker)
+    broker.set_price("AAPL", Decimal(85))
+    await asyncio.wait_for(broker.wait_trade_updates(KEY, 1, event="fill"), 5)
+    broker.set_auth_behaviour(KEY, "ok")
+
+    filled = await collected.wait_for(
+        is_("order:updated", orderId=resting["id"], status="filled"), within=10
+    )
+    assert filled.payload["event"] == "reconciled"
+    assert bus_state(collected.events, user_id) == rest_state(broker, KEY)
