@@ -24,6 +24,7 @@ from decimal import Decimal
 from alpaca.trading.client import TradingClient
 
 from alpaca_bridge.backoff import Backoff
+from alpaca_bridge.dedup import RecentKeys
 from alpaca_bridge.ledger import AccountLedger
 from alpaca_bridge.models import TradeUpdate
 from alpaca_bridge.payloads import BusEvent
@@ -39,6 +40,8 @@ MAX_QUIET_PASSES = 3
 GAP_CLOCK_SKEW_S = 30.0
 # Updates held back during one reconciliation; past this the oldest go (the snapshot has them).
 MAX_HELD_UPDATES = 10_000
+# Unreadable broker records already warned about (each is reported once).
+MAX_SKIPPED_REMEMBERED = 1_000
 
 
 class AccountSync:
@@ -71,6 +74,7 @@ class AccountSync:
         self._again = False
         self._task: asyncio.Task[None] | None = None
         self._last_symbols: frozenset[str] = frozenset()
+        self._skipped = RecentKeys(MAX_SKIPPED_REMEMBERED)
         self.reconciled_at: float | None = None
 
     @property
@@ -126,8 +130,12 @@ class AccountSync:
             while self._again:
                 self._again = False
                 snapshot = await self._quiet_snapshot()
+                self._report_skipped(snapshot)
                 changes = self.ledger.apply_snapshot(
-                    snapshot.account, snapshot.positions, snapshot.orders
+                    snapshot.account,
+                    snapshot.positions,
+                    snapshot.orders,
+                    keep=snapshot.unreadable_symbols,
                 )
                 self._publish(changes)
                 self.reconciled_at = self._clock()
@@ -143,6 +151,18 @@ class AccountSync:
             log.exception("[AlpacaStream] Reconciliation crashed", account=self.account)
         self._task = None
         self._release_held()
+
+    def _report_skipped(self, snapshot: BrokerSnapshot) -> None:
+        """One warning per unreadable record, not one per reconciliation that meets it again."""
+        for record in snapshot.skipped:
+            if self._skipped.add((record.kind, record.ident, record.reason)):
+                log.warning(
+                    "[AlpacaStream] Skipped a broker record",
+                    account=self.account,
+                    record=record.kind,
+                    id=record.ident,
+                    reason=record.reason,
+                )
 
     def _release_held(self) -> None:
         """Apply held-back updates in arrival order and stop holding."""

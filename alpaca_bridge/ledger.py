@@ -127,13 +127,15 @@ class AccountLedger:
 
     def apply_snapshot(
         self,
-        account: AccountState,
+        account: AccountState | None,
         positions: Iterable[PositionState],
         orders: Iterable[OrderState],
+        keep: Iterable[str] = (),
     ) -> list[BusEvent]:
-        """REST truth replaces what we hold; only the differences become events."""
+        """REST truth replaces what we hold; only the differences become events. The symbols in
+        ``keep`` (their REST rows were unreadable) and, with no ``account``, cash stay as held."""
         events: list[BusEvent] = []
-        seen: set[str] = set()
+        seen: set[str] = set(keep)
         for row in positions:
             if row.qty == 0:
                 continue
@@ -158,9 +160,10 @@ class AccountLedger:
             )
             if self._merge_order(order) and changed:
                 events.append(order_updated(self.user_id, order, "reconciled", self._clock()))
-        self._cash = account.cash
-        self._buying_power_offset = account.buying_power - account.cash
-        self._has_account = True
+        if account is not None:
+            self._cash = account.cash
+            self._buying_power_offset = account.buying_power - account.cash
+            self._has_account = True
         self._position_at.clear()  # fills from here on are newer than this truth
         self._doubt = None
         events.extend(self._account_events())

@@ -46,11 +46,11 @@ class LogLines:
     def matching(self, *needles: str) -> list[str]:
         return [line for line in self.all() if all(n in line for n in needles)]
 
-    async def wait_for(self, *needles: str) -> str:
-        """The first line containing every needle, once one has been logged."""
+    async def wait_for(self, *needles: str, count: int = 1) -> str:
+        """The first line containing every needle, once ``count`` such lines have been logged."""
         self._stream.loop = asyncio.get_running_loop()
         changed = self._stream.changed = asyncio.Event()
-        while not (found := self.matching(*needles)):
+        while len(found := self.matching(*needles)) < count:
             changed.clear()
             await changed.wait()
         return found[0]

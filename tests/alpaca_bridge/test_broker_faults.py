@@ -106,3 +106,113 @@ async def test_an_order_placed_long_before_a_gap_and_filled_in_it_is_read_again(
     )
     assert filled.payload["event"] == "reconciled"
     assert bus_state(collected.events, user_id) == rest_state(broker, KEY)
+
+
+def new_order_update(order_id: str) -> dict[str, Any]:
+    """A ``new`` event exactly as Alpaca sends it, but for an order id of our choosing."""
+    stamp = "2026-01-05T15:00:00.123456789Z"
+    return {
+        "stream": "trade_updates",
+        "data": {
+            "event": "new",
+            "timestamp": stamp,
+            "order": {
+                "id": order_id,
+                "client_order_id": "cid-poison",
+                "created_at": stamp,
+                "updated_at": stamp,
+                "submitted_at": stamp,
+                "symbol": "AAPL",
+                "asset_class": "us_equity",
+                "qty": "1",
+                "filled_qty": "0",
+                "type": "limit",
+                "order_type": "limit",
+                "limit_price": "1",
+                "side": "buy",
+                "time_in_force": "day",
+                "status": "new",
+                "extended_hours": False,
+            },
+        },
+    }
+
+
+async def test_an_order_id_that_is_not_a_uuid_is_skipped_once_and_gaps_still_heal(
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    log_lines: Any,
+) -> None:
+    bridge = bridge_for(alpaca_settings(broker, tmp_path, alpaca_auth_timeout_s=0.3))
+    user_id = await started(bridge, collected)
+    broker.send_trading_frame(KEY, new_order_update("not-a-uuid"))
+    await collected.wait_for(is_("order:updated", orderId="not-a-uuid", status="new"))
+    for gap in (1, 2):
+        await keep_stream_down(broker)
+        missed = await broker.submit_order(KEY, "MSFT", "buy", Decimal(1))
+        await asyncio.wait_for(broker.wait_trade_updates(KEY, gap, event="fill"), 5)
+        broker.set_auth_behaviour(KEY, "ok")
+        await collected.wait_for(
+            is_("order:updated", orderId=missed["id"], status="filled"), within=10
+        )
+    [warning] = log_lines.matching("[AlpacaStream] Skipped a broker record")
+    assert " WARNING " in warning
+    assert "record=order, id=not-a-uuid, reason=" in warning
+    assert not log_lines.matching("Reconciliation failed")
+    shown, truth = bus_state(collected.events, user_id), rest_state(broker, KEY)
+    assert (shown["positions"], shown["cash"]) == (truth["positions"], truth["cash"])
+
+
+def with_rows(*extra: Any) -> Callable[[Any], Any]:
+    """A REST rewrite adding rows to list answers (single-object answers pass unchanged)."""
+    return lambda body: [*body, *extra] if isinstance(body, list) else body
+
+
+async def test_poison_rest_records_are_skipped_with_one_warning_each(
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    log_lines: Any,
+) -> None:
+    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    user_id = await started(bridge, collected)
+    await buy(bridge, collected, "TSLA", 2)
+    poison_orders = with_rows(
+        {
+            "id": "0b7c5a4e-5d1f-4c3e-9a8b-7f6e5d4c3b2a",
+            "symbol": "AAPL",
+            "side": "buy",
+            "status": "new",
+            "filled_qty": "lots",
+        },
+        {"symbol": "AAPL", "side": "buy", "status": "new"},
+    )
+    broker.rewrite_rest(poison_orders, path="/v2/orders")
+
+    def poison_positions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [row | {"qty": "two"} if row["symbol"] == "TSLA" else row for row in rows]
+
+    broker.rewrite_rest(poison_positions, path="/v2/positions")
+    broker.rewrite_rest(lambda account: account | {"cash": "NaN"}, path="/v2/account")
+    for reconnect in (1, 2):
+        broker.drop_trading_streams(KEY, how="abort")
+        await asyncio.wait_for(
+            log_lines.wait_for("[AlpacaStream] Reconciled account", count=1 + reconnect), 10
+        )
+    skipped = log_lines.matching("WARNING [AlpacaStream] Skipped a broker record")
+    assert sorted(line.split("record=")[1].split(",")[0] for line in skipped) == [
+        "account",
+        "order",
+        "order",
+        "position",
+    ], skipped
+    assert not log_lines.matching("Reconciliation failed")
+    assert not log_lines.matching("Reconciliation crashed")
+    # What could not be read is left as it was, not taken for "gone".
+    assert not collected.of_type("position:closed")
+    broker.clear_rest_faults()
+    await buy(bridge, collected, "TSLA", 1)
+    assert bus_state(collected.events, user_id) == rest_state(broker, KEY)
