@@ -1,14 +1,16 @@
 """One account's ledger kept in step with its stream, its REST truth and market prices.
 
 The consumer calls ``on_connected`` after every (re)connect (with the time the gap began) and
-``on_update`` for each new trade update. While a reconciliation runs, updates are held back;
+``on_update`` for each new trade update. While a reconciliation pass runs, updates are held back;
 the REST fetch is repeated (up to ``MAX_QUIET_PASSES``) until one pass saw no stream activity,
 so the snapshot is consistent with the stream; then the snapshot's differences are published,
 and the held-back updates are applied after it (the ledger counts a fill the snapshot already
-holds only once). If REST fails after an earlier success, updates are applied live again while
-it is retried: a slightly stale ledger moved by live fills beats a frozen one. Before the first
-success there is nothing to apply them to, so they stay held. An update the ledger cannot square
-with what it holds (see ``AccountLedger.take_doubt``) starts a reconciliation too.
+holds only once). Every REST request is bounded by the REST timeout, so a pass holds updates for
+a bounded time: if it fails (a timeout, an error), the held updates are applied and updates flow
+live while REST is retried with backoff; a slightly stale ledger moved by live fills beats a
+frozen one. ``problem`` says why the last attempt failed until one succeeds. An update the
+ledger cannot square with what it holds (see ``AccountLedger.take_doubt``) starts a
+reconciliation too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Literal
 
 from alpaca.trading.client import TradingClient
 
@@ -29,6 +32,7 @@ from alpaca_bridge.ledger import AccountLedger
 from alpaca_bridge.models import TradeUpdate
 from alpaca_bridge.payloads import BusEvent
 from alpaca_bridge.reconcile import BrokerSnapshot, fetch_snapshot
+from alpaca_bridge.rest_client import RestTimeout
 from app.bus import BusClosed, EventBus
 from app.events import TRADE_EXECUTED
 from config.logging import get_logger
@@ -43,9 +47,12 @@ MAX_HELD_UPDATES = 10_000
 # Unreadable broker records already warned about (each is reported once).
 MAX_SKIPPED_REMEMBERED = 1_000
 
+RestProblem = Literal["rest_timeout", "reconcile_failed"]
+
 
 class AccountSync:
-    """Owns the ledger of ``account`` (a username) for ``user_id``; publishes what it implies."""
+    """Owns the ledger of ``account`` (a username) for ``user_id``; publishes what it implies.
+    ``on_settled`` is called after every reconciliation attempt, whether it worked or not."""
 
     def __init__(
         self,
@@ -56,7 +63,7 @@ class AccountSync:
         bus: EventBus,
         backoff: Backoff,
         on_symbols_changed: Callable[[], None],
-        on_reconciled: Callable[[], None] = lambda: None,
+        on_settled: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.account = account
@@ -65,7 +72,7 @@ class AccountSync:
         self._bus = bus
         self._backoff = backoff
         self._on_symbols_changed = on_symbols_changed
-        self._on_reconciled = on_reconciled
+        self._on_settled = on_settled
         self._gap_started_at: float | None = None
         self._clock = clock
         self._held: deque[TradeUpdate] = deque(maxlen=MAX_HELD_UPDATES)
@@ -76,6 +83,8 @@ class AccountSync:
         self._last_symbols: frozenset[str] = frozenset()
         self._skipped = RecentKeys(MAX_SKIPPED_REMEMBERED)
         self.reconciled_at: float | None = None
+        self.problem: RestProblem | None = None  # why the last attempt failed, until one works
+        self.last_error: str | None = None
 
     @property
     def reconciling(self) -> bool:
@@ -139,7 +148,7 @@ class AccountSync:
                 )
                 self._publish(changes)
                 self.reconciled_at = self._clock()
-                self._on_reconciled()
+                self._on_settled()
                 log.info(
                     "[AlpacaStream] Reconciled account",
                     account=self.account,
@@ -184,18 +193,23 @@ class AccountSync:
                     fetch_snapshot, self._client, believed_open, since
                 )
             except Exception as exc:
-                # REST down or refusing: try again later (see the module docstring).
-                if self.reconciled_at is not None:
-                    self._release_held()
+                # REST down, hung or refusing: try again later (see the module docstring).
+                self._release_held()
+                self.problem = (
+                    "rest_timeout" if isinstance(exc, RestTimeout) else "reconcile_failed"
+                )
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._on_settled()
                 delay = self._backoff.next_delay() + self._backoff.initial_s
                 log.error(
                     "[AlpacaStream] Reconciliation failed",
                     account=self.account,
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=self.last_error,
                     retryInMs=round(delay * 1000),
                 )
                 await asyncio.sleep(delay)
                 continue
+            self.problem = self.last_error = None
             self._backoff.reset()
             self._holding = True
             passes += 1

@@ -3,8 +3,9 @@
 Alpaca's trade_updates stream has no replay (research §3.1), so after every (re)connect the
 account, its open orders, every order we still believed open, and its positions are fetched
 through alpaca-py's ``TradingClient`` (synchronous ``requests``: call ``fetch_snapshot`` in a
-worker thread). The client is built with ``raw_data=True`` so numbers stay strings and become
-``Decimal`` in our parser rather than floats.
+worker thread; each request is bounded by the REST timeout, see ``rest_client``). The client is
+built with ``raw_data=True`` so numbers stay strings and become ``Decimal`` in our parser rather
+than floats.
 
 Orders submitted since the gap began come from ``GET /v2/orders?status=all&after=`` (the most
 recent ones on the first connect); orders we believed open are re-fetched one by one because
@@ -42,6 +43,7 @@ from alpaca_bridge.models import (
     parse_order,
     parse_position,
 )
+from alpaca_bridge.rest_client import BrokerRestClient
 
 T = TypeVar("T")
 
@@ -108,14 +110,9 @@ class _Reader:
         return [item for item in parsed if item is not None]
 
 
-def trading_client(account: BrokerAccount, api_url: str) -> TradingClient:
-    return TradingClient(
-        account.api_key.get_secret_value(),
-        account.secret_key.get_secret_value(),
-        paper=account.paper,
-        raw_data=True,
-        url_override=api_url,
-    )
+def trading_client(account: BrokerAccount, api_url: str, timeout_s: float) -> TradingClient:
+    """The account's REST client: every request bounded by ``timeout_s`` (see rest_client)."""
+    return BrokerRestClient(account, api_url, timeout_s)
 
 
 def fetch_snapshot(

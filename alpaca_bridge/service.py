@@ -111,9 +111,9 @@ class BrokerBridge:
 
     async def _start_accounts(self, plan: BridgePlan) -> None:
         for account in plan.accounts:
-            entry = AccountRuntime(
-                account, trading_client(account, plan.endpoints(account).api_url)
-            )
+            api_url = plan.endpoints(account).api_url
+            client = trading_client(account, api_url, self._settings.broker_rest_timeout_s)
+            entry = AccountRuntime(account, client)
             self._accounts[account.username.lower()] = entry
             user = await self._store.get_user_by_username(account.username)
             if user is None:
@@ -150,7 +150,7 @@ class BrokerBridge:
             client=entry.client,
             bus=self._bus,
             on_symbols_changed=self._on_symbols_changed,
-            on_reconciled=self._state_changed,
+            on_settled=self._state_changed,
             backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s),
         )
         stream = TradeUpdatesStream(
@@ -188,6 +188,16 @@ class BrokerBridge:
 
     def accounts_status(self) -> list[dict[str, Any]]:
         return [entry.status(self.mode) for entry in self._accounts.values()]
+
+    def broker_health(self) -> dict[str, Any]:
+        """Per-account health (see ``alpaca_bridge.health``) and ``ready``: every account ok."""
+        accounts = {
+            e.account.username: e.status(self.mode)["health"] for e in self._accounts.values()
+        }
+        return {
+            "ready": self._running and all(h == "ok" for h in accounts.values()),
+            "accounts": accounts,
+        }
 
     def price_stream_status(self) -> dict[str, Any]:
         if self._prices is None:

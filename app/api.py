@@ -227,4 +227,7 @@ async def readyz(request: web.Request) -> web.Response:
         "notDraining": not app[DRAINING_KEY].get("draining", False),
     }
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    if BRIDGE_KEY in app:  # the broker's health, apart: browsers can be served without it
+        body["broker"] = app[BRIDGE_KEY].broker_health()
+    return web.json_response(body, status=200 if ready else 503)

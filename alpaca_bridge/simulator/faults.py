@@ -34,7 +34,8 @@ class RestFault:
 
     def matches(self, request: web.Request) -> bool:
         return (
-            (self.api_key is None or request.headers.get("APCA-API-KEY-ID") == self.api_key)
+            request.headers.get("Upgrade", "").lower() != "websocket"  # REST only
+            and (self.api_key is None or request.headers.get("APCA-API-KEY-ID") == self.api_key)
             and (self.method is None or request.method == self.method.upper())
             and (self.path is None or request.path.startswith(self.path))
         )

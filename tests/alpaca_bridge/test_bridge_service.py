@@ -53,7 +53,10 @@ async def test_start_connects_reconciles_and_reports_status(
         "reconnects": 0,
         "mode": "alpaca",
         "paper": True,
+        "health": "ok",
+        "lastError": None,
     }
+    assert bridge.broker_health() == {"ready": True, "accounts": {"alice": "ok"}}
     assert bridge.simulator is None
     assert bridge.demo_logins == []
     assert bridge.price_stream_status()["status"] == "idle"

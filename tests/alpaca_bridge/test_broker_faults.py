@@ -5,6 +5,7 @@ the portfolio the bus describes must end equal to what the broker's REST says.""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -13,9 +14,11 @@ from typing import Any
 import pytest
 from bridge_support import KEY, alpaca_settings, bus_state, buy, is_, rest_state, started
 
-from alpaca_bridge.service import BrokerBridge
+from alpaca_bridge.service import BrokerBridge, BrokerUnavailable, OrderRejected
 from alpaca_bridge.simulator import SimulatedBroker
 from app.events import Event
+from app.factory import create_app
+from app.keys import BRIDGE_KEY, STORE_KEY
 from config.settings import Settings
 
 
@@ -216,3 +219,144 @@ async def test_poison_rest_records_are_skipped_with_one_warning_each(
     broker.clear_rest_faults()
     await buy(bridge, collected, "TSLA", 1)
     assert bus_state(collected.events, user_id) == rest_state(broker, KEY)
+
+
+async def test_hung_rest_is_timed_out_logged_and_shown_while_fills_keep_flowing(
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    log_lines: Any,
+) -> None:
+    bridge = bridge_for(alpaca_settings(broker, tmp_path, broker_rest_timeout_s=0.3))
+    user_id = await started(bridge, collected)
+    assert bridge.accounts_status()[0]["health"] == "ok"
+    broker.hang_rest(api_key=KEY, method="GET")
+    broker.drop_trading_streams(KEY, how="abort")  # the reconnect's reconciliation hangs
+    await asyncio.wait_for(broker.wait_rest_hanging(1), 5)
+    order = await broker.submit_order(KEY, "AAPL", "buy", Decimal(2))
+    await collected.wait_for(is_("trade:executed", orderId=order["id"]), within=2)
+    failure = await asyncio.wait_for(log_lines.wait_for("Reconciliation failed"), 2)
+    assert "error=RestTimeout: no answer within 0.3s: GET /v2/" in failure
+    [status] = bridge.accounts_status()
+    assert (status["status"], status["health"]) == ("connected", "rest_timeout")
+    assert status["lastError"].startswith("RestTimeout: no answer within 0.3s")
+    assert bridge.broker_health() == {"ready": False, "accounts": {"alice": "rest_timeout"}}
+
+    broker.clear_rest_faults()
+    await asyncio.wait_for(log_lines.wait_for("Reconciled account", count=2), 10)
+    assert bridge.accounts_status()[0]["health"] == "ok"
+    assert bridge.broker_health()["ready"]
+    assert bus_state(collected.events, user_id) == rest_state(broker, KEY)
+
+
+async def test_a_test_trade_against_hung_rest_is_unavailable_within_the_timeout(
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+) -> None:
+    bridge = bridge_for(alpaca_settings(broker, tmp_path, broker_rest_timeout_s=0.3))
+    await started(bridge, collected)
+    broker.hang_rest(method="POST", path="/v2/orders")
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    with pytest.raises(BrokerUnavailable, match=r"within 0\.3s.*may still be placed") as failed:
+        await asyncio.wait_for(bridge.place_order("alice", "AAPL", "buy", Decimal(1)), 5)
+    assert loop.time() - begun < 1.0
+    assert "clientOrderId=" in str(failed.value)
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+async def test_a_broker_error_on_an_order_is_unavailable_not_a_rejection(
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    status: int,
+) -> None:
+    bridge = bridge_for(alpaca_settings(broker, tmp_path, broker_rest_timeout_s=2))
+    await started(bridge, collected)
+    broker.fail_rest(status, method="POST", path="/v2/orders")
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    with pytest.raises(BrokerUnavailable, match=f"HTTP {status}"):
+        await bridge.place_order("alice", "AAPL", "buy", Decimal(1))
+    assert loop.time() - begun < 1.0, "no retry sleeps"
+    broker.clear_rest_faults()
+    with pytest.raises(OrderRejected, match="buying power"):  # the broker's own refusal (403)
+        await bridge.place_order("alice", "AAPL", "buy", Decimal(1_000_000))
+
+
+async def test_health_reports_bad_credentials_and_failing_reconciliation(
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    log_lines: Any,
+) -> None:
+    unauthorized = bridge_for(alpaca_settings(broker, tmp_path, alpaca_secret_key="wrong"))
+    await unauthorized.start()
+    await asyncio.wait_for(unauthorized.wait_ready(), 5)
+    assert unauthorized.accounts_status()[0]["health"] == "unauthorized"
+    assert unauthorized.broker_health() == {"ready": False, "accounts": {"alice": "unauthorized"}}
+    await unauthorized.stop()
+
+    broker.fail_rest(500, path="/v2/account")
+    failing = bridge_for(alpaca_settings(broker, tmp_path))
+    await failing.start()
+    # Settled (a node serving browsers stays in rotation), but the broker is not ready.
+    await asyncio.wait_for(failing.wait_ready(), 5)
+    [status] = failing.accounts_status()
+    assert status["health"] == "reconcile_failed"
+    assert "HTTP 500" in status["lastError"] or "500" in status["lastError"]
+    assert failing.broker_health()["ready"] is False
+
+
+async def test_the_service_answers_503_for_broker_faults_and_readyz_reports_the_broker(
+    aiohttp_client: Any,
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    users_db: Path,
+    log_lines: Any,
+) -> None:
+    shutil.copy(users_db, tmp_path / "users.db")
+    app = create_app(alpaca_settings(broker, tmp_path, broker_rest_timeout_s=0.3))
+    client = await aiohttp_client(app)
+    await asyncio.wait_for(app[BRIDGE_KEY].wait_ready(), 5)
+    store = app[STORE_KEY]
+    admin = await store.ensure_user("root", "root-password", is_admin=True)
+    headers = {
+        "Cookie": f"session={await store.create_session(admin.id, 600)}",
+        "Origin": str(client.make_url("")).rstrip("/"),
+        "Sec-Fetch-Site": "same-origin",
+    }
+    trade = {"username": "alice", "symbol": "AAPL", "side": "buy", "qty": 1}
+
+    broker.fail_rest(500, method="POST", path="/v2/orders")
+    failed = await client.post("/api/admin/test-trade", json=trade, headers=headers)
+    assert failed.status == 503
+    assert (await failed.json())["error"] == "broker_unavailable"
+
+    broker.clear_rest_faults()
+    broker.hang_rest(method="POST", path="/v2/orders")
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    hung = await client.post("/api/admin/test-trade", json=trade, headers=headers)
+    assert loop.time() - begun < 1.0
+    assert hung.status == 503
+    assert "may still be placed" in (await hung.json())["message"]
+
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["broker"] == {"ready": True, "accounts": {"alice": "ok"}}
+    broker.clear_rest_faults()
+    broker.fail_rest(500, method="GET")
+    broker.drop_trading_streams(KEY, how="abort")
+    await asyncio.wait_for(log_lines.wait_for("Reconciliation failed"), 5)
+    # Browsers are still served: the node stays in rotation, and says what is wrong.
+    degraded = await client.get("/readyz")
+    assert degraded.status == 200
+    body = await degraded.json()
+    assert body["ready"] is True
+    assert body["broker"] == {"ready": False, "accounts": {"alice": "reconcile_failed"}}

@@ -383,6 +383,9 @@ async def test_rest_faults_fail_hang_and_poison_until_cleared(
         assert (served.status, await served.json()) == (200, [])
     async with sim_http.get(f"{base}/v2/account", headers=headers) as recovered:
         assert recovered.status == 200
+    sim_broker.fail_rest(503)  # every REST request, and still no websocket handshake
+    ws = await listening(sim_http, sim_broker)
+    await ws.close()
 
 
 async def test_clock_offset_dates_new_orders_in_the_past(sim_broker: SimulatedBroker) -> None:
