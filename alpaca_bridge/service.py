@@ -100,7 +100,11 @@ class BrokerBridge:
             else plan_alpaca(settings)
         )
         self._plan = plan
-        self._http = aiohttp.ClientSession()
+        # Each account holds one stream socket for as long as it runs: aiohttp's default pool of
+        # 100 left every account past the 100th waiting for a slot forever. Twice the accounts
+        # leaves room for sockets still closing.
+        pool = aiohttp.TCPConnector(limit=2 * max(len(plan.accounts), 1))
+        self._http = aiohttp.ClientSession(connector=pool)
         self._running = True
         try:
             await self._start_accounts(plan)

@@ -5,7 +5,9 @@ the portfolio the bus describes must end equal to what the broker's REST says.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +21,7 @@ from alpaca_bridge.simulator import SimulatedBroker
 from app.events import Event
 from app.factory import create_app
 from app.keys import BRIDGE_KEY, STORE_KEY
+from app.store import Store
 from config.settings import Settings
 
 
@@ -360,3 +363,59 @@ async def test_the_service_answers_503_for_broker_faults_and_readyz_reports_the_
     body = await degraded.json()
     assert body["ready"] is True
     assert body["broker"] == {"ready": False, "accounts": {"alice": "reconcile_failed"}}
+
+
+MANY = 120  # past aiohttp's default pool of 100 connections per session
+
+
+@pytest.fixture(scope="session")
+def many_users_db(tmp_path_factory: pytest.TempPathFactory, users_db: Path) -> Path:
+    """``MANY`` traders; their rows reuse alice's password hash (argon2 is slow on purpose)."""
+    path = tmp_path_factory.mktemp("many") / "users.db"
+    shutil.copy(users_db, path)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        for n in range(MANY):
+            db.execute(
+                "INSERT INTO users (id, username, password_hash, is_admin, created_at) "
+                "SELECT ?, ?, password_hash, 0, created_at FROM users WHERE username = 'alice'",
+                (f"user-t{n}", f"trader{n:03d}"),
+            )
+    return path
+
+
+async def test_more_than_a_hundred_accounts_all_connect_and_reconcile(
+    tmp_path: Path,
+    many_users_db: Path,
+    bus: Any,
+    collected: Any,
+) -> None:
+    async with SimulatedBroker(tick_interval_s=0, order_interval_s=0, seed=9) as sim:
+        entries = []
+        for n in range(MANY):
+            sim.add_account(f"PKT{n:03d}", f"secret-{n}", label=f"trader{n:03d}")
+            entries.append(
+                f'[[accounts]]\nusername = "trader{n:03d}"\n'
+                f'api_key = "PKT{n:03d}"\nsecret_key = "secret-{n}"\n'
+            )
+        accounts_file = tmp_path / "accounts.toml"
+        accounts_file.write_text("\n".join(entries))
+        shutil.copy(many_users_db, tmp_path / "users.db")
+        settings = alpaca_settings(
+            sim, tmp_path, alpaca_api_key=None, alpaca_secret_key=None, accounts_file=accounts_file
+        )
+        store = Store(tmp_path / "users.db")
+        await store.open()
+        bridge = BrokerBridge(settings, bus, store)
+        try:
+            await bridge.start()
+            await asyncio.wait_for(bridge.wait_ready(), 30)
+            statuses = bridge.accounts_status()
+            assert len(statuses) == MANY
+            assert {(s["status"], s["health"]) for s in statuses} == {("connected", "ok")}
+            assert bridge.broker_health()["ready"]
+            last = await sim.submit_order(f"PKT{MANY - 1:03d}", "AAPL", "buy", Decimal(1))
+            trade = await collected.wait_for(is_("trade:executed", orderId=last["id"]))
+            assert trade.user_id == f"user-t{MANY - 1}"
+        finally:
+            await bridge.stop()
+            await store.close()
