@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import count
@@ -362,3 +363,49 @@ def test_an_order_whose_fill_overtakes_its_partial_fill_counts_both() -> None:
     assert ledger.positions["AAPL"].qty == 10
     assert ledger.cash == Decimal("100000") - 400 - 660
     assert ledger.orders["o-2"].status == "filled"
+
+
+def broker_fills() -> list[dict[str, Any]]:
+    """Executions as a broker reports them, in the order they happened: three orders on one
+    symbol, two of them filled in parts, every position_qty the running total."""
+    plan = [("o-a", "buy", ["3", "2"]), ("o-b", "sell", ["4"]), ("o-c", "buy", ["1", "6", "2"])]
+    fills, position, second = [], Decimal(0), 0
+    for order_id, side, parts in plan:
+        filled = Decimal(0)
+        for n, part in enumerate(parts):
+            second += 1
+            filled += Decimal(part)
+            position += Decimal(part) if side == "buy" else -Decimal(part)
+            last = n == len(parts) - 1
+            fills.append(
+                fill(
+                    "AAPL",
+                    side,
+                    part,
+                    str(100 + second),
+                    position_qty=str(position),
+                    order_id=order_id,
+                    filled_qty=str(filled),
+                    event="fill" if last else "partial_fill",
+                    at=f"10:30:{second:02d}",
+                )
+            )
+    return fills
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_any_delivery_order_with_repeats_ends_at_the_broker_quantity_and_cash(seed: int) -> None:
+    fills = broker_fills()
+    rng = random.Random(seed)
+    delivered = fills + rng.sample(fills, 3)  # some delivered twice
+    rng.shuffle(delivered)
+    ledger = ledger_with_cash()
+    for data in delivered:
+        apply(ledger, data)
+    assert ledger.positions["AAPL"].qty == Decimal(fills[-1]["position_qty"])
+    spent = sum(
+        Decimal(f["qty"]) * Decimal(f["price"]) * (1 if f["order"]["side"] == "buy" else -1)
+        for f in fills
+    )
+    assert ledger.cash == Decimal("100000") - spent
+    assert {o.status for o in ledger.orders.values()} == {"filled"}
