@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
@@ -52,7 +54,8 @@ RestProblem = Literal["rest_timeout", "reconcile_failed"]
 
 class AccountSync:
     """Owns the ledger of ``account`` (a username) for ``user_id``; publishes what it implies.
-    ``on_settled`` is called after every reconciliation attempt, whether it worked or not."""
+    ``on_settled`` is called after every reconciliation attempt, whether it worked or not; the
+    blocking REST calls run on ``executor``."""
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class AccountSync:
         on_symbols_changed: Callable[[], None],
         on_settled: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        executor: Executor | None = None,
     ) -> None:
         self.account = account
         self.ledger = AccountLedger(user_id)
@@ -75,6 +79,7 @@ class AccountSync:
         self._on_settled = on_settled
         self._gap_started_at: float | None = None
         self._clock = clock
+        self._executor = executor  # None: the loop's default one
         self._held: deque[TradeUpdate] = deque(maxlen=MAX_HELD_UPDATES)
         self._holding = False
         self._activity = False
@@ -189,9 +194,8 @@ class AccountSync:
             gap = self._gap_started_at
             since = None if gap is None else datetime.fromtimestamp(gap - GAP_CLOCK_SKEW_S, UTC)
             try:
-                snapshot = await asyncio.to_thread(
-                    fetch_snapshot, self._client, believed_open, since
-                )
+                fetch = functools.partial(fetch_snapshot, self._client, believed_open, since)
+                snapshot = await asyncio.get_running_loop().run_in_executor(self._executor, fetch)
             except Exception as exc:
                 # REST down, hung or refusing: try again later (see the module docstring).
                 self._release_held()

@@ -53,10 +53,11 @@ def api_error_message(exc: APIError) -> str:
 
 
 async def submit_market_order(
-    client: TradingClient, symbol: str, side: str, qty: Decimal
+    client: TradingClient, symbol: str, side: str, qty: Decimal, timeout_s: float
 ) -> dict[str, Any]:
-    """A market day order (alpaca-py is blocking: it runs in a worker thread); returns the
-    order's id, client order id, symbol, side, type, qty, status and submission time."""
+    """A market day order (alpaca-py is blocking: it runs in a worker thread) answered within
+    about ``timeout_s``; returns the order's id, client order id, symbol, side, type, qty,
+    status and submission time."""
     if side not in ("buy", "sell"):
         raise OrderRejected(f"side must be buy or sell, not {side!r}")
     if not qty.is_finite() or qty <= 0:
@@ -71,7 +72,15 @@ async def submit_market_order(
         client_order_id=client_order_id,
     )
     try:
-        order = await asyncio.to_thread(client.submit_order, request)
+        # The client bounds the request itself; this bounds a wait for a free worker thread too
+        # (an order still queued when it expires is never sent).
+        async with asyncio.timeout(timeout_s):
+            order = await asyncio.to_thread(client.submit_order, request)
+    except TimeoutError:
+        raise BrokerUnavailable(
+            f"broker timeout (no answer within {timeout_s:g}s); the order may still be placed "
+            f"(clientOrderId={client_order_id})"
+        ) from None
     except APIError as exc:
         status = exc.status_code
         if status is None or status >= 500 or status in _UNAVAILABLE_STATUSES:

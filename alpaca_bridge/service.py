@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 
 log = get_logger()
 
+# Threads for reconciliation's REST calls (at most one per account at a time).
+MAX_RECONCILE_THREADS = 32
+
 __all__ = [
     "BrokerBridge",
     "BrokerError",
@@ -63,6 +67,7 @@ class BrokerBridge:
         self._accounts: dict[str, AccountRuntime] = {}
         self._prices: PriceFeed | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._rest_pool: ThreadPoolExecutor | None = None
         self._plan: BridgePlan | None = None
         self._running = False
         self._ready = asyncio.Event()
@@ -105,6 +110,12 @@ class BrokerBridge:
         # leaves room for sockets still closing.
         pool = aiohttp.TCPConnector(limit=2 * max(len(plan.accounts), 1))
         self._http = aiohttp.ClientSession(connector=pool)
+        # Reconciliation's blocking REST calls get threads of their own: when the broker hangs
+        # they are all stuck, and test trades and the price feed must not queue behind them.
+        self._rest_pool = ThreadPoolExecutor(
+            max_workers=min(MAX_RECONCILE_THREADS, max(len(plan.accounts), 1)),
+            thread_name_prefix="broker-rest",
+        )
         self._running = True
         try:
             await self._start_accounts(plan)
@@ -156,6 +167,7 @@ class BrokerBridge:
             on_symbols_changed=self._on_symbols_changed,
             on_settled=self._state_changed,
             backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s),
+            executor=self._rest_pool,
         )
         stream = TradeUpdatesStream(
             account=entry.account.username,
@@ -186,6 +198,9 @@ class BrokerBridge:
         )
         if self._http is not None:
             await self._http.close()
+        if self._rest_pool is not None:
+            # Threads still blocked on a hung broker end within the REST timeout on their own.
+            self._rest_pool.shutdown(wait=False, cancel_futures=True)
         if self._plan is not None and self._plan.simulator is not None:
             await self._plan.simulator.stop()
         log.info("[AlpacaStream] Bridge stopped", mode=self.mode, accounts=len(entries))
@@ -217,7 +232,8 @@ class BrokerBridge:
             raise UnknownAccount(f"no broker account for user {username!r}")
         if entry.user_id is None:
             raise UnknownAccount(f"broker account {username!r} has no user; create it first")
-        order = await submit_market_order(entry.client, symbol, side, qty)
+        timeout_s = self._settings.broker_rest_timeout_s
+        order = await submit_market_order(entry.client, symbol, side, qty, timeout_s)
         log.info(
             "[AlpacaStream] Order placed",
             account=entry.account.username,

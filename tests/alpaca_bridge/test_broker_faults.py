@@ -79,6 +79,42 @@ async def test_fills_delivered_newest_first_converge_on_the_broker_truth(
     assert bus_state(collected.events, user_id) == rest_state(broker, KEY)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_partial_fills_scrambled_and_repeated_still_match_rest(
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+    collected: Any,
+    seed: int,
+) -> None:
+    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    user_id = await started(bridge, collected)
+    broker.set_partial_fills(True)
+    broker.withhold_trade_updates(KEY)
+    plan = [("AAPL", "buy", 4, "100"), ("AAPL", "buy", 6, "103"), ("MSFT", "buy", 3, "50")]
+    plan += [("AAPL", "sell", 5, "101.5"), ("MSFT", "sell", 1, "49")]
+    for done, (symbol, side, qty, price) in enumerate(plan, start=1):
+        broker.set_price(symbol, Decimal(price))
+        await broker.submit_order(KEY, symbol, side, Decimal(qty))
+        await asyncio.wait_for(broker.wait_trade_updates(KEY, done, event="fill"), 5)
+    rng = random.Random(seed)
+
+    def scramble(kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        scrambled = kept + rng.sample(kept, 4)
+        rng.shuffle(scrambled)
+        return scrambled
+
+    sent = broker.release_trade_updates(KEY, scramble)
+    for execution in {u["data"]["execution_id"] for u in sent if "fill" in u["data"]["event"]}:
+        await collected.wait_for(is_("trade:executed", tradeId=execution))
+    await buy(bridge, collected, "TSLA", 1)  # in order again, and everything before it is in
+    shown, truth = bus_state(collected.events, user_id), rest_state(broker, KEY)
+    # Buying power is an estimate between snapshots (a snapshot taken while the TSLA order was
+    # open holds its reservation); everything else must be exact.
+    del shown["buyingPower"], truth["buyingPower"]
+    assert shown == truth
+
+
 async def keep_stream_down(broker: SimulatedBroker) -> None:
     """Cut the account's stream and leave it down (auth goes unanswered) until auth is "ok"."""
     broker.set_auth_behaviour(KEY, "silent")
@@ -391,24 +427,8 @@ async def test_more_than_a_hundred_accounts_all_connect_and_reconcile(
     collected: Any,
 ) -> None:
     async with SimulatedBroker(tick_interval_s=0, order_interval_s=0, seed=9) as sim:
-        entries = []
-        for n in range(MANY):
-            sim.add_account(f"PKT{n:03d}", f"secret-{n}", label=f"trader{n:03d}")
-            entries.append(
-                f'[[accounts]]\nusername = "trader{n:03d}"\n'
-                f'api_key = "PKT{n:03d}"\nsecret_key = "secret-{n}"\n'
-            )
-        accounts_file = tmp_path / "accounts.toml"
-        accounts_file.write_text("\n".join(entries))
-        shutil.copy(many_users_db, tmp_path / "users.db")
-        settings = alpaca_settings(
-            sim, tmp_path, alpaca_api_key=None, alpaca_secret_key=None, accounts_file=accounts_file
-        )
-        store = Store(tmp_path / "users.db")
-        await store.open()
-        bridge = BrokerBridge(settings, bus, store)
+        bridge, store = await many_accounts_bridge(sim, tmp_path, many_users_db, bus, MANY)
         try:
-            await bridge.start()
             await asyncio.wait_for(bridge.wait_ready(), 30)
             statuses = bridge.accounts_status()
             assert len(statuses) == MANY
@@ -422,37 +442,58 @@ async def test_more_than_a_hundred_accounts_all_connect_and_reconcile(
             await store.close()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_partial_fills_scrambled_and_repeated_still_match_rest(
-    broker: SimulatedBroker,
+async def many_accounts_bridge(
+    sim: SimulatedBroker,
     tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
-    collected: Any,
-    seed: int,
+    many_users_db: Path,
+    bus: Any,
+    count: int,
+    **values: Any,
+) -> tuple[BrokerBridge, Store]:
+    """A started bridge on ``count`` simulated accounts of traders from ``many_users_db``."""
+    entries = []
+    for n in range(count):
+        sim.add_account(f"PKT{n:03d}", f"secret-{n}", label=f"trader{n:03d}")
+        entries.append(
+            f'[[accounts]]\nusername = "trader{n:03d}"\n'
+            f'api_key = "PKT{n:03d}"\nsecret_key = "secret-{n}"\n'
+        )
+    accounts_file = tmp_path / "accounts.toml"
+    accounts_file.write_text("\n".join(entries))
+    shutil.copy(many_users_db, tmp_path / "users.db")
+    settings = alpaca_settings(
+        sim,
+        tmp_path,
+        **(
+            {"alpaca_api_key": None, "alpaca_secret_key": None, "accounts_file": accounts_file}
+            | values
+        ),
+    )
+    store = Store(tmp_path / "users.db")
+    await store.open()
+    bridge = BrokerBridge(settings, bus, store)
+    await bridge.start()
+    return bridge, store
+
+
+async def test_a_test_trade_is_not_queued_behind_reconciliations_hung_on_rest(
+    tmp_path: Path, many_users_db: Path, bus: Any, log_lines: Any
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path))
-    user_id = await started(bridge, collected)
-    broker.set_partial_fills(True)
-    broker.withhold_trade_updates(KEY)
-    plan = [("AAPL", "buy", 4, "100"), ("AAPL", "buy", 6, "103"), ("MSFT", "buy", 3, "50")]
-    plan += [("AAPL", "sell", 5, "101.5"), ("MSFT", "sell", 1, "49")]
-    for done, (symbol, side, qty, price) in enumerate(plan, start=1):
-        broker.set_price(symbol, Decimal(price))
-        await broker.submit_order(KEY, symbol, side, Decimal(qty))
-        await asyncio.wait_for(broker.wait_trade_updates(KEY, done, event="fill"), 5)
-    rng = random.Random(seed)
-
-    def scramble(kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        scrambled = kept + rng.sample(kept, 4)
-        rng.shuffle(scrambled)
-        return scrambled
-
-    sent = broker.release_trade_updates(KEY, scramble)
-    for execution in {u["data"]["execution_id"] for u in sent if "fill" in u["data"]["event"]}:
-        await collected.wait_for(is_("trade:executed", tradeId=execution))
-    await buy(bridge, collected, "TSLA", 1)  # in order again, and everything before it is in
-    shown, truth = bus_state(collected.events, user_id), rest_state(broker, KEY)
-    # Buying power is an estimate between snapshots (a snapshot taken while the TSLA order was
-    # open holds its reservation); everything else must be exact.
-    del shown["buyingPower"], truth["buyingPower"]
-    assert shown == truth
+    count = 40  # more hung reconciliations than any default worker pool has threads
+    async with SimulatedBroker(tick_interval_s=0, order_interval_s=0, seed=9) as sim:
+        bridge, store = await many_accounts_bridge(
+            sim, tmp_path, many_users_db, bus, count, broker_rest_timeout_s=0.5
+        )
+        try:
+            await asyncio.wait_for(bridge.wait_ready(), 30)
+            sim.hang_rest(method="GET")  # every account's reconciliation hangs...
+            sim.drop_trading_streams(how="abort")
+            await asyncio.wait_for(sim.wait_rest_hanging(count), 10)
+            loop = asyncio.get_running_loop()
+            begun = loop.time()
+            order = await bridge.place_order("trader007", "AAPL", "buy", Decimal(1))
+            assert loop.time() - begun < 0.5, "...but placing an order does not"
+            assert order["status"] in ("accepted", "new")
+        finally:
+            await bridge.stop()
+            await store.close()
