@@ -8,6 +8,7 @@ from alpaca.trading.client import TradingClient
 
 from alpaca_bridge.account_sync import AccountSync
 from alpaca_bridge.accounts import BrokerAccount
+from alpaca_bridge.health import account_health
 from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
 from alpaca_bridge.wire_parser import iso_from_epoch
 from app.broker import AccountStatus, AccountStreamStatus
@@ -25,12 +26,13 @@ class AccountRuntime:
 
     @property
     def settled(self) -> bool:
-        """Reconciled at least once, or failed for good (unknown user, bad credentials)."""
+        """Reconciled at least once, tried and failed, or failed for good (unknown user, bad
+        credentials): the account's state is known, if not good (see ``status()["health"]``)."""
         if self.sync is None:
             return True
         if self.stream is not None and self.stream.state is StreamState.UNAUTHORIZED:
             return True
-        return self.sync.reconciled_at is not None
+        return self.sync.reconciled_at is not None or self.sync.problem is not None
 
     def status(self, mode: str) -> AccountStatus:
         """The per-account entry of ``BrokerBridge.accounts_status()``; ``reconnects`` counts
@@ -50,4 +52,6 @@ class AccountRuntime:
             "reconnects": stream.reconnects if stream is not None else 0,
             "mode": mode,
             "paper": self.account.paper,
+            "health": account_health(self.user_id, stream, sync),
+            "lastError": sync.last_error if sync is not None else None,
         }

@@ -9,6 +9,7 @@ bus it is given and finds an account's user through the lookup it is given.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, Literal
@@ -25,12 +26,22 @@ from alpaca_bridge.reconcile import trading_client
 from alpaca_bridge.simulator import SimulatedBroker
 from alpaca_bridge.trade_stream import TradeUpdatesStream
 from alpaca_bridge.wire_parser import decimal_text
-from app.broker import AccountStatus, BrokerReport, DemoLogin, UnknownAccount, UserLookup
+from app.broker import (
+    AccountStatus,
+    BrokerHealth,
+    BrokerReport,
+    DemoLogin,
+    UnknownAccount,
+    UserLookup,
+)
 from app.bus import EventBus
 from config.logging import get_logger
 from config.settings import Settings
 
 log = get_logger()
+
+# Threads for reconciliation's REST calls (at most one per account at a time).
+MAX_RECONCILE_THREADS = 32
 
 
 class BrokerBridge:
@@ -44,6 +55,7 @@ class BrokerBridge:
         self._accounts: dict[str, AccountRuntime] = {}
         self._prices: PriceFeed | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._rest_pool: ThreadPoolExecutor | None = None
         self._plan: BridgePlan | None = None
         self._running = False
         self._ready = asyncio.Event()
@@ -80,7 +92,17 @@ class BrokerBridge:
             plan_simulated(settings) if self.mode == "simulated" else plan_alpaca(settings)
         )
         self._plan = plan
-        self._http = aiohttp.ClientSession()
+        # Each account holds one stream socket for as long as it runs: aiohttp's default pool of
+        # 100 left every account past the 100th waiting for a slot forever. Twice the accounts
+        # leaves room for sockets still closing.
+        pool = aiohttp.TCPConnector(limit=2 * max(len(plan.accounts), 1))
+        self._http = aiohttp.ClientSession(connector=pool)
+        # Reconciliation's blocking REST calls get threads of their own: when the broker hangs
+        # they are all stuck, and test trades and the price feed must not queue behind them.
+        self._rest_pool = ThreadPoolExecutor(
+            max_workers=min(MAX_RECONCILE_THREADS, max(len(plan.accounts), 1)),
+            thread_name_prefix="broker-rest",
+        )
         self._running = True
         try:
             await self._start_accounts(plan)
@@ -91,9 +113,9 @@ class BrokerBridge:
 
     async def _start_accounts(self, plan: BridgePlan) -> None:
         for account in plan.accounts:
-            entry = AccountRuntime(
-                account, trading_client(account, plan.endpoints(account).api_url)
-            )
+            api_url = plan.endpoints(account).api_url
+            client = trading_client(account, api_url, self._settings.broker_rest_timeout_s)
+            entry = AccountRuntime(account, client)
             self._accounts[account.username.lower()] = entry
             user_id = await self._find_user_id(account.username)
             if user_id is None:
@@ -130,8 +152,9 @@ class BrokerBridge:
             client=entry.client,
             bus=self._bus,
             on_symbols_changed=self._on_symbols_changed,
-            on_reconciled=self._state_changed,
+            on_settled=self._state_changed,
             backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s),
+            executor=self._rest_pool,
         )
         stream = TradeUpdatesStream(
             account=entry.account.username,
@@ -162,6 +185,9 @@ class BrokerBridge:
         )
         if self._http is not None:
             await self._http.close()
+        if self._rest_pool is not None:
+            # Threads still blocked on a hung broker end within the REST timeout on their own.
+            self._rest_pool.shutdown(wait=False, cancel_futures=True)
         if self._plan is not None and self._plan.simulator is not None:
             await self._plan.simulator.stop()
         log.info("[AlpacaStream] Bridge stopped", mode=self.mode, accounts=len(entries))
@@ -174,6 +200,16 @@ class BrokerBridge:
             "mode": self.mode,
             "accounts": self.accounts_status(),
             "prices": self.price_stream_status(),
+        }
+
+    def broker_health(self) -> BrokerHealth:
+        """Per-account health (see ``alpaca_bridge.health``) and ``ready``: every account ok."""
+        accounts = {
+            e.account.username: e.status(self.mode)["health"] for e in self._accounts.values()
+        }
+        return {
+            "ready": self._running and all(h == "ok" for h in accounts.values()),
+            "accounts": accounts,
         }
 
     def price_stream_status(self) -> dict[str, Any]:
@@ -190,7 +226,8 @@ class BrokerBridge:
             raise UnknownAccount(f"no broker account for user {username!r}")
         if entry.user_id is None:
             raise UnknownAccount(f"broker account {username!r} has no user; create it first")
-        order = await submit_market_order(entry.client, symbol, side, qty)
+        timeout_s = self._settings.broker_rest_timeout_s
+        order = await submit_market_order(entry.client, symbol, side, qty, timeout_s)
         log.info(
             "[AlpacaStream] Order placed",
             account=entry.account.username,

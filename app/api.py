@@ -220,4 +220,8 @@ async def readyz(request: web.Request) -> web.Response:
         "notDraining": not app[LIFECYCLE_KEY].draining,
     }
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    broker = app[BROKER_KEY].broker_health()
+    if broker is not None:  # the broker's health, apart: browsers can be served without it
+        body["broker"] = broker
+    return web.json_response(body, status=200 if ready else 503)

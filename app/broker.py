@@ -22,6 +22,19 @@ AccountStreamStatus = Literal[
 ]
 
 
+AccountHealth = Literal[
+    "ok",
+    "starting",
+    "disconnected",
+    "rest_timeout",
+    "reconcile_failed",
+    "unauthorized",
+    "unknown_user",
+    "stopped",
+]
+"""Whether an account's portfolio can be trusted right now (``alpaca_bridge.health``)."""
+
+
 class AccountStatus(TypedDict):
     """One account's entry in the stats document; ``reconnects`` counts attempts since start."""
 
@@ -33,6 +46,15 @@ class AccountStatus(TypedDict):
     reconnects: int
     mode: str
     paper: bool
+    health: AccountHealth
+    lastError: str | None
+
+
+class BrokerHealth(TypedDict):
+    """``/readyz``'s ``broker`` field: every account ``ok``, and each account's health."""
+
+    ready: bool
+    accounts: dict[str, AccountHealth]
 
 
 class BrokerReport(TypedDict):
@@ -105,6 +127,10 @@ class Broker(Protocol):
         """For the stats document; None when there is no broker to report on."""
         ...
 
+    def broker_health(self) -> BrokerHealth | None:
+        """For ``/readyz``; None when there is no broker to report on."""
+        ...
+
     async def place_order(
         self, username: str, symbol: str, side: str, qty: Decimal
     ) -> dict[str, Any]:
@@ -133,6 +159,9 @@ class NullBroker:
         return []
 
     def report(self) -> BrokerReport | None:
+        return None
+
+    def broker_health(self) -> BrokerHealth | None:
         return None
 
     async def place_order(

@@ -4,23 +4,30 @@ broker over real sockets, observed through the bus and the log."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bridge_support import (
+    KEY,
+    SECRET,
+    alpaca_settings,
+    bus_state,
+    buy,
+    is_,
+    rest_state,
+    started,
+    users_in,
+)
 
 from alpaca_bridge.service import BrokerBridge
 from alpaca_bridge.simulator import SimulatedBroker
-from app.broker import DemoLogin, OrderRejected, UnknownAccount, UserLookup
+from app.broker import DemoLogin, OrderRejected, UnknownAccount
 from app.bus import InProcessBus
-from app.events import Event
 from app.store import Store
 from config.settings import Settings
-
-KEY, SECRET = "PKALICE", "alice-secret"
 
 
 @pytest.fixture
@@ -31,122 +38,6 @@ async def broker() -> AsyncIterator[SimulatedBroker]:
     await sim.start()
     yield sim
     await sim.stop()
-
-
-@pytest.fixture(scope="module")
-def users_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A user database with alice in it, made once: password hashing is deliberately slow."""
-    path = tmp_path_factory.mktemp("users") / "users.db"
-
-    async def create() -> None:
-        store = Store(path)
-        await store.open()
-        await store.create_user("alice", "pw")
-        await store.close()
-
-    asyncio.run(create())
-    return path
-
-
-@pytest.fixture
-async def store(tmp_path: Path, users_db: Path) -> AsyncIterator[Store]:
-    shutil.copy(users_db, tmp_path / "users.db")
-    store = Store(tmp_path / "users.db")
-    await store.open()
-    yield store
-    await store.close()
-
-
-def alpaca_settings(sim: SimulatedBroker, tmp_path: Path, **values: Any) -> Settings:
-    """BROKER=alpaca pointed at the simulator: the production code path, on loopback."""
-    defaults: dict[str, Any] = {
-        "broker": "alpaca",
-        "alpaca_api_key": KEY,
-        "alpaca_secret_key": SECRET,
-        "alpaca_username": "alice",
-        "alpaca_api_url": sim.base_url,
-        "alpaca_stream_url": sim.trading_stream_url,
-        "alpaca_data_stream_url": sim.data_stream_url,
-        "database_url": f"sqlite:///{tmp_path}/users.db",
-        "alpaca_backoff_initial_s": 0.05,
-        "alpaca_backoff_max_s": 0.2,
-        "alpaca_auth_timeout_s": 2,
-    }
-    return Settings(_env_file=None, **(defaults | values))
-
-
-def users_in(store: Store) -> UserLookup:
-    async def user_id(username: str) -> str | None:
-        user = await store.get_user_by_username(username)
-        return None if user is None else user.id
-
-    return user_id
-
-
-@pytest.fixture
-async def bridge_for(
-    bus: InProcessBus,
-    store: Store,
-) -> AsyncIterator[Callable[[Settings], BrokerBridge]]:
-    made: list[BrokerBridge] = []
-
-    def make(settings: Settings) -> BrokerBridge:
-        bridge = BrokerBridge(settings, bus, users_in(store))
-        made.append(bridge)
-        return bridge
-
-    yield make
-    for bridge in made:
-        await bridge.stop()
-
-
-def is_(kind: str, **fields: Any) -> Callable[[Event], bool]:
-    return lambda e: e.type == kind and all(e.payload.get(k) == v for k, v in fields.items())
-
-
-def bus_state(events: list[Event], user_id: str) -> dict[str, Any]:
-    """The latest-value portfolio the bus describes for one user."""
-    positions: dict[str, dict[str, Any]] = {}
-    orders: dict[str, dict[str, Any]] = {}
-    account: dict[str, Any] = {}
-    for event in (e for e in events if e.user_id == user_id):
-        payload = event.payload
-        if event.type == "position:updated":
-            positions[payload["symbol"]] = payload
-        elif event.type == "position:closed":
-            positions.pop(payload["symbol"], None)
-        elif event.type == "order:updated":
-            orders[payload["orderId"]] = payload
-        elif event.type == "account:updated":
-            account = payload
-    return {
-        "positions": {
-            s: (Decimal(p["qty"]), Decimal(p["avgEntryPrice"])) for s, p in positions.items()
-        },
-        "orders": {i: (o["status"], Decimal(o["filledQty"])) for i, o in orders.items()},
-        "cash": Decimal(account["cash"]),
-        "buyingPower": Decimal(account["buyingPower"]),
-    }
-
-
-def rest_state(sim: SimulatedBroker, key: str) -> dict[str, Any]:
-    account = sim.account(key)
-    return {
-        "positions": {
-            p["symbol"]: (Decimal(p["qty"]), Decimal(p["avg_entry_price"]))
-            for p in sim.positions(key)
-        },
-        "orders": {o["id"]: (o["status"], Decimal(o["filled_qty"])) for o in sim.orders(key)},
-        "cash": Decimal(account["cash"]),
-        "buyingPower": Decimal(account["buying_power"]),
-    }
-
-
-async def started(bridge: BrokerBridge, collected: Any) -> str:
-    await bridge.start()
-    [status] = bridge.accounts_status()
-    await collected.wait_for(is_("account:updated", userId=status["userId"]))
-    return str(status["userId"])
 
 
 async def test_start_connects_reconciles_and_reports_status(
@@ -171,7 +62,10 @@ async def test_start_connects_reconciles_and_reports_status(
         "reconnects": 0,
         "mode": "alpaca",
         "paper": True,
+        "health": "ok",
+        "lastError": None,
     }
+    assert bridge.broker_health() == {"ready": True, "accounts": {"alice": "ok"}}
     assert bridge.simulator is None
     assert bridge.demo_logins == ()
     assert bridge.price_stream_status()["status"] == "idle"
@@ -231,11 +125,6 @@ async def test_place_order_errors_are_clear(
         await bridge.place_order("alice", "AAPL", "hold", Decimal(1))
     with pytest.raises(OrderRejected, match="positive"):
         await bridge.place_order("alice", "AAPL", "buy", Decimal(0))
-
-
-async def buy(bridge: BrokerBridge, collected: Any, symbol: str, qty: int) -> Event:
-    order = await bridge.place_order("alice", symbol, "buy", Decimal(qty))
-    return await collected.wait_for(is_("trade:executed", orderId=order["orderId"]))
 
 
 async def test_price_ticks_move_unrealized_pnl_and_equity(
