@@ -8,8 +8,8 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, cast
 
-from alpaca_bridge.models import OrderState, TradeUpdate, decimal_text, iso_utc
 from alpaca_bridge.positions import Position
+from alpaca_bridge.wire_parser import OrderState, TradeUpdate, decimal_text, iso_utc
 from app.events import (
     ACCOUNT_UPDATED,
     ORDER_UPDATED,

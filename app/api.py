@@ -15,11 +15,12 @@ from app.auth import (
     require_user,
     set_session_cookie,
 )
+from app.broker import BrokerUnavailable, OrderRejected, UnknownAccount
 from app.errors import ApiError, ApiErrorCode
 from app.keys import (
-    BRIDGE_KEY,
+    BROKER_KEY,
     BUS_KEY,
-    DRAINING_KEY,
+    LIFECYCLE_KEY,
     METRICS_KEY,
     PORTFOLIO_KEY,
     SETTINGS_KEY,
@@ -141,14 +142,10 @@ def stats_document(app: web.Application) -> dict[str, Any]:
     )
     document["batchWindowMs"] = settings.batch_window_ms
     document["node"] = settings.node_id or socket.gethostname()
-    document["draining"] = app[DRAINING_KEY].get("draining", False)
-    bridge = app.get(BRIDGE_KEY)
-    if bridge is not None:
-        document["broker"] = {
-            "mode": bridge.mode,
-            "accounts": bridge.accounts_status(),
-            "prices": bridge.price_stream_status(),
-        }
+    document["draining"] = app[LIFECYCLE_KEY].draining
+    report = app[BROKER_KEY].report()
+    if report is not None:
+        document["broker"] = report
     return document
 
 
@@ -175,13 +172,9 @@ async def test_trade(request: web.Request) -> web.Response:
         raise ApiError.bad_request("qty must be a positive number") from None
     if not quantity.is_finite() or quantity <= 0:
         raise ApiError.bad_request("qty must be a positive number")
-    bridge = request.app.get(BRIDGE_KEY)
-    if bridge is None:
-        raise ApiError(ApiErrorCode.BROKER_UNAVAILABLE, "No broker bridge is running")
-    from alpaca_bridge.service import BrokerUnavailable, OrderRejected, UnknownAccount
-
+    broker = request.app[BROKER_KEY]
     try:
-        order = await bridge.place_order(username, symbol.strip().upper(), side, quantity)
+        order = await broker.place_order(username, symbol.strip().upper(), side, quantity)
     except UnknownAccount as exc:
         raise ApiError(ApiErrorCode.UNKNOWN_ACCOUNT, str(exc)) from None
     except OrderRejected as exc:
@@ -223,8 +216,12 @@ async def readyz(request: web.Request) -> web.Response:
         "store": app[STORE_KEY].is_open,
         "bus": app[BUS_KEY].running,
         "stream": app[STREAM_KEY].accepting or not app[SETTINGS_KEY].enable_realtime_portfolio,
-        "broker": app[BRIDGE_KEY].ready if BRIDGE_KEY in app else True,
-        "notDraining": not app[DRAINING_KEY].get("draining", False),
+        "broker": app[BROKER_KEY].ready,
+        "notDraining": not app[LIFECYCLE_KEY].draining,
     }
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    broker = app[BROKER_KEY].broker_health()
+    if broker is not None:  # the broker's health, apart: browsers can be served without it
+        body["broker"] = broker
+    return web.json_response(body, status=200 if ready else 503)

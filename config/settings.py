@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # Price ticks per symbol are folded to at most one per this interval before hitting the bus.
     price_coalesce_ms: int = Field(100, ge=0, le=10_000)
 
+    # Broker REST faults
+    # Every REST call to the broker (reconciliation, test trades) gives up after this long: a
+    # hung broker must not hold the portfolio or an admin's request behind it.
+    broker_rest_timeout_s: float = Field(10.0, gt=0, le=300)
+
     # Simulated broker (the embedded default)
     sim_host: str = "127.0.0.1"
     sim_port: int = Field(0, ge=0, le=65535)
