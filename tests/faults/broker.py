@@ -1,11 +1,11 @@
-"""A misbehaving broker for a server process: the simulated Alpaca behind a fault-injecting link.
+"""A misbehaving broker for a server process: the simulated Alpaca, driven by its own controls.
 
 The simulated broker (the protocol-faithful one the service embeds) runs on a background
-thread's event loop in the test process, and the server under test reaches it with
-``BROKER=alpaca`` through a small proxy that can, on command, hold the ``trade_updates`` frames
-and release them in another order, deliver them twice, cut the stream, and make REST calls fail
-(HTTP 500), hang, slow down or carry a record no parser expects. Market data goes straight to
-the broker. Everything the test asks of it runs on that loop (``call``/``run``).
+thread's event loop in the test process, and the server under test reaches it as a real
+Alpaca (``BROKER=alpaca``, its URLs, an accounts file). Through the simulator's fault controls a
+test withholds trade updates and releases them reordered, repeated or not at all, cuts the
+stream, and makes REST calls fail, hang, answer slowly or carry a record no parser expects.
+Everything the test asks of it runs on that loop (``call``/``run``).
 """
 
 from __future__ import annotations
@@ -14,19 +14,14 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import aiohttp
-import orjson
-from aiohttp import WSMsgType, web
-
 from tests.faults.targets import SimulatedBroker
 
 T = TypeVar("T")
-RestFaultKind = Literal["500", "hang", "slow", "poison"]
 FILL_EVENTS = ("fill", "partial_fill")
 
 
@@ -37,31 +32,19 @@ class Account:
     secret_key: str
 
 
-@dataclass(slots=True)
-class RestFault:
-    """Applies to requests whose method and path start as given, ``times`` times (None: all)."""
+class Poison:
+    """A REST rewrite that appends ``record`` to the first ``times`` JSON arrays it sees."""
 
-    kind: RestFaultKind
-    method: str = "GET"
-    path: str = "/v2/"
-    seconds: float = 0.0
-    record: Any = None
-    times: int | None = None
-    hits: int = 0
+    def __init__(self, record: Any, times: int) -> None:
+        self.record = record
+        self.times = times
+        self.hits = 0
 
-    def matches(self, request: web.Request) -> bool:
-        if self.times is not None and self.hits >= self.times:
-            return False
-        return request.method == self.method and request.path.startswith(self.path)
-
-
-@dataclass(slots=True)
-class StreamLink:
-    """One proxied trade_updates connection: the server's side and the broker's."""
-
-    downstream: web.WebSocketResponse
-    upstream: aiohttp.ClientWebSocketResponse
-    held: list[tuple[WSMsgType, str | bytes]] = field(default_factory=list)
+    def __call__(self, payload: Any) -> Any:
+        if not isinstance(payload, list) or self.hits >= self.times:
+            return payload
+        self.hits += 1
+        return [*payload, self.record]
 
 
 class FaultyBroker:
@@ -84,15 +67,9 @@ class FaultyBroker:
         self._partial_fills = partial_fills
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="faulty-broker")
-        self.broker: SimulatedBroker | None = None
-        self.rest_faults: list[RestFault] = []
-        self.holding = False
-        self.duplicating = False
-        self.links: list[StreamLink] = []
-        self._runner: web.AppRunner | None = None
-        self._http: aiohttp.ClientSession | None = None
-        self.proxy_url = ""
-        self.rest_requests = 0
+        self._broker: SimulatedBroker | None = None
+        self._withheld_from: dict[str, int] = {}  # username -> history length when withheld
+        self._slow: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -107,6 +84,11 @@ class FaultyBroker:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+    @property
+    def broker(self) -> SimulatedBroker:
+        assert self._broker is not None, "not started"
+        return self._broker
 
     def run(self, work: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout)
@@ -128,32 +110,17 @@ class FaultyBroker:
             broker.add_account(account.api_key, account.secret_key, label=account.username)
         broker.set_partial_fills(self._partial_fills)
         await broker.start()
-        self.broker = broker
-        self._http = aiohttp.ClientSession()
-        app = web.Application()
-        app.router.add_get("/stream", self._proxy_stream)
-        app.router.add_route("*", "/{tail:.*}", self._proxy_rest)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self.proxy_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        self._broker = broker
 
     async def _stop(self) -> None:
-        for link in list(self.links):
-            await link.downstream.close()
-            await link.upstream.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._http is not None:
-            await self._http.close()
-        if self.broker is not None:
-            await self.broker.stop()
+        if self._slow is not None:
+            self._slow.cancel()
+        if self._broker is not None:
+            self._broker.clear_rest_faults()  # held requests are served, not left hanging
+            await self._broker.stop()
 
     def env(self, tmp_path: Path) -> dict[str, str]:
-        """The server's broker settings: these accounts, through the proxy."""
-        assert self.broker is not None
+        """The server's broker settings: these accounts, at the simulator's URLs."""
         accounts = tmp_path / "accounts.toml"
         accounts.write_text(
             "".join(
@@ -165,8 +132,8 @@ class FaultyBroker:
         return {
             "BROKER": "alpaca",
             "ACCOUNTS_FILE": str(accounts),
-            "ALPACA_API_URL": self.proxy_url,
-            "ALPACA_STREAM_URL": self.proxy_url.replace("http", "ws") + "/stream",
+            "ALPACA_API_URL": self.broker.base_url,
+            "ALPACA_STREAM_URL": self.broker.trading_stream_url,
             "ALPACA_DATA_STREAM_URL": self.broker.data_stream_url,
             "ALPACA_BACKOFF_INITIAL_S": "0.05",
             "ALPACA_BACKOFF_MAX_S": "0.5",
@@ -175,178 +142,121 @@ class FaultyBroker:
     def account(self, username: str) -> Account:
         return next(a for a in self.accounts if a.username == username)
 
+    def key(self, username: str) -> str:
+        return self.account(username).api_key
+
     # ---- orders and what the broker knows --------------------------------------------------
 
     def submit(self, username: str, symbol: str, side: str, qty: int) -> dict[str, Any]:
-        broker = self.broker
-        assert broker is not None
-        key = self.account(username).api_key
+        key = self.key(username)
 
         async def place() -> dict[str, Any]:
-            return await broker.submit_order(key, symbol, side, Decimal(qty))
+            return await self.broker.submit_order(key, symbol, side, Decimal(qty))
 
         return self.run(place())
 
     def fills(self, username: str) -> list[dict[str, Any]]:
         """Every execution the broker announced for the account (delivered or not)."""
-        assert self.broker is not None
-        history = self.call(self.broker.trade_updates, self.account(username).api_key)
+        history = self.call(self.broker.trade_updates, self.key(username))
         return [u["data"] for u in history if u["data"]["event"] in FILL_EVENTS]
 
     def positions(self, username: str) -> dict[str, str]:
-        assert self.broker is not None
-        rows = self.call(self.broker.positions, self.account(username).api_key)
+        rows = self.call(self.broker.positions, self.key(username))
         return {row["symbol"]: row["qty"] for row in rows}
 
     def orders(self, username: str) -> list[dict[str, Any]]:
-        assert self.broker is not None
-        return self.call(self.broker.orders, self.account(username).api_key)
+        return self.call(self.broker.orders, self.key(username))
+
+    def listening(self, username: str) -> bool:
+        return self.call(self.broker.trading_connections, self.key(username)) > 0
 
     def wait_listening(self, username: str, timeout: float = 20) -> None:
-        assert self.broker is not None
-        self.run(
-            asyncio.wait_for(
-                self.broker.wait_trading_listener(self.account(username).api_key), timeout
-            ),
-            timeout + 1,
-        )
+        waiting = self.broker.wait_trading_listener(self.key(username))
+        self.run(asyncio.wait_for(waiting, timeout), timeout + 1)
 
     # ---- stream faults ---------------------------------------------------------------------
 
     def drop_streams(self) -> None:
-        """Cut every trade_updates connection at the broker (TCP reset, no close frame)."""
-        assert self.broker is not None
+        """Cut every trade_updates connection (TCP reset, no close frame)."""
         self.call(self.broker.drop_trading_streams)
 
     def resend_last_fill(self, username: str) -> None:
-        assert self.broker is not None
-        self.call(self.broker.resend_last_fill, self.account(username).api_key)
+        self.call(self.broker.resend_last_fill, self.key(username))
 
-    def hold(self) -> None:
-        """Keep broker frames in the link instead of delivering them."""
-        self.call(setattr, self, "holding", True)
+    def reject_credentials(self, username: str) -> None:
+        self.call(self.broker.set_auth_behaviour, self.key(username), "reject")
 
-    def release(self, order: Literal["reversed", "as_sent"] = "reversed") -> int:
-        """Deliver the held frames (newest first by default); returns how many."""
+    def hold(self, username: str) -> None:
+        """Keep the account's trade updates back (REST already shows them)."""
+        key = self.key(username)
 
-        async def flush() -> int:
-            self.holding = False
-            count = 0
-            for link in self.links:
-                frames = link.held[::-1] if order == "reversed" else link.held
-                link.held = []
-                for kind, data in frames:
-                    await _forward(link.downstream, kind, data)
-                    count += 1
-            return count
+        def withhold() -> None:
+            self._withheld_from[username] = len(self.broker.trade_updates(key))
+            self.broker.withhold_trade_updates(key)
 
-        return self.run(flush())
+        self.call(withhold)
 
-    def lose_held_and_drop(self) -> int:
-        """Cut the stream with the held frames undelivered: the fills in them happened at the
-        broker, but only a reconciliation can tell the server. Returns how many were lost."""
+    def held(self, username: str) -> int:
+        """Trade updates announced since ``hold``: all of them withheld."""
+        start = self._withheld_from.get(username)
+        if start is None:
+            return 0
+        return len(self.call(self.broker.trade_updates, self.key(username))) - start
 
-        async def lose() -> int:
-            lost = sum(len(link.held) for link in self.links)
-            for link in self.links:
-                link.held = []
-            self.holding = False
-            assert self.broker is not None
-            self.broker.drop_trading_streams()
-            return lost
+    def release(
+        self, username: str, order: Literal["reversed", "as_sent", "none"] = "reversed"
+    ) -> int:
+        """Deliver the held updates (newest first by default; ``none``: lose them all);
+        returns how many were held."""
+        self._withheld_from.pop(username, None)
+        held: list[int] = []
 
-        return self.run(lose())
+        def reorder(kept: list[Any]) -> list[Any]:
+            held.append(len(kept))
+            return {"reversed": kept[::-1], "as_sent": kept, "none": []}[order]
 
-    def held(self) -> int:
-        return self.call(lambda: sum(len(link.held) for link in self.links))
+        self.call(self.broker.release_trade_updates, self.key(username), reorder)
+        return held[0] if held else 0
 
-    async def _proxy_stream(self, request: web.Request) -> web.StreamResponse:
-        assert self._http is not None and self.broker is not None
-        headers = {k: v for k, v in request.headers.items() if k.upper().startswith("APCA-")}
-        try:
-            upstream = await self._http.ws_connect(self.broker.trading_stream_url, headers=headers)
-        except aiohttp.WSServerHandshakeError as error:
-            return web.Response(status=error.status, text=error.message)
-        downstream = web.WebSocketResponse()
-        await downstream.prepare(request)
-        link = StreamLink(downstream, upstream)
-        self.links.append(link)
-        to_broker = asyncio.ensure_future(self._pump_up(link))
-        try:
-            async for message in upstream:
-                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    break
-                if self.holding:
-                    link.held.append((message.type, message.data))
-                    continue
-                await _forward(downstream, message.type, message.data)
-                if self.duplicating:
-                    await _forward(downstream, message.type, message.data)
-        finally:
-            to_broker.cancel()
-            self.links.remove(link)
-            await upstream.close()
-            transport = request.transport
-            if upstream.close_code in (None, 1006) and transport is not None:
-                transport.abort()  # the broker reset the link: so does the proxy
-            else:
-                await downstream.close(code=upstream.close_code or 1000)
-        return downstream
-
-    async def _pump_up(self, link: StreamLink) -> None:
-        async for message in link.downstream:
-            if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                await _forward(link.upstream, message.type, message.data)
-        await link.upstream.close()
+    def lose_held_and_drop(self, username: str) -> int:
+        """Cut the stream with the held updates never delivered: the fills in them happened,
+        but only a reconciliation can tell the server. Returns how many were lost."""
+        self.drop_streams()
+        return self.release(username, "none")
 
     # ---- REST faults -----------------------------------------------------------------------
 
-    def add_rest_fault(self, fault: RestFault) -> RestFault:
-        self.call(self.rest_faults.append, fault)
-        return fault
+    def fail_rest(self, status: int = 500, *, method: str | None = None, path: str) -> None:
+        self.call(self.broker.fail_rest, status, method=method, path=path)
+
+    def hang_rest(self, *, method: str | None = None, path: str) -> None:
+        """Hold matching requests until ``clear_rest_faults`` (then they are served, late)."""
+        self.call(self.broker.hang_rest, method=method, path=path)
+
+    def poison_rest(self, path: str, record: Any, times: int) -> Poison:
+        poison = Poison(record, times)
+        self.call(self.broker.rewrite_rest, poison, path=path)
+        return poison
+
+    def slow_rest(self, seconds: float, *, path: str = "/v2/") -> None:
+        """Answer every matching request up to ``seconds`` late, until cleared."""
+
+        async def slow() -> None:
+            while True:
+                self.broker.hang_rest(path=path)
+                await asyncio.sleep(seconds)
+                self.broker.clear_rest_faults()
+
+        async def begin() -> None:
+            self._slow = asyncio.ensure_future(slow())
+
+        self.run(begin())
 
     def clear_rest_faults(self) -> None:
-        self.call(self.rest_faults.clear)
+        async def clear() -> None:
+            if self._slow is not None:
+                self._slow.cancel()
+                self._slow = None
+            self.broker.clear_rest_faults()
 
-    def rest_hits(self, fault: RestFault) -> int:
-        return self.call(lambda: fault.hits)
-
-    async def _proxy_rest(self, request: web.Request) -> web.StreamResponse:
-        assert self._http is not None and self.broker is not None
-        self.rest_requests += 1
-        fault = next((f for f in self.rest_faults if f.matches(request)), None)
-        if fault is not None:
-            fault.hits += 1
-            if fault.kind == "500":
-                return web.json_response(
-                    {"code": 50010000, "message": "internal server error"}, status=500
-                )
-            if fault.kind in ("hang", "slow"):
-                # Then answered normally: a hung call that the client did not give up on
-                # still takes effect at the broker, late.
-                await asyncio.sleep(fault.seconds)
-        headers = {k: v for k, v in request.headers.items() if k.upper().startswith("APCA-")}
-        headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
-        async with self._http.request(
-            request.method,
-            self.broker.base_url + request.path_qs,
-            headers=headers,
-            data=await request.read(),
-        ) as response:
-            body = await response.read()
-            status = response.status
-        if fault is not None and fault.kind == "poison" and status == 200:
-            decoded = orjson.loads(body)
-            if isinstance(decoded, list):
-                body = orjson.dumps([*decoded, fault.record])
-        return web.Response(body=body, status=status, content_type="application/json")
-
-
-async def _forward(
-    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, kind: WSMsgType, data: Any
-) -> None:
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        if kind is WSMsgType.TEXT:
-            await ws.send_str(data)
-        else:
-            await ws.send_bytes(data)
+        self.run(clear())

@@ -6,7 +6,9 @@ names below, never the packages directly.
 
 from __future__ import annotations
 
-from alpaca_bridge.models import (
+from alpaca_bridge.reconcile import fetch_snapshot
+from alpaca_bridge.simulator import SimulatedBroker
+from alpaca_bridge.wire_parser import (
     MalformedUpdate,
     decode_frame,
     parse_account,
@@ -14,8 +16,6 @@ from alpaca_bridge.models import (
     parse_position,
     parse_trade_update,
 )
-from alpaca_bridge.reconcile import fetch_snapshot
-from alpaca_bridge.simulator import SimulatedBroker
 from app.protocol import ClientMessage, CloseCode, ErrorCode, ProtocolError, parse_client_message
 from config.settings import Settings, describe_validation_error
 
