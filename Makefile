@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install install-systemd clean
+.PHONY: run test lint bench soak install install-systemd clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+# The fault suite's scenarios at scale (docs/reliability.md); loopback only, bounded in clients
+# and time. SOAK_ARGS e.g. "--clients 5000 --seconds 300"; figures in tests/soak/results/.
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 # As root: the production install for systemd (docs/runbook.md "Initial Deployment").
 # Idempotent: re-running upgrades the code and units and never overwrites the env file.

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ from tests.ops.conftest import CLI, free_port, http_status, service_env, wait_un
 __all__ = [
     "PASSWORD",
     "Live",
+    "OrderFlow",
     "Peaks",
+    "Sampler",
     "Server",
     "Session",
     "free_port",
@@ -304,3 +307,57 @@ def live_service(
             yield Live(server, broker, sessions, env)
         finally:
             server.kill()
+
+
+class Sampler:
+    """Samples the server's RSS and send queues every ``interval`` seconds on a thread."""
+
+    def __init__(self, server: Server, interval: float = 0.1) -> None:
+        self.peaks = Peaks(server)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler")
+
+    def __enter__(self) -> Peaks:
+        self.peaks.sample()
+        self._thread.start()
+        return self.peaks
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with contextlib.suppress(OSError):  # the server may be gone
+                self.peaks.sample()
+
+
+class OrderFlow:
+    """Market orders at the broker, round robin over ``traders``, until stopped."""
+
+    def __init__(
+        self, broker: FaultyBroker, traders: list[str], interval: float = 0.02, symbol: str = "AAPL"
+    ) -> None:
+        self.broker = broker
+        self.traders = traders
+        self.placed = 0
+        self._interval = interval
+        self._symbol = symbol
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="order-flow")
+
+    def __enter__(self) -> OrderFlow:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            trader = self.traders[self.placed % len(self.traders)]
+            with contextlib.suppress(Exception):  # the broker stopping at the end of a run
+                self.broker.submit(trader, self._symbol, "buy", 1)
+                self.placed += 1

@@ -8,7 +8,6 @@ another user's API latency), and leave the log bounded and free of tracebacks.
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import threading
 import time
@@ -20,7 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.faults.clients import OP_PING, Closed, RawWebSocket, Watcher
+from tests.faults.clients import Closed, RawWebSocket, Watcher
+from tests.faults.floods import MALFORMED, login_burst, ping_flood, send_malformed
 from tests.faults.harness import PASSWORD, Live, live_service
 
 pytestmark = pytest.mark.slow
@@ -81,32 +81,6 @@ def test_a_message_flood_closes_every_flooder_1008_and_spares_the_neighbour(live
     live.server.assert_no_traceback(mark)
 
 
-def ping_flood(live: Live, seconds: float) -> tuple[int, int | None]:
-    """Protocol-level ping frames as fast as the socket takes them, never reading; returns
-    (pings sent, the close code seen, or None if the server never closed)."""
-    ws = RawWebSocket(live.server.host, live.server.port, live.sessions["flood"].headers)
-    sent = 0
-    deadline = time.monotonic() + seconds
-    try:
-        ws.sock.settimeout(1.0)
-        while time.monotonic() < deadline:
-            try:
-                ws.send(OP_PING, b"flood")
-            except (TimeoutError, OSError):
-                break  # the server stopped reading or closed
-            sent += 1
-        ws.sock.settimeout(5)
-        try:
-            while True:
-                ws.frame()
-        except Closed as closed:
-            return sent, closed.code
-        except (TimeoutError, OSError):
-            return sent, None
-    finally:
-        ws.close()
-
-
 @pytest.mark.xfail(
     strict=True,
     reason="issue 10 (degraded): protocol ping frames are not rate limited (fix in flight: ws)",
@@ -114,35 +88,11 @@ def ping_flood(live: Live, seconds: float) -> tuple[int, int | None]:
 def test_a_ping_frame_flood_is_limited_like_messages(live: Live) -> None:
     mark = live.server.log_mark()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda _: ping_flood(live, 1.5), range(2)))
+        flooder = (live.server.host, live.server.port, live.sessions["flood"].headers)
+        results = list(pool.map(lambda _: ping_flood(*flooder, 1.5), range(2)))
     for sent, code in results:
         assert code == 1008, f"{sent} pings in 1.5 s, closed with {code}"
     live.server.assert_no_traceback(mark)
-
-
-def login_burst(
-    live: Live, attempts: list[tuple[str, str]], source: str = "127.0.0.1"
-) -> Counter[int]:
-    """Every (username, password) attempt at once, from ``source``; the statuses answered."""
-
-    async def burst() -> Counter[int]:
-        base = live.server.base_url
-        headers = {"Origin": base}
-        connector = aiohttp.TCPConnector(limit=0, local_addr=(source, 0))
-        async with aiohttp.ClientSession(connector=connector) as http:
-
-            async def attempt(username: str, password: str) -> int:
-                body = {"username": username, "password": password}
-                async with http.post(
-                    f"{base}/api/auth/login", json=body, headers=headers
-                ) as response:
-                    await response.read()
-                    return response.status
-
-            statuses = await asyncio.gather(*(attempt(u, p) for u, p in attempts))
-        return Counter(statuses)
-
-    return asyncio.run(burst())
 
 
 def test_repeated_failed_logins_lock_the_user_out_with_429(live: Live) -> None:
@@ -221,25 +171,6 @@ def test_a_login_burst_does_not_stall_another_users_requests(live: Live) -> None
     assert latencies and max(latencies) <= 1.0, (
         f"/api/auth/me max {max(latencies):.2f}s, median {statistics.median(latencies):.3f}s"
     )
-
-
-MALFORMED = (
-    b"GARBAGE\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
-    b"GET /\x00 HTTP/1.1\r\n\r\n",
-    b"GET / HTTP/9.9\r\n\r\n",
-    b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus\r\n\r\n",
-    b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 70000 + b"\r\n\r\n",
-)
-
-
-def send_malformed(host: str, port: int, request: bytes) -> bytes:
-    with socket.create_connection((host, port), timeout=5) as sock:
-        sock.sendall(request)
-        try:
-            return sock.recv(200)
-        except OSError:
-            return b""
 
 
 @pytest.mark.xfail(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,37 +17,21 @@ import aiohttp
 import pytest
 
 from tests.faults.clients import Crowd
-from tests.faults.harness import PASSWORD, Live, Server, http_status, live_service, wait_until
+from tests.faults.harness import (
+    PASSWORD,
+    Live,
+    OrderFlow,
+    Server,
+    http_status,
+    live_service,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 TRADERS = [f"trader{i}" for i in range(8)]
 PER_TRADER = 25
 SHUTDOWN_TIMEOUT_S = 5
-
-
-class OrderFlow:
-    """Orders placed at the broker, round robin over the traders, until stopped."""
-
-    def __init__(self, live: Live) -> None:
-        self.live = live
-        self.placed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="order-flow")
-
-    def __enter__(self) -> OrderFlow:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            trader = TRADERS[self.placed % len(TRADERS)]
-            self.live.broker.submit(trader, "AAPL", "buy", 1)
-            self.placed += 1
 
 
 @pytest.fixture
@@ -67,7 +50,7 @@ def crowd_of(live: Live) -> Crowd:
 
 
 def test_sigterm_under_load_closes_every_client_1001_and_exits_0_in_time(live: Live) -> None:
-    with crowd_of(live) as crowd, OrderFlow(live) as flow:
+    with crowd_of(live) as crowd, OrderFlow(live.broker, TRADERS) as flow:
         wait_until(lambda: all(m.batches >= 2 for m in crowd.members), 30, "batches for all")
         live.server.signal(signal.SIGTERM)
         code, took = live.server.wait_exit(timeout=SHUTDOWN_TIMEOUT_S + 5)
@@ -81,7 +64,7 @@ def test_sigterm_under_load_closes_every_client_1001_and_exits_0_in_time(live: L
 
 def test_sigkill_under_load_leaves_the_store_intact_and_sessions_valid(live: Live) -> None:
     login = asyncio.run(_login(live.server.base_url, TRADERS[0]))
-    with crowd_of(live) as crowd, OrderFlow(live):
+    with crowd_of(live) as crowd, OrderFlow(live.broker, TRADERS):
         wait_until(lambda: all(m.batches >= 1 for m in crowd.members), 30, "batches for all")
         live.server.signal(signal.SIGKILL)
         live.server.wait_exit(timeout=10)

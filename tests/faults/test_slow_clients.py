@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.clients import Closed, RawWebSocket, Watcher, dumps_message
-from tests.faults.harness import Live, Peaks, Server, live_service, wait_until
+from tests.faults.harness import Live, Sampler, live_service, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -53,28 +53,6 @@ def live(tmp_path: Path) -> Iterator[Live]:
             for symbol, qty in (("AAPL", 10), ("MSFT", 5), ("NVDA", 3)):
                 running.broker.submit(trader, symbol, "buy", qty)
         yield running
-
-
-class Sampler:
-    """Samples the server's RSS and send queues every 100 ms on a thread."""
-
-    def __init__(self, server: Server) -> None:
-        self.peaks = Peaks(server)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sampler")
-
-    def __enter__(self) -> Peaks:
-        self.peaks.sample()
-        self._thread.start()
-        return self.peaks
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            self.peaks.sample()
 
 
 def open_paused(live: Live, user: str, count: int) -> list[RawWebSocket]:
