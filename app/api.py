@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from app.auth import (
+    Throttled,
     clear_session_cookie,
     require_admin,
     require_user,
@@ -57,22 +58,23 @@ async def login(request: web.Request) -> web.Response:
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise ApiError.bad_request("username and password are required strings")
-    throttle = request.app[THROTTLE_KEY]
-    wait = throttle.retry_after(username, request.remote)
-    if wait > 0:
+    try:
+        attempt = request.app[THROTTLE_KEY].reserve(username, request.remote)
+    except Throttled as throttled:
         raise ApiError(
             429,
             "too_many_attempts",
             "Too many failed logins; try again later",
-            headers={"Retry-After": str(int(wait) + 1)},
-        )
+            headers={"Retry-After": str(int(throttled.retry_after) + 1)},
+        ) from None
     store = request.app[STORE_KEY]
-    user = await store.authenticate(username, password)
-    if user is None:
-        throttle.failed(username, request.remote)
-        log.warning("[Auth] Login failed", username=username[:64], remote=request.remote)
-        raise ApiError(401, "invalid_credentials", "Invalid username or password")
-    throttle.succeeded(username)
+    with attempt:
+        user = await store.authenticate(username, password)
+        if user is None:
+            attempt.failed()
+            log.warning("[Auth] Login failed", username=username[:64], remote=request.remote)
+            raise ApiError(401, "invalid_credentials", "Invalid username or password")
+        attempt.succeeded()
     settings = request.app[SETTINGS_KEY]
     token = await store.create_session(user.id, settings.session_ttl_hours * 3600)
     log.info("[Auth] Login", userId=user.id, username=user.username)
