@@ -30,6 +30,7 @@ from app.keys import (
     THROTTLE_KEY,
 )
 from app.metrics import CONTENT_TYPE
+from app.store import HashingBusy
 from app.stream import WS_PATH
 from config.logging import get_logger, utc_timestamp
 
@@ -69,7 +70,15 @@ async def login(request: web.Request) -> web.Response:
         ) from None
     store = request.app[STORE_KEY]
     with attempt:
-        user = await store.authenticate(username, password)
+        try:
+            user = await store.authenticate(username, password)
+        except HashingBusy:
+            raise ApiError(
+                503,
+                "login_busy",
+                "Too many logins in progress; try again shortly",
+                headers={"Retry-After": "1"},
+            ) from None
         if user is None:
             attempt.failed()
             log.warning("[Auth] Login failed", username=username[:64], remote=request.remote)

@@ -44,7 +44,8 @@ CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = Store(app[SETTINGS_KEY].sqlite_path)
+    settings = app[SETTINGS_KEY]
+    store = Store(settings.sqlite_path, hash_concurrency=settings.login_hash_concurrency)
     await store.open()
     app[STORE_KEY] = store
     yield

@@ -2,7 +2,9 @@
 
 Passwords are argon2id hashes; session ids are 256-bit random tokens of which only the SHA-256
 is stored, so a leaked database does not leak live sessions. All SQLite work runs on one worker
-thread, keeping the event loop free and the connection single-threaded.
+thread, keeping the event loop free and the connection single-threaded; password hashing runs on
+a separate, bounded pool, so a flood of logins never delays the session lookup behind every API
+call and upgrade.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class InvalidUsername(ValueError):
     """Usernames are 1-64 characters of letters, digits, '.', '_', '-' or '@'."""
 
 
+class HashingBusy(Exception):
+    """Every password-hashing slot is taken: the login is refused rather than queued."""
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     id: str
@@ -89,11 +95,19 @@ def _dummy_hash() -> str:
 class Store:
     """Async facade over a SQLite file holding users and sessions."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path, clock: Callable[[], float] = time.time, *, hash_concurrency: int = 2
+    ) -> None:
         self._path = path
         self._clock = clock
         self._hasher = PasswordHasher()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        # Each argon2 check costs ~100 ms of CPU and 64 MiB: at most this many at once.
+        self._hash_executor = ThreadPoolExecutor(
+            max_workers=hash_concurrency, thread_name_prefix="store-hash"
+        )
+        self._hash_slots = hash_concurrency
+        self._hashing = 0
         self._db: sqlite3.Connection | None = None
 
     @property
@@ -103,6 +117,10 @@ class Store:
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, func, *args)
+
+    async def _hash(self, func: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._hash_executor, func, *args)
 
     async def open(self) -> None:
         await self._run(self._open_sync)
@@ -122,6 +140,7 @@ class Store:
             await self._run(self._db.close)
             self._db = None
         self._executor.shutdown(wait=True)
+        self._hash_executor.shutdown(wait=True)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -135,7 +154,7 @@ class Store:
         name = validate_username(username)
         if not password:
             raise ValueError("password must not be empty")
-        password_hash = await self._run(self._hasher.hash, password)
+        password_hash = await self._hash(self._hasher.hash, password)
         return await self._run(self._insert_user, name, password_hash, is_admin)
 
     def _insert_user(self, username: str, password_hash: str, is_admin: bool) -> User:
@@ -195,7 +214,7 @@ class Store:
         return await self._run(remove)
 
     async def set_password(self, username: str, password: str) -> bool:
-        password_hash = await self._run(self._hasher.hash, password)
+        password_hash = await self._hash(self._hasher.hash, password)
 
         def update() -> bool:
             with _transaction(self.db) as db:
@@ -208,31 +227,43 @@ class Store:
         return await self._run(update)
 
     async def authenticate(self, username: str, password: str) -> User | None:
-        """The user if the password matches; None otherwise (constant-ish time either way)."""
-        return await self._run(self._authenticate_sync, username.strip(), password)
+        """The user if the password matches; None otherwise (constant-ish time either way).
 
-    def _authenticate_sync(self, username: str, password: str) -> User | None:
-        # Verifying against a dummy hash for unknown users keeps login timing uniform; made on
-        # the first login, whoever it is for, so the CLI never pays for it.
-        dummy = _dummy_hash()
-        row = self.db.execute(
+        Raises HashingBusy at once when every hashing slot is taken.
+        """
+        if self._hashing >= self._hash_slots:
+            raise HashingBusy
+        self._hashing += 1
+        try:
+            row = await self._run(self._select_credentials, username.strip())
+            # Verifying against a dummy hash for unknown users keeps login timing uniform;
+            # made on the first login, whoever it is for, so the CLI never pays for it.
+            stored = row[4] if row else await self._hash(_dummy_hash)
+            if not await self._hash(self._verify, stored, password) or row is None:
+                return None
+            if self._hasher.check_needs_rehash(stored):
+                rehashed = await self._hash(self._hasher.hash, password)
+                await self._run(self._update_hash, row[0], rehashed)
+        finally:
+            self._hashing -= 1
+        return User(row[0], row[1], bool(row[2]), row[3])
+
+    def _select_credentials(self, username: str) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.db.execute(
             "SELECT id, username, is_admin, created_at, password_hash FROM users "
             "WHERE username = ?",
             (username,),
         ).fetchone()
-        stored = row[4] if row else dummy
+        return row
+
+    def _verify(self, stored: str, password: str) -> bool:
         try:
-            self._hasher.verify(stored, password)
+            return self._hasher.verify(stored, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return None
-        if row is None:
-            return None
-        if self._hasher.check_needs_rehash(stored):
-            self.db.execute(
-                "UPDATE users SET password_hash = ? WHERE id = ?",
-                (self._hasher.hash(password), row[0]),
-            )
-        return User(row[0], row[1], bool(row[2]), row[3])
+            return False
+
+    def _update_hash(self, user_id: str, password_hash: str) -> None:
+        self.db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
 
     # Sessions
 

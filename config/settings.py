@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = (100_000, 50, 1_000)
     node_id: str | None = None
 
+    # Hostile clients and a failing environment: login floods, store faults, log output
+    # Password checks at once (each ~100 ms of CPU and 64 MiB); beyond it login answers 503.
+    login_hash_concurrency: int = Field(2, ge=1, le=64)
+
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
