@@ -10,18 +10,33 @@ a message that already embeds its values word for word can still carry structure
 
 from __future__ import annotations
 
+import atexit
 import logging
-import os
 import sys
 from collections.abc import Iterable, MutableMapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any
 
 import orjson
 import structlog
 
+from config.log_sinks import ReopeningFile, TeeLogger
 from config.settings import Settings
+
+__all__ = [
+    "ReopeningFile",
+    "TeeLogger",
+    "configure_logging",
+    "get_logger",
+    "json_renderer",
+    "render_message",
+    "text_renderer",
+    "utc_timestamp",
+]
+
+# At exit, queued lines get this long to reach their streams: a stdout nobody reads must not
+# keep a stopping service from exiting.
+EXIT_FLUSH_S = 2.0
 
 _LEVELS = {
     "debug": "DEBUG",
@@ -77,76 +92,6 @@ def json_renderer(_: Any, method_name: str, event_dict: MutableMapping[str, Any]
     return orjson.dumps(record, default=str).decode()
 
 
-class TeeLogger:
-    """structlog logger writing each rendered line to several streams (stdout, LOG_FILE)."""
-
-    def __init__(self, streams: Iterable[IO[str]]) -> None:
-        self._streams = list(streams)
-
-    def msg(self, message: str) -> None:
-        line = message + "\n"
-        for stream in self._streams:
-            try:
-                stream.write(line)
-                stream.flush()
-            except (OSError, ValueError):
-                # A full disk or a closed pipe must not take the service down with it.
-                pass
-
-    log = debug = info = warning = warn = error = critical = exception = fatal = msg
-
-    def reopen(self) -> None:
-        """Reopen every file stream (the SIGHUP action, after logrotate moved LOG_FILE)."""
-        for stream in self._streams:
-            if isinstance(stream, ReopeningFile):
-                stream.reopen()
-
-    def close(self) -> None:
-        """Close the LOG_FILE this sink opened (before configuring logging anew)."""
-        for stream in self._streams:
-            if isinstance(stream, ReopeningFile):
-                stream.close()
-
-
-class ReopeningFile:
-    """Append-mode file that reopens itself once logrotate moved it (WatchedFileHandler-like)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO = self._open()
-
-    def _open(self) -> TextIO:
-        handle = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the process
-        stat = os.fstat(handle.fileno())
-        self._identity = (stat.st_ino, stat.st_dev)
-        return handle
-
-    def _moved(self) -> bool:
-        try:
-            stat = os.stat(self._path)
-        except FileNotFoundError:
-            return True
-        return (stat.st_ino, stat.st_dev) != self._identity
-
-    def write(self, text: str) -> int:
-        if self._moved():
-            self.reopen()
-        return self._file.write(text)
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def reopen(self) -> None:
-        """Close and reopen the path (also the SIGHUP action)."""
-        old = self._file
-        self._file = self._open()
-        old.close()
-
-    def close(self) -> None:
-        self._file.close()
-
-
 class _StdlibBridge(logging.Handler):
     """Routes third-party stdlib logging (aiohttp, alpaca-py) through the same output."""
 
@@ -172,11 +117,19 @@ def configure_logging(settings: Settings, extra_streams: Iterable[IO[str]] = ())
 
     Only the CLI and tests call this; it returns the sink so tests can inspect or reopen it.
     """
-    streams: list[IO[str]] = [sys.stdout, *extra_streams]
+    streams: list[IO[str] | ReopeningFile] = [sys.stdout, *extra_streams]
     if settings.log_file is not None:
-        streams.append(ReopeningFile(settings.log_file))  # type: ignore[arg-type]
-    sink = TeeLogger(streams)
+        streams.append(ReopeningFile(settings.log_file))
     renderer = json_renderer if settings.log_format == "json" else text_renderer
+
+    def dropped_notice(count: int) -> str:
+        event = {"event": "[Logging] Log output was not being read: lines dropped", "count": count}
+        return renderer(None, "warning", event)
+
+    sink = TeeLogger(streams, settings.log_queue_lines, dropped_notice)
+    previous, _SINKS[:] = _SINKS[:], [sink]
+    for old in previous:
+        old.retire()
     level = logging.getLevelNamesMapping()[settings.log_level]
     structlog.configure(
         processors=[
@@ -227,6 +180,13 @@ class ServiceLogger:
 
 
 _LOG = ServiceLogger()
+_SINKS: list[TeeLogger] = []  # the sink of the latest configure_logging, flushed at exit
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for sink in _SINKS:
+        sink.flush(EXIT_FLUSH_S)
 
 
 def get_logger() -> ServiceLogger:

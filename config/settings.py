@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # Hostile clients and a failing environment: login floods, store faults, log output
     # Password checks at once (each ~100 ms of CPU and 64 MiB); beyond it login answers 503.
     login_hash_concurrency: int = Field(2, ge=1, le=64)
+    # Lines waiting per log stream (stdout, LOG_FILE) for a slow reader; beyond, dropped.
+    log_queue_lines: int = Field(10_000, ge=100)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
