@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import sys
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Callable, Iterable, MutableMapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from config.log_sinks import ReopeningFile, TeeLogger
 from config.settings import Settings
 
 __all__ = [
     "ReopeningFile",
+    "Sampler",
     "TeeLogger",
     "configure_logging",
     "get_logger",
@@ -92,24 +96,83 @@ def json_renderer(_: Any, method_name: str, event_dict: MutableMapping[str, Any]
     return orjson.dumps(record, default=str).decode()
 
 
-class _StdlibBridge(logging.Handler):
-    """Routes third-party stdlib logging (aiohttp, alpaca-py) through the same output."""
+class Sampler:
+    """At most one line per interval for a noisy kind of event; the rest are only counted."""
 
-    def __init__(self, logger: TeeLogger, json_lines: bool) -> None:
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval_s
+        self._clock = clock
+        self._next_at = -math.inf
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """None: do not log this one (it is counted). Else: log it, with this many left
+        unlogged since the last line."""
+        now = self._clock()
+        if now < self._next_at:
+            self._suppressed += 1
+            return None
+        self._next_at = now + self._interval
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """Peer-supplied text made safe for one log line: one line, printable, bounded."""
+    flat = " ".join(text.split())[:limit]
+    return "".join(c if c.isprintable() else "?" for c in flat)
+
+
+class _StdlibBridge(logging.Handler):
+    """Routes third-party stdlib logging (aiohttp, alpaca-py) through the same output.
+
+    aiohttp logs every malformed request at ERROR with a traceback; anyone who can open a
+    socket could fill the log with them. They are one INFO line per interval instead, with a
+    count of the others.
+    """
+
+    def __init__(self, logger: TeeLogger, json_lines: bool, level: int, interval_s: float) -> None:
         super().__init__()
         self._logger = logger
         self._json = json_lines
+        self._level = level
+        self._bad_requests = Sampler(interval_s)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            renderer = json_renderer if self._json else text_renderer
+            error = record.exc_info[1] if record.exc_info else None
+            if record.name == "aiohttp.server" and isinstance(error, HttpProcessingError):
+                event = self._bad_request(record, error)
+                if event is not None:
+                    self._logger.msg(renderer(None, "info", event))
+                return
             message = f"[{record.name}] {record.getMessage()}"
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
-            event: dict[str, Any] = {"event": message}
-            renderer = json_renderer if self._json else text_renderer
-            self._logger.msg(renderer(None, record.levelname.lower(), event))
+            self._logger.msg(renderer(None, record.levelname.lower(), {"event": message}))
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
+
+    def _bad_request(
+        self, record: logging.LogRecord, error: HttpProcessingError
+    ) -> dict[str, Any] | None:
+        if self._level > logging.INFO:
+            return None
+        suppressed = self._bad_requests.admit()
+        if suppressed is None:
+            return None
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        event: dict[str, Any] = {
+            "event": "[PortfolioStream] Malformed HTTP request refused",
+            "status": error.code,
+            "error": type(error).__name__,
+            "detail": _printable(str(error.message)),
+            "remote": remote,
+        }
+        if suppressed:
+            event["unloggedSinceLast"] = suppressed
+        return event
 
 
 def configure_logging(settings: Settings, extra_streams: Iterable[IO[str]] = ()) -> TeeLogger:
@@ -145,7 +208,11 @@ def configure_logging(settings: Settings, extra_streams: Iterable[IO[str]] = ())
     for handler in list(root.handlers):
         if isinstance(handler, _StdlibBridge):
             root.removeHandler(handler)
-    root.addHandler(_StdlibBridge(sink, settings.log_format == "json"))
+    root.addHandler(
+        _StdlibBridge(
+            sink, settings.log_format == "json", level, settings.log_bad_request_interval_s
+        )
+    )
     root.setLevel(max(level, logging.WARNING))
     return sink
 

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     login_hash_concurrency: int = Field(2, ge=1, le=64)
     # Lines waiting per log stream (stdout, LOG_FILE) for a slow reader; beyond, dropped.
     log_queue_lines: int = Field(10_000, ge=100)
+    # Malformed HTTP requests are logged once per this interval, the others only counted.
+    log_bad_request_interval_s: float = Field(60.0, gt=0)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

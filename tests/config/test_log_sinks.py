@@ -1,4 +1,4 @@
-"""Log streams that stop being read: lines are dropped and counted, never waited for."""
+"""Log output under pressure: unread streams drop and count lines, noisy events are sampled."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import IO
 import pytest
 import structlog
 
-from config.logging import TeeLogger, configure_logging
+from config.logging import Sampler, TeeLogger, configure_logging
 from tests.conftest import make_settings
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
@@ -94,3 +94,15 @@ def test_reopen_takes_effect_in_line_order(tmp_path: Path, sinks: list[TeeLogger
     assert "before rotation" in rotated.read_text()
     assert "after rotation" not in rotated.read_text()
     assert "after rotation" in log_file.read_text()
+
+
+def test_a_sampler_admits_one_event_per_interval_and_counts_the_rest() -> None:
+    now = [100.0]
+    sampler = Sampler(60.0, clock=lambda: now[0])
+    assert sampler.admit() == 0  # the first is logged
+    assert [sampler.admit() for _ in range(499)] == [None] * 499
+    now[0] += 59.9
+    assert sampler.admit() is None
+    now[0] += 0.1
+    assert sampler.admit() == 500  # logged, reporting the ones that were not
+    assert sampler.admit() is None
