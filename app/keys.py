@@ -8,7 +8,6 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from alpaca_bridge.service import BrokerBridge
-
     from app.auth import LoginThrottle
     from app.bus import InProcessBus
     from app.metrics import Metrics
