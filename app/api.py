@@ -10,11 +10,12 @@ from typing import Any
 from aiohttp import web
 
 from app.auth import (
-    Throttled,
+    check_password,
     clear_session_cookie,
     require_admin,
     require_user,
     set_session_cookie,
+    store_unavailable,
 )
 from app.errors import ApiError
 from app.keys import (
@@ -27,10 +28,9 @@ from app.keys import (
     STATS_KEY,
     STORE_KEY,
     STREAM_KEY,
-    THROTTLE_KEY,
 )
 from app.metrics import CONTENT_TYPE
-from app.store import HashingBusy
+from app.store import StoreUnavailable
 from app.stream import WS_PATH
 from config.logging import get_logger, utc_timestamp
 
@@ -59,33 +59,14 @@ async def login(request: web.Request) -> web.Response:
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise ApiError.bad_request("username and password are required strings")
-    try:
-        attempt = request.app[THROTTLE_KEY].reserve(username, request.remote)
-    except Throttled as throttled:
-        raise ApiError(
-            429,
-            "too_many_attempts",
-            "Too many failed logins; try again later",
-            headers={"Retry-After": str(int(throttled.retry_after) + 1)},
-        ) from None
-    store = request.app[STORE_KEY]
-    with attempt:
-        try:
-            user = await store.authenticate(username, password)
-        except HashingBusy:
-            raise ApiError(
-                503,
-                "login_busy",
-                "Too many logins in progress; try again shortly",
-                headers={"Retry-After": "1"},
-            ) from None
-        if user is None:
-            attempt.failed()
-            log.warning("[Auth] Login failed", username=username[:64], remote=request.remote)
-            raise ApiError(401, "invalid_credentials", "Invalid username or password")
-        attempt.succeeded()
+    user = await check_password(request, username, password)
     settings = request.app[SETTINGS_KEY]
-    token = await store.create_session(user.id, settings.session_ttl_hours * 3600)
+    try:
+        token = await request.app[STORE_KEY].create_session(
+            user.id, settings.session_ttl_hours * 3600
+        )
+    except StoreUnavailable:
+        raise store_unavailable() from None
     log.info("[Auth] Login", userId=user.id, username=user.username)
     response = web.json_response({"user": user.public()})
     set_session_cookie(response, request, token)
@@ -96,7 +77,10 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     token = request.cookies.get("session")
     if token:
-        await request.app[STORE_KEY].revoke_session(token)
+        try:
+            await request.app[STORE_KEY].revoke_session(token)
+        except StoreUnavailable:
+            raise store_unavailable() from None
     response = web.json_response({"ok": True})
     clear_session_cookie(response)
     return response
@@ -222,12 +206,16 @@ async def healthz(_: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
+    store = app[STORE_KEY]
+    if store.is_open and not store.health.available:
+        await store.probe()  # recovers by itself once the disk takes a write again
     checks = {
-        "store": app[STORE_KEY].is_open,
+        "store": store.is_open and store.health.available,
         "bus": app[BUS_KEY].running,
         "stream": app[STREAM_KEY].accepting or not app[SETTINGS_KEY].enable_realtime_portfolio,
         "broker": app[BRIDGE_KEY].ready if BRIDGE_KEY in app else True,
         "notDraining": not app[DRAINING_KEY].get("draining", False),
     }
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body = {"ready": ready, "checks": checks, "store": store.health.status()}
+    return web.json_response(body, status=200 if ready else 503)

@@ -45,7 +45,11 @@ CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
-    store = Store(settings.sqlite_path, hash_concurrency=settings.login_hash_concurrency)
+    store = Store(
+        settings.sqlite_path,
+        hash_concurrency=settings.login_hash_concurrency,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+    )
     await store.open()
     app[STORE_KEY] = store
     yield

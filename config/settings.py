@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     log_queue_lines: int = Field(10_000, ge=100)
     # Malformed HTTP requests are logged once per this interval, the others only counted.
     log_bad_request_interval_s: float = Field(60.0, gt=0)
+    # How long a statement waits for another process's lock on the database before giving up.
+    sqlite_busy_timeout_ms: int = Field(5000, ge=0, le=600_000)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
