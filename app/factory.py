@@ -16,6 +16,7 @@ from aiohttp import web
 from app import api, pages
 from app.auth import LoginThrottle
 from app.bus import InProcessBus
+from app.csrf import csrf_middleware
 from app.errors import error_middleware
 from app.keys import (
     BRIDGE_KEY,
@@ -122,7 +123,10 @@ def create_app(
     settings: Settings, *, with_bridge: bool = True, extra_contexts: tuple[CleanupContext, ...] = ()
 ) -> web.Application:
     """Build the service. ``with_bridge=False`` runs without a broker (events come from tests)."""
-    app = web.Application(middlewares=[error_middleware({WS_PATH})], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[error_middleware({WS_PATH}), csrf_middleware(settings.allowed_origins)],
+        client_max_size=64 * 1024,
+    )
     app[SETTINGS_KEY] = settings
     app[BUS_KEY] = InProcessBus()
     app[PORTFOLIO_KEY] = PortfolioStore(settings.recent_orders_limit)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -101,12 +102,24 @@ def test_a_database_locked_by_another_process_stops_the_start_with_one_line(
 def fill(directory: Path) -> Path:
     """Write a file until the filesystem has no room left; returns it."""
     filler = directory / "filler"
-    with open(filler, "wb") as handle, pytest.raises(OSError) as full:
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
         while True:
-            handle.write(b"\0" * 65536)
-            handle.flush()
-    assert full.value.errno == errno.ENOSPC
-    return filler
+            try:
+                os.write(fd, b"\0" * 65536)
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                return filler
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def database_on_small_fs(small_fs: Path, users_template: Path) -> Path:
+    database = small_fs / "portfolio-stream.db"
+    shutil.copyfile(users_template, database)
+    return database
 
 
 async def login(client: Any, username: str = "alice") -> Any:
@@ -114,10 +127,9 @@ async def login(client: Any, username: str = "alice") -> Any:
 
 
 async def test_a_full_disk_is_503_store_unavailable_and_readyz_says_so(
-    app_client: ClientFactory, small_fs: Path, users_template: Path
+    app_client: ClientFactory, small_fs: Path, database_on_small_fs: Path
 ) -> None:
-    database = small_fs / "portfolio-stream.db"
-    database.write_bytes(users_template.read_bytes())
+    database = database_on_small_fs
     client = await app_client(database_url=f"sqlite:///{database}")
     assert (await login(client)).status == 200
     assert (await client.get("/readyz")).status == 200
