@@ -50,6 +50,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.sqlite_path,
         hash_concurrency=settings.login_hash_concurrency,
         busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        session_check_interval_s=settings.session_check_interval_s,
     )
     await store.open()
     app[STORE_KEY] = store

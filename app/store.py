@@ -11,6 +11,7 @@ published on ``revocations`` so open sockets can be closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import sqlite3
 import time
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from app.session_watch import SessionWatch
 from app.sessions import Revocations, RevokedBecause, SessionRevoked
 from app.sqlite_worker import SqliteWorker
 from app.store_health import StoreHealth, StoreUnavailable
@@ -58,6 +60,7 @@ class Store:
         *,
         hash_concurrency: int = 2,
         busy_timeout_ms: int = 5000,
+        session_check_interval_s: float = 30.0,
     ) -> None:
         self._sql = SqliteWorker(path, SCHEMA, busy_timeout_ms)
         self._clock = clock
@@ -69,6 +72,10 @@ class Store:
         self._hash_slots = hash_concurrency
         self._hashing = 0
         self.revocations = Revocations()
+        self._watch = SessionWatch(
+            self.live_sessions, self.revocations, session_check_interval_s, clock
+        )
+        self._watch_task: asyncio.Task[None] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -89,8 +96,14 @@ class Store:
     async def open(self) -> None:
         """Raises StoreUnavailable (naming DATABASE_URL) when the file cannot be used."""
         await self._sql.open()
+        self._watch_task = asyncio.create_task(self._watch.run(), name="session-watch")
 
     async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         await self._sql.close()
         self._hash_executor.shutdown(wait=True)
 
@@ -216,6 +229,16 @@ class Store:
         if row is None:
             return None
         return Session(User(row[0], row[1], bool(row[2]), row[3]), token_hash, row[4])
+
+    def watch_session(self, session: Session) -> Callable[[], None]:
+        """Have the end of ``session`` published on ``revocations`` even when nothing here
+        ends it (expiry, removal by another process); returns the function that stops it."""
+        return self._watch.watch(session.token_hash, session.user.id, session.expires_at)
+
+    async def check_sessions(self) -> None:
+        """Re-check every watched session now (otherwise done every SESSION_CHECK_INTERVAL_S
+        and at each one's expiry)."""
+        await self._watch.check()
 
     async def session_user(self, token: str) -> User | None:
         session = await self.session(token)

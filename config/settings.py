@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     log_bad_request_interval_s: float = Field(60.0, gt=0)
     # How long a statement waits for another process's lock on the database before giving up.
     sqlite_busy_timeout_ms: int = Field(5000, ge=0, le=600_000)
+    # Sessions of open WebSockets are re-checked this often (and at expiry), so one ended
+    # elsewhere (`portfolio-stream users remove` in another process) is noticed.
+    session_check_interval_s: float = Field(30.0, gt=0)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
