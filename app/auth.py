@@ -11,26 +11,33 @@ from aiohttp import web
 
 from app.errors import ApiError
 from app.keys import SETTINGS_KEY, STORE_KEY, THROTTLE_KEY
-from app.store import HashingBusy, StoreUnavailable, User
+from app.store import HashingBusy, Session, StoreUnavailable, User
 from config.logging import get_logger
 
 log = get_logger()
 
 SESSION_COOKIE = "session"
-_USER_KEY: web.RequestKey[User | None] = web.RequestKey("user")
+_SESSION_KEY: web.RequestKey[Session | None] = web.RequestKey("session")
+
+
+async def current_session(request: web.Request) -> Session | None:
+    """The live session behind the request's cookie (looked up once per request); a
+    long-lived consumer (a WebSocket) hands it to ``Store.watch_session`` to hear of its end."""
+    if _SESSION_KEY in request:
+        return request[_SESSION_KEY]
+    token = request.cookies.get(SESSION_COOKIE, "")
+    try:
+        session = await request.app[STORE_KEY].session(token) if token else None
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    request[_SESSION_KEY] = session
+    return session
 
 
 async def current_user(request: web.Request) -> User | None:
-    """The user behind the request's session cookie (looked up once per request)."""
-    if _USER_KEY in request:
-        return request[_USER_KEY]
-    token = request.cookies.get(SESSION_COOKIE, "")
-    try:
-        user = await request.app[STORE_KEY].session_user(token) if token else None
-    except StoreUnavailable:
-        raise store_unavailable() from None
-    request[_USER_KEY] = user
-    return user
+    """The user behind the request's session cookie."""
+    session = await current_session(request)
+    return session.user if session else None
 
 
 def store_unavailable() -> ApiError:
