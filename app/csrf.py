@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from app.auth import origin_allowed
-from app.errors import ApiError, Handler
+from app.errors import ApiError, ApiErrorCode, Handler
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SAME_SITE_FETCH = frozenset({"same-origin", "none"})
@@ -31,8 +31,7 @@ def forgery_refusal(request: web.Request, allowed_origins: Sequence[str]) -> Api
     """Why this state-changing request must be refused, or None when it may proceed."""
     if request.content_type != "application/json" or "Content-Type" not in request.headers:
         return ApiError(
-            415,
-            "unsupported_media_type",
+            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
             "State-changing requests must be sent as Content-Type: application/json",
         )
     if "Origin" in request.headers:

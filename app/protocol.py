@@ -1,6 +1,6 @@
 """The `/ws/portfolio` wire protocol: client message parsing and error/close codes (pure).
 
-Error codes for the WebSocket protocol and the HTTP API are defined here, once.
+WebSocket error and close codes are defined here, once; the HTTP API's are in app/errors.py.
 """
 
 from __future__ import annotations

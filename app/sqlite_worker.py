@@ -18,13 +18,19 @@ from app.store_health import StoreHealth, StoreUnavailable, unavailability
 
 T = TypeVar("T")
 
+# The CLI writes to the same file while the service runs: wait for its lock rather than fail
+# (the service takes SQLITE_BUSY_TIMEOUT_MS from its settings).
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
 Statement = Callable[..., T]  # called as func(connection, *args) on the worker thread
 
 
 class SqliteWorker:
     """Async facade over one SQLite connection (autocommit; ``write`` wraps a transaction)."""
 
-    def __init__(self, path: Path, schema: str, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, path: Path, schema: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+    ) -> None:
         self._path = path
         self._schema = schema
         self._busy_timeout_ms = busy_timeout_ms

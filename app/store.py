@@ -25,7 +25,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from app.session_watch import SessionWatch
 from app.sessions import Revocations, RevokedBecause, SessionRevoked
-from app.sqlite_worker import SqliteWorker
+from app.sqlite_worker import SQLITE_BUSY_TIMEOUT_MS, SqliteWorker
 from app.store_health import StoreHealth, StoreUnavailable
 from app.store_queries import (
     SCHEMA,
@@ -37,6 +37,9 @@ from app.store_queries import (
     update_hash,
 )
 from app.users import (
+    SESSION_ID_BYTES,
+    SESSION_ID_MAX_CHARS,
+    USERNAME_MAX,
     HashingBusy,
     InvalidUsername,
     Session,
@@ -59,7 +62,7 @@ class Store:
         clock: Callable[[], float] = time.time,
         *,
         hash_concurrency: int = 2,
-        busy_timeout_ms: int = 5000,
+        busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
         session_check_interval_s: float = 30.0,
     ) -> None:
         self._sql = SqliteWorker(path, SCHEMA, busy_timeout_ms)
@@ -206,7 +209,7 @@ class Store:
 
     async def create_session(self, user_id: str, ttl_s: float) -> str:
         """A new session id (returned once, stored only hashed)."""
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_urlsafe(SESSION_ID_BYTES)
         now = self._clock()
 
         def insert(db: sqlite3.Connection) -> None:
@@ -222,7 +225,7 @@ class Store:
 
     async def session(self, token: str) -> Session | None:
         """The live session behind a session id, with its expiry."""
-        if not token or len(token) > 256:
+        if not token or len(token) > SESSION_ID_MAX_CHARS:
             return None
         token_hash = hash_token(token)
         row = await self._sql.read(select_session, token_hash, self._clock())
@@ -267,6 +270,7 @@ class Store:
 
 
 __all__ = [
+    "USERNAME_MAX",
     "HashingBusy",
     "InvalidUsername",
     "Session",

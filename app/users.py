@@ -11,6 +11,9 @@ from typing import Any
 from argon2 import PasswordHasher
 
 USERNAME_MAX = 64
+SESSION_ID_BYTES = 32  # 256-bit session ids (SPEC §10)
+# A cookie longer than any id we issue (43 characters) is refused before it is hashed.
+SESSION_ID_MAX_CHARS = 256
 
 
 class UserExists(ValueError):

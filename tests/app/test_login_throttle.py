@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.auth import LoginThrottle, Throttled
+from app.login_throttle import LoginThrottle, Throttled
 
 
 class Clock:
