@@ -114,11 +114,6 @@ def login(base: str) -> tuple[int, bytes]:
             return error.code, error.read()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a full disk makes logins 500 with a traceback and /readyz says ready "
-    "(fix in flight: authstore)",
-)
 def test_a_full_disk_answers_logins_503_and_readyz_says_so(tmp_path: Path) -> None:
     with small_disk("4m") as disk:
         env_overrides = {"DATABASE_URL": f"sqlite:///{disk}/portfolio-stream.db"}
@@ -143,11 +138,6 @@ def start_failure(tmp_path: Path, database: Path) -> tuple[int, str]:
     return code, server.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a read-only database at start exits with a traceback "
-    "(fix in flight: authstore)",
-)
 def test_a_read_only_database_at_start_is_one_line_naming_database_url(tmp_path: Path) -> None:
     with small_disk("4m") as disk:
         database = disk / "portfolio-stream.db"
@@ -158,10 +148,6 @@ def test_a_read_only_database_at_start_is_one_line_naming_database_url(tmp_path:
     assert "Traceback" not in output and "DATABASE_URL" in output, output[-3000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a locked database at start exits with a traceback (fix in flight: authstore)",
-)
 def test_a_locked_database_at_start_is_one_line_naming_database_url(tmp_path: Path) -> None:
     database = tmp_path / "locked.db"
     holder = sqlite3.connect(database, isolation_level=None)

@@ -104,11 +104,6 @@ def test_repeated_failed_logins_lock_the_user_out_with_429(live: Live) -> None:
     assert login_burst(live, [("locked", PASSWORD)], source="127.0.0.5") == Counter({429: 1})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 2: concurrent guesses are all verified before any failure is "
-    "recorded (fix in flight: authstore)",
-)
 def test_concurrent_guesses_for_one_user_verify_no_more_than_the_limit(live: Live) -> None:
     attempts = [("guessed", f"guess-{i}") for i in range(14)] + [("guessed", PASSWORD)]
     statuses = login_burst(live, attempts, source="127.0.0.6")
@@ -117,22 +112,12 @@ def test_concurrent_guesses_for_one_user_verify_no_more_than_the_limit(live: Liv
     assert statuses[429] + statuses[503] >= len(attempts) - LOGIN_MAX_FAILURES, statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 2: concurrent guesses from one address get no 429 "
-    "(fix in flight: authstore)",
-)
 def test_concurrent_guesses_from_one_address_are_throttled(live: Live) -> None:
     attempts = [(f"nobody-{i}", "guess") for i in range(2 * ADDRESS_MAX_FAILURES)]
     statuses = login_burst(live, attempts, source="127.0.0.7")
     assert statuses[401] <= ADDRESS_MAX_FAILURES, statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 3: session lookups queue behind password hashing "
-    "(fix in flight: authstore)",
-)
 def test_a_login_burst_does_not_stall_another_users_requests(live: Live) -> None:
     latencies: list[float] = []
     stop = threading.Event()
@@ -173,11 +158,6 @@ def test_a_login_burst_does_not_stall_another_users_requests(live: Live) -> None
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 (degraded): each malformed request logs an ERROR traceback "
-    "(fix in flight: authstore)",
-)
 def test_malformed_http_requests_leave_the_log_bounded(live: Live) -> None:
     server = live.server
     mark = server.log_mark()

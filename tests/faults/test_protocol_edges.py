@@ -170,11 +170,6 @@ def test_an_expired_session_closes_its_open_socket(live: Live) -> None:
         ws.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a cross-origin text/plain test trade with the admin cookie is accepted "
-    "(fix in flight: authstore)",
-)
 def test_a_cross_origin_form_post_cannot_place_a_test_trade(live: Live) -> None:
     before = len(live.broker.orders("nina"))
     status = post(
