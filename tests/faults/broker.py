@@ -57,6 +57,7 @@ class FaultyBroker:
         tick_interval_s: float = 0.05,
         fill_delay_s: float = 0.02,
         partial_fills: bool = False,
+        cash: Decimal | None = None,
     ) -> None:
         self.accounts = [
             Account(name, f"PK{index:04d}{name.upper()[:10]}", f"secret-{index}-{name}")
@@ -65,6 +66,7 @@ class FaultyBroker:
         self._tick_interval_s = tick_interval_s
         self._fill_delay_s = fill_delay_s
         self._partial_fills = partial_fills
+        self._cash = cash
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="faulty-broker")
         self._broker: SimulatedBroker | None = None
@@ -107,7 +109,9 @@ class FaultyBroker:
             seed=7,
         )
         for account in self.accounts:
-            broker.add_account(account.api_key, account.secret_key, label=account.username)
+            broker.add_account(
+                account.api_key, account.secret_key, label=account.username, cash=self._cash
+            )
         broker.set_partial_fills(self._partial_fills)
         await broker.start()
         self._broker = broker

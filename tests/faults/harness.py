@@ -188,7 +188,11 @@ class Server:
     def send_queues(self) -> list[int]:
         """Bytes each of the server's established sockets on its port holds in the kernel's
         send queue (written by the server, not yet acknowledged by the client)."""
-        return [queue for local, queue in _tcp_sockets() if local == self.port]
+        return [queue for local, _, queue in _tcp_sockets() if local == self.port]
+
+    def client_ports(self) -> set[int]:
+        """The client-side ports of the server's established connections."""
+        return {remote for local, remote, _ in _tcp_sockets() if local == self.port}
 
     # ---- signals and the end ---------------------------------------------------------------
 
@@ -219,9 +223,9 @@ class Server:
 ESTABLISHED = "01"
 
 
-def _tcp_sockets() -> list[tuple[int, int]]:
-    """(local port, tx_queue bytes) of every established TCP socket, IPv4 and IPv6."""
-    sockets: list[tuple[int, int]] = []
+def _tcp_sockets() -> list[tuple[int, int, int]]:
+    """(local port, remote port, tx_queue bytes) of every established TCP socket."""
+    sockets: list[tuple[int, int, int]] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -232,8 +236,9 @@ def _tcp_sockets() -> list[tuple[int, int]]:
             if fields[3] != ESTABLISHED:
                 continue
             port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote = int(fields[2].rsplit(":", 1)[1], 16)
             tx_queue = int(fields[4].split(":", 1)[0], 16)
-            sockets.append((port, tx_queue))
+            sockets.append((port, remote, tx_queue))
     return sockets
 
 
