@@ -12,12 +12,12 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-import orjson
 from aiohttp import WSMsgType, web
 
 from app.batching import Batch
+from app.protocol import PreparedBatch
 
 if TYPE_CHECKING:
     from asyncio import Transport
@@ -41,18 +41,6 @@ class SnapshotRequest:
     channels: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedBatch:
-    """A batch serialized once for every connection sharing a channel set; ``seq`` is spliced
-    in when it is sent. ``body`` is the JSON object without its type and seq."""
-
-    body: bytes
-    deliveries: int
-
-    def frame(self, seq: int) -> bytes:
-        return b'{"type":"batch","seq":%d,%s' % (seq, self.body[1:])
-
-
 ControlFrame = bytes | SnapshotRequest | _Ping | PreparedBatch
 
 
@@ -60,10 +48,6 @@ def new_connection_id(now_ms: int | None = None) -> str:
     """``conn_<epoch-ms>_<random>`` as in the runbook."""
     stamp = int(time.time() * 1000) if now_ms is None else now_ms
     return f"conn_{stamp}_{secrets.token_hex(4)}"
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    return orjson.dumps(message)
 
 
 class Connection:
@@ -176,14 +160,6 @@ def text_frame(payload: bytes) -> bytes:
     if size < 1 << 16:
         return b"\x81\x7e" + size.to_bytes(2, "big") + payload
     return b"\x81\x7f" + size.to_bytes(8, "big") + payload
-
-
-def batch_frame(seq: int, body: dict[str, Any]) -> bytes:
-    return encode({"type": "batch", "seq": seq, **body})
-
-
-def snapshot_frame(seq: int, body: dict[str, Any]) -> bytes:
-    return encode({"type": "snapshot", "seq": seq, **body})
 
 
 async def send_text(ws: web.WebSocketResponse, data: bytes) -> None:

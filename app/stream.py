@@ -16,31 +16,32 @@ from collections.abc import Callable
 import orjson
 from aiohttp import WSMsgType, web
 
-from app.batching import CHANNELS, Batch, channel_set
+from app.batching import Batch, channel_set
 from app.bus import EventBus, Unsubscribe
 from app.connection import (
     PING,
     PING_FRAME,
     Connection,
     ControlFrame,
-    PreparedBatch,
     SnapshotRequest,
-    batch_frame,
-    encode,
     new_connection_id,
     send_text,
-    snapshot_frame,
     text_frame,
 )
 from app.events import EVENT_TYPES, POSITION_UPDATED, TRADE_EXECUTED, Event
 from app.metrics import Metrics
 from app.portfolio import PortfolioStore
 from app.protocol import (
+    CHANNELS,
     UNSUPPORTED_FRAME,
     CloseCode,
     CloseReason,
+    PreparedBatch,
     ProtocolError,
+    batch_message,
+    encode,
     parse_client_message,
+    snapshot_message,
     unknown_channel_error,
 )
 from app.stats import StreamStats
@@ -291,7 +292,7 @@ class PortfolioStreamManager:
         log.info(
             "[PortfolioStream] Client disconnected",
             userId=conn.user_id,
-            code=code if code is not None else 1006,
+            code=code if code is not None else CloseCode.ABNORMAL,
             reason=conn.close_reason or "Connection lost",
             duration=f"{round(duration)}s",
             _connectionId=conn.id,
@@ -477,7 +478,7 @@ class PortfolioStreamManager:
             return item.frame(conn.next_seq()), item.deliveries, None
         if isinstance(item, SnapshotRequest):
             body = self._portfolio.snapshot(conn.user_id, item.channels & conn.channels)
-            return snapshot_frame(conn.next_seq(), body), 0, None
+            return snapshot_message(conn.next_seq(), body), 0, None
         if isinstance(item, bytes):
             return item, -1, None
         return None, -1, None
@@ -489,7 +490,7 @@ class PortfolioStreamManager:
         body = pending.body(conn.channels, utc_timestamp(self._wall()))
         if body is None:
             return None, -1, None
-        return batch_frame(conn.next_seq(), body), body["eventCount"], pending.oldest_emit
+        return batch_message(conn.next_seq(), body), body["eventCount"], pending.oldest_emit
 
     # Closing
 
