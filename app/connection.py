@@ -149,18 +149,5 @@ class Connection:
         return self.seq
 
 
-PING_FRAME: Final = b"\x89\x00"  # FIN + ping opcode, empty payload (RFC 6455 §5.5.2)
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, unfragmented server-to-client text frame (RFC 6455 §5.2)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 1 << 16:
-        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
-
-
 async def send_text(ws: web.WebSocketResponse, data: bytes) -> None:
     await ws.send_frame(data, WSMsgType.TEXT)

@@ -20,15 +20,14 @@ from app.batching import Batch, channel_set
 from app.bus import EventBus, Unsubscribe
 from app.connection import (
     PING,
-    PING_FRAME,
     Connection,
     ControlFrame,
     SnapshotRequest,
     new_connection_id,
     send_text,
-    text_frame,
 )
 from app.events import EVENT_TYPES, POSITION_UPDATED, TRADE_EXECUTED, Event
+from app.frames import PING_FRAME, text_frame
 from app.metrics import Metrics
 from app.portfolio import PortfolioStore
 from app.protocol import (
