@@ -16,6 +16,7 @@ from collections.abc import Callable
 import orjson
 from aiohttp import WSMsgType, web
 
+from app.batch_scheduler import BatchScheduler, Timers
 from app.batching import Batch, channel_set
 from app.bus import EventBus, Unsubscribe
 from app.connection import (
@@ -63,6 +64,7 @@ class PortfolioStreamManager:
         stats: StreamStats,
         metrics: Metrics | None = None,
         wall_clock: Callable[[], float] = time.time,
+        timers: Timers | None = None,
     ) -> None:
         self._settings = settings
         self._bus = bus
@@ -70,11 +72,9 @@ class PortfolioStreamManager:
         self._stats = stats
         self._metrics = metrics
         self._wall = wall_clock
-        self._window = settings.batch_window_s
         self._connections: dict[str, Connection] = {}
         self._by_user: dict[str, dict[str, Connection]] = {}
-        self._batches: dict[str, Batch] = {}
-        self._timers: dict[str, asyncio.Handle] = {}
+        self._batches = BatchScheduler(settings.batch_window_s, self._fan_out, timers)
         self._unsubscribers: list[Unsubscribe] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._writers: set[asyncio.Task[None]] = set()
@@ -114,8 +114,7 @@ class PortfolioStreamManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
             self._heartbeat_task = None
-        for user_id in list(self._timers):
-            self._flush(user_id)
+        self._batches.flush_all()
         await self._wait_writers(within_s=max(self._settings.shutdown_timeout_s / 2, 0.5))
         closing = [
             self._close(conn, CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
@@ -129,9 +128,6 @@ class PortfolioStreamManager:
         for conn in list(self._connections.values()):
             if conn.transport is not None:
                 conn.transport.abort()
-        for handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
         self._batches.clear()
         for task in list(self._writers):
             task.cancel()
@@ -150,7 +146,7 @@ class PortfolioStreamManager:
         return {user: len(conns) for user, conns in self._by_user.items()}
 
     def pending_timers(self) -> int:
-        return len(self._timers)
+        return self._batches.pending()
 
     def connection(self, conn_id: str) -> Connection | None:
         return self._connections.get(conn_id)
@@ -281,7 +277,7 @@ class PortfolioStreamManager:
             user_conns.pop(conn.id, None)
             if not user_conns:
                 del self._by_user[conn.user_id]
-                self._drop_user_batch(conn.user_id)
+                self._batches.drop(conn.user_id)
         conn.pending = None
         conn.control = None
         duration = self._stats.connection_closed(conn.user_id, conn.started_at)
@@ -296,12 +292,6 @@ class PortfolioStreamManager:
             duration=f"{round(duration)}s",
             _connectionId=conn.id,
         )
-
-    def _drop_user_batch(self, user_id: str) -> None:
-        handle = self._timers.pop(user_id, None)
-        if handle is not None:
-            handle.cancel()
-        self._batches.pop(user_id, None)
 
     # Events and batching
 
@@ -322,29 +312,12 @@ class PortfolioStreamManager:
                 symbol=payload["symbol"],
                 unrealizedPnl=payload["unrealizedPnl"],
             )
-        if user_id not in self._by_user:
-            return
-        batch = self._batches.get(user_id)
-        if batch is None:
-            batch = self._batches[user_id] = Batch()
-        batch.add(event)
-        if user_id not in self._timers:
-            loop = self._loop or asyncio.get_running_loop()
-            # A zero window still flushes at the end of this loop turn, so a burst delivered
-            # together (one bus drain) leaves as one message rather than one per event.
-            self._timers[user_id] = (
-                loop.call_later(self._window, self._flush, user_id)
-                if self._window > 0
-                else loop.call_soon(self._flush, user_id)
-            )
+        if user_id in self._by_user:
+            self._batches.add(user_id, event)
 
-    def _flush(self, user_id: str) -> None:
-        handle = self._timers.pop(user_id, None)
-        if handle is not None:
-            handle.cancel()
-        batch = self._batches.pop(user_id, None)
+    def _fan_out(self, user_id: str, batch: Batch) -> None:
         conns = self._by_user.get(user_id)
-        if batch is None or batch.is_empty() or not conns:
+        if not conns:
             return
         positions, orders, total = batch.summary()
         # A batch of nothing but price ticks is per-tick noise (one per tick at window 0).
