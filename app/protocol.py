@@ -7,6 +7,7 @@ the portfolio state import it, never the reverse.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -140,8 +141,8 @@ def connected_message(
     )
 
 
-def subscribed_message(channels: list[str]) -> bytes:
-    return encode({"type": "subscribed", "channels": channels})
+def subscribed_message(channels: Sequence[str]) -> bytes:
+    return encode({"type": "subscribed", "channels": list(channels)})
 
 
 def pong_message(server_time: str) -> bytes:
