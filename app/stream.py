@@ -30,7 +30,7 @@ from app.protocol import CloseCode, CloseReason, connected_message
 from app.stats import StreamStats
 from app.tasks import TaskSet
 from app.transport import AiohttpSocket, ClientConnection
-from app.writer import MAX_QUEUED_FRAMES, ConnectionWriter, WriterContext
+from app.writer import ConnectionWriter, WriterContext
 from config.logging import get_logger, utc_timestamp
 from config.settings import Settings
 
@@ -92,7 +92,7 @@ class PortfolioStreamManager:
             clock=self._clock,
             wall_clock=wall_clock,
             tasks=self._writers,
-            max_queued_frames=MAX_QUEUED_FRAMES,
+            max_queued_frames=settings.ws_max_queued_frames,
             close_grace_s=max(settings.shutdown_timeout_s * CLOSE_GRACE_SHARE, MIN_CLOSE_GRACE_S),
             abort_above_bytes=settings.ws_send_buffer_bytes,
         )

@@ -26,10 +26,6 @@ from config.logging import get_logger, utc_timestamp
 
 log = get_logger()
 
-# Frames a connection may have queued before we judge it hostile (client requests are rate
-# limited far below this, so only a client that never reads can fill it).
-MAX_QUEUED_FRAMES: Final = 64
-
 # Why a connection was dropped without a close frame; logged, never sent.
 NOT_READING: Final = "Client is not reading"
 INTERNAL_ERROR: Final = "Internal error"
