@@ -55,10 +55,6 @@ class Connection:
         self.next_ping = started_at
         self._rate_times: deque[float] | None = None  # None while idle (memory per connection)
 
-    @property
-    def channels(self) -> frozenset[str]:
-        return self.writer.channels
-
     def rate_exceeded(self, now: float, limit: int, window_s: float) -> bool:
         """Record one client message; True when more than ``limit`` arrived within ``window_s``."""
         times = self._rate_times
