@@ -9,7 +9,7 @@ together (one bus drain) leaves as one batch rather than one per event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from app.batching import Batch
@@ -41,15 +41,21 @@ class BatchScheduler:
         self._timers = timers  # None: the running loop, looked up when first needed
         self._batches: dict[str, Batch] = {}
         self._handles: dict[str, Cancellable] = {}
+        # Read-only: lets the per-event path find an open batch with one dict lookup.
+        self.open_batches: Mapping[str, Batch] = self._batches
 
     def add(self, user_id: str, event: Event) -> None:
         batch = self._batches.get(user_id)
         if batch is None:
-            batch = self._batches[user_id] = Batch()
-            self._arm(user_id)
+            batch = self.open(user_id)
         batch.add(event)
 
-    def _arm(self, user_id: str) -> None:
+    def open(self, user_id: str) -> Batch:
+        """Open the user's window: a new batch, and its timer armed (no-op if already open)."""
+        batch = self._batches.get(user_id)
+        if batch is not None:
+            return batch
+        batch = self._batches[user_id] = Batch()
         timers = self._timers
         if timers is None:
             timers = self._timers = asyncio.get_running_loop()
@@ -58,6 +64,7 @@ class BatchScheduler:
             if self._window > 0
             else timers.call_soon(self.flush, user_id)
         )
+        return batch
 
     def flush(self, user_id: str) -> None:
         """End the user's window now (its timer fires here too); nothing pending is a no-op."""

@@ -37,7 +37,7 @@ class FanOut:
         self._wall = wall_clock
         self._metrics = metrics
         self.batches = BatchScheduler(window_s, self.deliver, timers)
-        self._add = self.batches.add  # once per event: spare the attribute lookups
+        self._open_batches = self.batches.open_batches
 
     def on_event(self, event: Event) -> None:
         """The bus handler: log the event as the runbook shows, then batch it for its user."""
@@ -59,7 +59,11 @@ class FanOut:
             )
         # A user without connections is not buffered for: a snapshot carries what they missed.
         if user_id in self._by_user:
-            self._add(user_id, event)
+            # Once per event, so no call into the scheduler unless this opens the window.
+            batch = self._open_batches.get(user_id)
+            if batch is None:
+                batch = self.batches.open(user_id)
+            batch.add(event)
 
     def deliver(self, user_id: str, batch: Batch) -> None:
         conns = self._by_user.get(user_id)
