@@ -8,6 +8,7 @@ put a fake with behaviour (a socket that stops draining and resumes) behind the 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Protocol
 
 from aiohttp import WSMessage, WSMsgType, web
@@ -31,17 +32,17 @@ class ClientSocket(Protocol):
 
     def write_ping(self) -> None: ...
 
-    async def send_text(self, payload: bytes) -> None:
+    def send_text(self, payload: bytes) -> Awaitable[None]:
         """Send a text frame, waiting while the socket is paused (the client is not reading)."""
         ...
 
-    async def send_ping(self) -> None: ...
+    def send_ping(self) -> Awaitable[None]: ...
 
     def unsent_bytes(self) -> int:
         """Bytes written but not yet taken by the kernel (0 once the socket is gone)."""
         ...
 
-    async def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str) -> Awaitable[None]:
         """The closing handshake: a close frame, then wait for the client's."""
         ...
 
@@ -56,9 +57,9 @@ class ClientConnection(ClientSocket, Protocol):
     @property
     def close_code(self) -> int | None: ...
 
-    async def receive(self) -> WSMessage: ...
+    def receive(self) -> Awaitable[WSMessage]: ...
 
-    async def send_pong(self, data: bytes) -> None: ...
+    def send_pong(self, data: bytes) -> Awaitable[None]: ...
 
 
 class AiohttpSocket:
@@ -106,17 +107,19 @@ class AiohttpSocket:
         if self._transport is not None:
             self._transport.write(PING_FRAME)
 
-    async def send_text(self, payload: bytes) -> None:
-        await self._ws.send_frame(payload, WSMsgType.TEXT)
+    # aiohttp's coroutines are handed back as they are: no extra coroutine per frame.
 
-    async def send_ping(self) -> None:
-        await self._ws.ping()
+    def send_text(self, payload: bytes) -> Awaitable[None]:
+        return self._ws.send_frame(payload, WSMsgType.TEXT)
 
-    async def send_pong(self, data: bytes) -> None:
-        await self._ws.pong(data)
+    def send_ping(self) -> Awaitable[None]:
+        return self._ws.ping()
 
-    async def receive(self) -> WSMessage:
-        return await self._ws.receive()
+    def send_pong(self, data: bytes) -> Awaitable[None]:
+        return self._ws.pong(data)
+
+    def receive(self) -> Awaitable[WSMessage]:
+        return self._ws.receive()
 
     def unsent_bytes(self) -> int:
         transport = self._transport
