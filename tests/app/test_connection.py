@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from app.connection import Connection, new_connection_id
-from app.protocol import PreparedBatch
 from app.writer import ConnectionWriter
 from tests.app.fake_socket import FakeSocket, writer_context
 
@@ -33,11 +32,6 @@ async def test_an_idle_connection_drops_its_rate_history() -> None:
     assert conn.remembered_messages() == 1  # still inside the window
     conn.forget_old_messages(11.0, 10.0)
     assert conn.remembered_messages() == 0
-
-
-def test_prepared_batches_splice_each_connections_seq() -> None:
-    batch = PreparedBatch(b'{"positions":[],"eventCount":1,"ts":"t"}', 1)
-    assert batch.frame(7) == b'{"type":"batch","seq":7,"positions":[],"eventCount":1,"ts":"t"}'
 
 
 def test_connection_ids_follow_the_runbook_shape() -> None:
