@@ -46,6 +46,13 @@ class Hub:
         await asyncio.wait_for(self._serving[conn.id], 2)
         assert self.manager.connection(conn.id) is None
 
+    async def close(self) -> None:
+        """Shut the hub down; every receive loop ends with it."""
+        await self.manager.shutdown()
+        if self._serving:
+            await asyncio.wait(list(self._serving.values()), timeout=2)
+        await self.bus.close()
+
     def __post_init__(self) -> None:
         self._serving: dict[str, asyncio.Future[None]] = {}
 
@@ -72,8 +79,7 @@ async def hub_factory(tmp_path: Path) -> AsyncIterator[HubFactory]:
 
     yield build
     for hub in built:
-        await hub.manager.shutdown()
-        await hub.bus.close()
+        await hub.close()
 
 
 @pytest.fixture
