@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from app.broker import BrokerConfigError
 from config.settings import (
     ALPACA_DATA_STREAM_BASE,
     ALPACA_LIVE_API_URL,
@@ -40,7 +41,7 @@ DEMO_USERS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
-class AccountsConfigError(ValueError):
+class AccountsConfigError(BrokerConfigError):
     """Broker account configuration that cannot work; the message names the variable or file."""
 
 

@@ -2,19 +2,25 @@
 
 Every ``apply_*`` method returns the bus events the change implies (SPEC §3 payloads, money and
 quantities as exact decimal strings) and the caller publishes them. The ledger is idempotent
-against replays: an order's fills are counted once (its cumulative ``filled_qty`` is remembered
-per order), and order state never moves backwards (see ``_merge_order``), so stream events that
-overlap a REST snapshot can be applied after it without double counting.
+against replays: an execution is counted once (by its id, or because a REST snapshot already
+holds the order's cumulative fill), and order state never moves backwards (see ``_merge_order``),
+so stream events that overlap a REST snapshot can be applied after it without double counting.
+
+Delivery order does not matter for the quantity either: a fill's ``position_qty`` is the
+broker's position after that execution, so the newest one (by ``timestamp``) already includes
+every older execution, and a fill older than the figure the position holds moves cash only.
+What the stream cannot settle (the average entry price after a late fill, a ``position_qty``
+that contradicts our own sum) is left as a doubt for ``take_doubt``: the caller then asks REST.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from alpaca_bridge.models import AccountState, OrderState, PositionState, TradeUpdate
 from alpaca_bridge.payloads import (
     BusEvent,
     account_updated,
@@ -25,6 +31,7 @@ from alpaca_bridge.payloads import (
     trade_executed,
 )
 from alpaca_bridge.positions import Position, signed_fill, trade
+from alpaca_bridge.wire_parser import AccountState, OrderState, PositionState, TradeUpdate
 
 # Orders kept after they end, so late or replayed updates for them are still recognised.
 RECENT_TERMINAL_ORDERS = 500
@@ -32,6 +39,15 @@ RECENT_TERMINAL_ORDERS = 500
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class _OrderFills:
+    """What of one order's fills is already in positions and cash."""
+
+    covered: Decimal = Decimal(0)  # cumulative fill a REST snapshot holds
+    seen: Decimal = Decimal(0)  # highest cumulative fill counted from any source
+    executions: set[str] = field(default_factory=set)  # executions counted from the stream
 
 
 class AccountLedger:
@@ -42,7 +58,10 @@ class AccountLedger:
         self._clock = clock
         self._positions: dict[str, Position] = {}
         self._orders: OrderedDict[str, OrderState] = OrderedDict()
-        self._counted: dict[str, Decimal] = {}  # per order: filled qty already in positions/cash
+        self._fills: dict[str, _OrderFills] = {}
+        # Per symbol: broker time of the position_qty the position holds (since the last snapshot).
+        self._position_at: dict[str, datetime] = {}
+        self._doubt: str | None = None
         self._cash = Decimal(0)
         self._buying_power_offset = Decimal(0)
         self._has_account = False
@@ -78,6 +97,12 @@ class AccountLedger:
     def open_order_ids(self) -> list[str]:
         return [order.id for order in self._orders.values() if not order.terminal]
 
+    def take_doubt(self) -> str | None:
+        """Why the ledger may disagree with the broker since the last snapshot (then forgotten),
+        or None: the caller reconciles against REST when there is one."""
+        doubt, self._doubt = self._doubt, None
+        return doubt
+
     # Write side
 
     def apply_update(self, update: TradeUpdate) -> list[BusEvent]:
@@ -102,13 +127,15 @@ class AccountLedger:
 
     def apply_snapshot(
         self,
-        account: AccountState,
+        account: AccountState | None,
         positions: Iterable[PositionState],
         orders: Iterable[OrderState],
+        keep: Iterable[str] = (),
     ) -> list[BusEvent]:
-        """REST truth replaces what we hold; only the differences become events."""
+        """REST truth replaces what we hold; only the differences become events. The symbols in
+        ``keep`` (their REST rows were unreadable) and, with no ``account``, cash stay as held."""
         events: list[BusEvent] = []
-        seen: set[str] = set()
+        seen: set[str] = set(keep)
         for row in positions:
             if row.qty == 0:
                 continue
@@ -124,16 +151,21 @@ class AccountLedger:
             events.append(self._closed_event(symbol))
         for order in orders:
             before = self._orders.get(order.id)
-            self._counted[order.id] = max(self._counted.get(order.id, Decimal(0)), order.filled_qty)
+            fills = self._fills.setdefault(order.id, _OrderFills())
+            fills.covered = max(fills.covered, order.filled_qty)
+            fills.seen = max(fills.seen, order.filled_qty)
             changed = before is None or (before.status, before.filled_qty) != (
                 order.status,
                 order.filled_qty,
             )
             if self._merge_order(order) and changed:
                 events.append(order_updated(self.user_id, order, "reconciled", self._clock()))
-        self._cash = account.cash
-        self._buying_power_offset = account.buying_power - account.cash
-        self._has_account = True
+        if account is not None:
+            self._cash = account.cash
+            self._buying_power_offset = account.buying_power - account.cash
+            self._has_account = True
+        self._position_at.clear()  # fills from here on are newer than this truth
+        self._doubt = None
         events.extend(self._account_events())
         return events
 
@@ -155,37 +187,46 @@ class AccountLedger:
         terminal = [oid for oid, o in self._orders.items() if o.terminal]
         for oid in terminal[: max(0, len(terminal) - RECENT_TERMINAL_ORDERS)]:
             del self._orders[oid]
-            self._counted.pop(oid, None)
+            self._fills.pop(oid, None)
 
     def _apply_fill(self, update: TradeUpdate, moment: datetime) -> list[BusEvent]:
         order = update.order
-        counted = self._counted.get(order.id)
-        fill = signed_fill(update, counted or Decimal(0))
+        fills = self._fills.setdefault(order.id, _OrderFills())
+        fill = signed_fill(update, fills.seen)
         if fill is None:
             return []
         signed_qty, price = fill
-        position = self._positions.get(order.symbol)
+        symbol, broker_qty, at = order.symbol, update.position_qty, update.timestamp
+        position = self._positions.get(symbol)
         held = position.qty if position is not None else Decimal(0)
-        # Already reflected: the order's cumulative fill was counted (a REST snapshot, or this
-        # very fill replayed), or the position already has the quantity this fill leads to.
-        reflected = (counted is not None and order.filled_qty <= counted) or (
-            update.position_qty is not None and held == update.position_qty
-        )
-        self._counted[order.id] = max(order.filled_qty, counted or Decimal(0))
-        if reflected:
+        key = update.execution_id or f"cumulative:{order.filled_qty}"
+        if key in fills.executions or order.filled_qty <= fills.covered:
+            return [self._trade_event(update, signed_qty, price, held, moment)]  # counted already
+        newest = self._position_at.get(symbol)
+        fills.executions.add(key)
+        fills.seen = max(fills.seen, order.filled_qty)
+        if broker_qty is not None and at is not None:
+            self._position_at[symbol] = at if newest is None else max(at, newest)
+        if newest is None and broker_qty is not None and held == broker_qty:
+            # The first fill since a snapshot, and the position has it: the snapshot read it.
+            self._doubt = f"{symbol}: position already at {broker_qty} before a fill"
             return [self._trade_event(update, signed_qty, price, held, moment)]
-        self._counted[order.id] = max(
-            self._counted[order.id], (counted or Decimal(0)) + abs(signed_qty)
-        )
         self._cash -= signed_qty * price
-        position = trade(position, order.symbol, signed_qty, price, update.position_qty)
+        if broker_qty is not None and at is not None and newest is not None and at < newest:
+            # A newer position_qty already counts this execution; only its cash was missing.
+            self._doubt = f"{symbol}: a fill arrived after a newer one"
+            trade_event = self._trade_event(update, signed_qty, price, held, moment)
+            return [trade_event, *self._account_events()]
+        position = trade(position, symbol, signed_qty, price, broker_qty)
+        if broker_qty is not None and broker_qty != held + signed_qty:
+            self._doubt = f"{symbol}: position_qty {broker_qty}, expected {held + signed_qty}"
         after = position.qty if position is not None else Decimal(0)
         events = [self._trade_event(update, signed_qty, price, after, moment)]
         if position is None:
-            self._positions.pop(order.symbol, None)
-            events.append(self._closed_event(order.symbol))
+            self._positions.pop(symbol, None)
+            events.append(self._closed_event(symbol))
         else:
-            self._positions[order.symbol] = position
+            self._positions[symbol] = position
             events.append(self._position_event(position))
         events.extend(self._account_events())
         return events

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from alpaca_bridge.models import TradeUpdate
+from alpaca_bridge.wire_parser import TradeUpdate
 
 
 @dataclass(slots=True)

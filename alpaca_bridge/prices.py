@@ -27,7 +27,7 @@ from alpaca.data.live.stock import StockDataStream
 from alpaca.data.models import Trade
 from pydantic import SecretStr
 
-from alpaca_bridge.models import MalformedUpdate, iso_from_epoch, parse_decimal
+from alpaca_bridge.wire_parser import MalformedUpdate, iso_from_epoch, parse_decimal
 from config.logging import get_logger
 
 log = get_logger()

@@ -1,68 +1,61 @@
 """The broker bridge: every configured account's stream, ledger and reconciliation, one price
-feed, and (in simulated mode) the embedded broker with its demo users.
+feed, and (in simulated mode) the embedded broker with accounts for its demo users.
 
-``bridge_ctx`` is the app's cleanup context: it builds the bridge from ``app[SETTINGS_KEY]``,
-``app[BUS_KEY]`` and ``app[STORE_KEY]``, starts it, exposes it as ``app[BRIDGE_KEY]`` and stops
-it (everything closed within about a second) on the way out.
+``BrokerBridge`` implements the app's ``Broker`` seam (``app/broker.py``); the app builds it,
+creates the users it reports in ``demo_logins``, starts it and stops it. It publishes on the
+bus it is given and finds an account's user through the lookup it is given.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from functools import cached_property
+from typing import Any, Literal
 
 import aiohttp
-from aiohttp import web
 
+from alpaca_bridge.account_runtime import AccountRuntime
 from alpaca_bridge.account_sync import AccountSync
 from alpaca_bridge.backoff import Backoff
-from alpaca_bridge.models import decimal_text
-from alpaca_bridge.orders import (
-    BrokerError,
-    BrokerUnavailable,
-    OrderRejected,
-    UnknownAccount,
-    submit_market_order,
-)
+from alpaca_bridge.orders import submit_market_order
+from alpaca_bridge.plan import BridgePlan, demo_logins, plan_alpaca, plan_simulated
 from alpaca_bridge.prices import PriceFeed
 from alpaca_bridge.reconcile import trading_client
-from alpaca_bridge.runtime import AccountRuntime
-from alpaca_bridge.setup import BridgePlan, plan_alpaca, plan_simulated
+from alpaca_bridge.simulator import SimulatedBroker
 from alpaca_bridge.trade_stream import TradeUpdatesStream
+from alpaca_bridge.wire_parser import decimal_text
+from app.broker import (
+    AccountStatus,
+    BrokerHealth,
+    BrokerReport,
+    DemoLogin,
+    UnknownAccount,
+    UserLookup,
+)
 from app.bus import EventBus
-from app.keys import BRIDGE_KEY, BUS_KEY, SETTINGS_KEY, STORE_KEY
-from app.store import Store
 from config.logging import get_logger
 from config.settings import Settings
 
-if TYPE_CHECKING:
-    from alpaca_bridge.simulator import SimulatedBroker
-
 log = get_logger()
 
-__all__ = [
-    "BrokerBridge",
-    "BrokerError",
-    "BrokerUnavailable",
-    "OrderRejected",
-    "UnknownAccount",
-    "bridge_ctx",
-]
+# Threads for reconciliation's REST calls (at most one per account at a time).
+MAX_RECONCILE_THREADS = 32
 
 
 class BrokerBridge:
     """Runs the Alpaca side of the service; see the module docstring."""
 
-    def __init__(self, settings: Settings, bus: EventBus, store: Store) -> None:
+    def __init__(self, settings: Settings, bus: EventBus, find_user_id: UserLookup) -> None:
         self.mode: Literal["alpaca", "simulated"] = settings.broker_mode
         self._settings = settings
         self._bus = bus
-        self._store = store
+        self._find_user_id = find_user_id
         self._accounts: dict[str, AccountRuntime] = {}
         self._prices: PriceFeed | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._rest_pool: ThreadPoolExecutor | None = None
         self._plan: BridgePlan | None = None
         self._running = False
         self._ready = asyncio.Event()
@@ -71,15 +64,16 @@ class BrokerBridge:
     def simulator(self) -> SimulatedBroker | None:
         return self._plan.simulator if self._plan else None
 
-    @property
-    def demo_logins(self) -> list[tuple[str, str]]:
-        return list(self._plan.demo_logins) if self._plan else []
+    @cached_property
+    def demo_logins(self) -> tuple[DemoLogin, ...]:
+        """The demo users simulated mode has accounts for; their users must exist before
+        ``start``. Raises ``AccountsConfigError`` like ``start``."""
+        return demo_logins(self._settings)
 
     @property
     def ready(self) -> bool:
-        """Store open and every account settled: reconciled once, or definitively failed."""
-        accounts = self._accounts.values()
-        return self._running and self._store.is_open and all(a.settled for a in accounts)
+        """Started, and every account settled: reconciled once, or definitively failed."""
+        return self._running and all(a.settled for a in self._accounts.values())
 
     async def wait_ready(self) -> None:
         """Return once ``ready`` (see there) has been true; use with a timeout."""
@@ -95,12 +89,20 @@ class BrokerBridge:
         ``AccountsConfigError`` for account configuration that cannot work."""
         settings = self._settings
         plan = await (
-            plan_simulated(settings, self._store)
-            if self.mode == "simulated"
-            else plan_alpaca(settings)
+            plan_simulated(settings) if self.mode == "simulated" else plan_alpaca(settings)
         )
         self._plan = plan
-        self._http = aiohttp.ClientSession()
+        # Each account holds one stream socket for as long as it runs: aiohttp's default pool of
+        # 100 left every account past the 100th waiting for a slot forever. Twice the accounts
+        # leaves room for sockets still closing.
+        pool = aiohttp.TCPConnector(limit=2 * max(len(plan.accounts), 1))
+        self._http = aiohttp.ClientSession(connector=pool)
+        # Reconciliation's blocking REST calls get threads of their own: when the broker hangs
+        # they are all stuck, and test trades and the price feed must not queue behind them.
+        self._rest_pool = ThreadPoolExecutor(
+            max_workers=min(MAX_RECONCILE_THREADS, max(len(plan.accounts), 1)),
+            thread_name_prefix="broker-rest",
+        )
         self._running = True
         try:
             await self._start_accounts(plan)
@@ -111,19 +113,19 @@ class BrokerBridge:
 
     async def _start_accounts(self, plan: BridgePlan) -> None:
         for account in plan.accounts:
-            entry = AccountRuntime(
-                account, trading_client(account, plan.endpoints(account).api_url)
-            )
+            api_url = plan.endpoints(account).api_url
+            client = trading_client(account, api_url, self._settings.broker_rest_timeout_s)
+            entry = AccountRuntime(account, client)
             self._accounts[account.username.lower()] = entry
-            user = await self._store.get_user_by_username(account.username)
-            if user is None:
+            user_id = await self._find_user_id(account.username)
+            if user_id is None:
                 log.error(
                     "[AlpacaStream] No user for broker account; its events are not "
                     "streamed until the user exists and the service restarts",
                     account=account.username,
                 )
                 continue
-            entry.user_id = user.id
+            entry.user_id = user_id
             self._start_account(entry, plan)
         feeders = [e.account for e in self._accounts.values() if e.sync is not None]
         if feeders:
@@ -150,8 +152,9 @@ class BrokerBridge:
             client=entry.client,
             bus=self._bus,
             on_symbols_changed=self._on_symbols_changed,
-            on_reconciled=self._state_changed,
+            on_settled=self._state_changed,
             backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s),
+            executor=self._rest_pool,
         )
         stream = TradeUpdatesStream(
             account=entry.account.username,
@@ -182,12 +185,32 @@ class BrokerBridge:
         )
         if self._http is not None:
             await self._http.close()
+        if self._rest_pool is not None:
+            # Threads still blocked on a hung broker end within the REST timeout on their own.
+            self._rest_pool.shutdown(wait=False, cancel_futures=True)
         if self._plan is not None and self._plan.simulator is not None:
             await self._plan.simulator.stop()
         log.info("[AlpacaStream] Bridge stopped", mode=self.mode, accounts=len(entries))
 
-    def accounts_status(self) -> list[dict[str, Any]]:
+    def accounts_status(self) -> list[AccountStatus]:
         return [entry.status(self.mode) for entry in self._accounts.values()]
+
+    def report(self) -> BrokerReport:
+        return {
+            "mode": self.mode,
+            "accounts": self.accounts_status(),
+            "prices": self.price_stream_status(),
+        }
+
+    def broker_health(self) -> BrokerHealth:
+        """Per-account health (see ``alpaca_bridge.health``) and ``ready``: every account ok."""
+        accounts = {
+            e.account.username: e.status(self.mode)["health"] for e in self._accounts.values()
+        }
+        return {
+            "ready": self._running and all(h == "ok" for h in accounts.values()),
+            "accounts": accounts,
+        }
 
     def price_stream_status(self) -> dict[str, Any]:
         if self._prices is None:
@@ -203,7 +226,8 @@ class BrokerBridge:
             raise UnknownAccount(f"no broker account for user {username!r}")
         if entry.user_id is None:
             raise UnknownAccount(f"broker account {username!r} has no user; create it first")
-        order = await submit_market_order(entry.client, symbol, side, qty)
+        timeout_s = self._settings.broker_rest_timeout_s
+        order = await submit_market_order(entry.client, symbol, side, qty, timeout_s)
         log.info(
             "[AlpacaStream] Order placed",
             account=entry.account.username,
@@ -226,14 +250,3 @@ class BrokerBridge:
                     *(e.sync.ledger.symbols for e in self._accounts.values() if e.sync is not None)
                 )
             )
-
-
-async def bridge_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: start the bridge, expose it as ``app[BRIDGE_KEY]``, stop it."""
-    bridge = BrokerBridge(app[SETTINGS_KEY], app[BUS_KEY], app[STORE_KEY])
-    await bridge.start()
-    app[BRIDGE_KEY] = bridge
-    try:
-        yield
-    finally:
-        await bridge.stop()

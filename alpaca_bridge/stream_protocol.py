@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 from pydantic import SecretStr
 
-from alpaca_bridge.models import decode_frame
+from alpaca_bridge.wire_parser import decode_frame
 
 LISTEN_FRAME = '{"action": "listen", "data": {"streams": ["trade_updates"]}}'
 

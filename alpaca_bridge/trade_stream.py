@@ -28,13 +28,13 @@ from pydantic import SecretStr
 
 from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.dedup import RecentKeys
-from alpaca_bridge.models import MalformedUpdate, TradeUpdate, parse_trade_update
 from alpaca_bridge.stream_protocol import (
     AuthenticationFailed,
     SessionEnded,
     authenticate_and_listen,
     receive_objects,
 )
+from alpaca_bridge.wire_parser import MalformedUpdate, TradeUpdate, parse_trade_update
 from config.logging import get_logger
 
 log = get_logger()

@@ -15,11 +15,12 @@ from app.auth import (
     require_user,
     set_session_cookie,
 )
-from app.errors import ApiError
+from app.broker import BrokerUnavailable, OrderRejected, UnknownAccount
+from app.errors import ApiError, ApiErrorCode
 from app.keys import (
-    BRIDGE_KEY,
+    BROKER_KEY,
     BUS_KEY,
-    DRAINING_KEY,
+    LIFECYCLE_KEY,
     METRICS_KEY,
     PORTFOLIO_KEY,
     SETTINGS_KEY,
@@ -29,21 +30,30 @@ from app.keys import (
     THROTTLE_KEY,
 )
 from app.metrics import CONTENT_TYPE
+from app.store import USERNAME_MAX
 from app.stream import WS_PATH
 from config.logging import get_logger, utc_timestamp
 
 log = get_logger()
 routes = web.RouteTableDef()
 
-POLL_INTERVAL_MS = 5000
-MAX_JSON_BODY = 16 * 1024
+# Longer than any listed ticker; it bounds what reaches the broker and the log line.
+SYMBOL_MAX = 12
+
+
+def _too_large() -> ApiError:
+    return ApiError(ApiErrorCode.PAYLOAD_TOO_LARGE, "Request body is too large")
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise ApiError(413, "payload_too_large", "Request body is too large")
+    """The JSON object body; HTTP_MAX_BODY_BYTES caps it (also aiohttp's ``client_max_size``)."""
+    limit = request.app[SETTINGS_KEY].http_max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large()
     try:
         body = await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large() from None  # a chunked body, stopped by client_max_size
     except ValueError:
         raise ApiError.bad_request("Request body must be JSON") from None
     if not isinstance(body, dict):
@@ -61,8 +71,7 @@ async def login(request: web.Request) -> web.Response:
     wait = throttle.retry_after(username, request.remote)
     if wait > 0:
         raise ApiError(
-            429,
-            "too_many_attempts",
+            ApiErrorCode.TOO_MANY_ATTEMPTS,
             "Too many failed logins; try again later",
             headers={"Retry-After": str(int(wait) + 1)},
         )
@@ -70,8 +79,8 @@ async def login(request: web.Request) -> web.Response:
     user = await store.authenticate(username, password)
     if user is None:
         throttle.failed(username, request.remote)
-        log.warning("[Auth] Login failed", username=username[:64], remote=request.remote)
-        raise ApiError(401, "invalid_credentials", "Invalid username or password")
+        log.warning("[Auth] Login failed", username=username[:USERNAME_MAX], remote=request.remote)
+        raise ApiError(ApiErrorCode.INVALID_CREDENTIALS, "Invalid username or password")
     throttle.succeeded(username)
     settings = request.app[SETTINGS_KEY]
     token = await store.create_session(user.id, settings.session_ttl_hours * 3600)
@@ -112,7 +121,7 @@ async def realtime_config(request: web.Request) -> web.Response:
         {
             "enabled": settings.enable_realtime_portfolio,
             "wsPath": WS_PATH,
-            "pollIntervalMs": POLL_INTERVAL_MS,
+            "pollIntervalMs": settings.poll_interval_ms,
             "batchWindowMs": settings.batch_window_ms,
             "heartbeatIntervalMs": settings.heartbeat_interval_ms,
         }
@@ -133,14 +142,10 @@ def stats_document(app: web.Application) -> dict[str, Any]:
     )
     document["batchWindowMs"] = settings.batch_window_ms
     document["node"] = settings.node_id or socket.gethostname()
-    document["draining"] = app[DRAINING_KEY].get("draining", False)
-    bridge = app.get(BRIDGE_KEY)
-    if bridge is not None:
-        document["broker"] = {
-            "mode": bridge.mode,
-            "accounts": bridge.accounts_status(),
-            "prices": bridge.price_stream_status(),
-        }
+    document["draining"] = app[LIFECYCLE_KEY].draining
+    report = app[BROKER_KEY].report()
+    if report is not None:
+        document["broker"] = report
     return document
 
 
@@ -157,7 +162,7 @@ async def test_trade(request: web.Request) -> web.Response:
     username, symbol, side, qty = (body.get(k) for k in ("username", "symbol", "side", "qty"))
     if not isinstance(username, str) or not username:
         raise ApiError.bad_request("username is required")
-    if not isinstance(symbol, str) or not symbol.strip().isalnum() or len(symbol) > 12:
+    if not isinstance(symbol, str) or not symbol.strip().isalnum() or len(symbol) > SYMBOL_MAX:
         raise ApiError.bad_request("symbol must be a ticker such as AAPL")
     if side not in ("buy", "sell"):
         raise ApiError.bad_request('side must be "buy" or "sell"')
@@ -167,19 +172,15 @@ async def test_trade(request: web.Request) -> web.Response:
         raise ApiError.bad_request("qty must be a positive number") from None
     if not quantity.is_finite() or quantity <= 0:
         raise ApiError.bad_request("qty must be a positive number")
-    bridge = request.app.get(BRIDGE_KEY)
-    if bridge is None:
-        raise ApiError(503, "broker_unavailable", "No broker bridge is running")
-    from alpaca_bridge.service import BrokerUnavailable, OrderRejected, UnknownAccount
-
+    broker = request.app[BROKER_KEY]
     try:
-        order = await bridge.place_order(username, symbol.strip().upper(), side, quantity)
+        order = await broker.place_order(username, symbol.strip().upper(), side, quantity)
     except UnknownAccount as exc:
-        raise ApiError(404, "unknown_account", str(exc)) from None
+        raise ApiError(ApiErrorCode.UNKNOWN_ACCOUNT, str(exc)) from None
     except OrderRejected as exc:
-        raise ApiError(422, "order_rejected", str(exc)) from None
+        raise ApiError(ApiErrorCode.ORDER_REJECTED, str(exc)) from None
     except BrokerUnavailable as exc:
-        raise ApiError(503, "broker_unavailable", str(exc)) from None
+        raise ApiError(ApiErrorCode.BROKER_UNAVAILABLE, str(exc)) from None
     log.info(
         "[PortfolioStream] Test trade placed",
         admin=admin.username,
@@ -198,7 +199,7 @@ async def metrics(request: web.Request) -> web.Response:
     if token is not None:
         supplied = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if not hmac.compare_digest(supplied.encode(), token.get_secret_value().encode()):
-            raise ApiError(401, "unauthorized", "Bearer token required")
+            raise ApiError(ApiErrorCode.UNAUTHORIZED, "Bearer token required")
     body = request.app[METRICS_KEY].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -215,8 +216,12 @@ async def readyz(request: web.Request) -> web.Response:
         "store": app[STORE_KEY].is_open,
         "bus": app[BUS_KEY].running,
         "stream": app[STREAM_KEY].accepting or not app[SETTINGS_KEY].enable_realtime_portfolio,
-        "broker": app[BRIDGE_KEY].ready if BRIDGE_KEY in app else True,
-        "notDraining": not app[DRAINING_KEY].get("draining", False),
+        "broker": app[BROKER_KEY].ready,
+        "notDraining": not app[LIFECYCLE_KEY].draining,
     }
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    broker = app[BROKER_KEY].broker_health()
+    if broker is not None:  # the broker's health, apart: browsers can be served without it
+        body["broker"] = broker
+    return web.json_response(body, status=200 if ready else 503)

@@ -13,8 +13,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import aiohttp
 from pydantic import ValidationError
 
+from app.broker import BrokerConfigError
+from app.process_tuning import FileLimitTooLow
+from app.server import serve
 from app.store import InvalidUsername, Store, UserExists
 from config.settings import Settings, describe_validation_error
 
@@ -129,8 +133,6 @@ def cmd_trade(args: argparse.Namespace) -> int:
 async def _post_trade(
     base: str, token: str, username: str, symbol: str, side: str, qty: Decimal
 ) -> int:
-    import aiohttp
-
     body = {"username": username, "symbol": symbol.upper(), "side": side, "qty": str(qty)}
     try:
         async with (
@@ -155,14 +157,10 @@ async def _post_trade(
 
 
 def cmd_serve(_: argparse.Namespace) -> int:
-    from alpaca_bridge.accounts import AccountsConfigError
-    from app.runtime import FileLimitTooLow
-    from app.server import serve
-
     settings = load_settings()
     try:
         return serve(settings)
-    except (AccountsConfigError, FileLimitTooLow) as exc:
+    except (BrokerConfigError, FileLimitTooLow) as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -173,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the service (configured by environment)")
-    serve.set_defaults(func=cmd_serve)
+    serve_command = commands.add_parser("serve", help="run the service (configured by environment)")
+    serve_command.set_defaults(func=cmd_serve)
 
     users = commands.add_parser("users", help="manage users")
     users.set_defaults(func=cmd_users)

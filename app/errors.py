@@ -1,9 +1,14 @@
-"""HTTP API errors, defined once: every error body is ``{"error": code, "message": text}``."""
+"""HTTP API errors, defined once: every error body is ``{"error": code, "message": text}``.
+
+``ApiErrorCode`` lists every code the API answers with and ``STATUS`` its HTTP status; both are
+documented in docs/http-api.md (a test holds the two in step).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from enum import StrEnum
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -13,39 +18,72 @@ from config.logging import get_logger
 log = get_logger()
 
 
+class ApiErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    FORBIDDEN = "forbidden"
+    UNKNOWN_ACCOUNT = "unknown_account"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    ORDER_REJECTED = "order_rejected"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
+    INTERNAL_ERROR = "internal_error"
+    BROKER_UNAVAILABLE = "broker_unavailable"
+
+
+STATUS: Final[dict[ApiErrorCode, int]] = {
+    ApiErrorCode.BAD_REQUEST: 400,
+    ApiErrorCode.UNAUTHORIZED: 401,
+    ApiErrorCode.INVALID_CREDENTIALS: 401,
+    ApiErrorCode.FORBIDDEN: 403,
+    ApiErrorCode.UNKNOWN_ACCOUNT: 404,
+    ApiErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ApiErrorCode.ORDER_REJECTED: 422,
+    ApiErrorCode.TOO_MANY_ATTEMPTS: 429,
+    ApiErrorCode.INTERNAL_ERROR: 500,
+    ApiErrorCode.BROKER_UNAVAILABLE: 503,
+}
+
+
 class ApiError(Exception):
-    """An error response with a stable machine-readable code."""
+    """An error response with a stable machine-readable code (its status follows from it)."""
 
     def __init__(
         self,
-        status: int,
-        code: str,
+        code: ApiErrorCode,
         message: str,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = STATUS[code]
         self.code = code
         self.message = message
         self.headers = headers or {}
         self.extra = extra or {}
 
     def response(self) -> web.Response:
-        body = {"error": self.code, "message": self.message, **self.extra}
+        body = {"error": self.code.value, "message": self.message, **self.extra}
         return web.json_response(body, status=self.status, headers=self.headers)
 
     @classmethod
     def unauthorized(cls) -> ApiError:
-        return cls(401, "unauthorized", "Authentication required: log in to get a session cookie")
+        return cls(
+            ApiErrorCode.UNAUTHORIZED, "Authentication required: log in to get a session cookie"
+        )
 
     @classmethod
     def forbidden(cls, message: str) -> ApiError:
-        return cls(403, "forbidden", message)
+        return cls(ApiErrorCode.FORBIDDEN, message)
 
     @classmethod
     def bad_request(cls, message: str) -> ApiError:
-        return cls(400, "bad_request", message)
+        return cls(ApiErrorCode.BAD_REQUEST, message)
+
+    @classmethod
+    def internal(cls) -> ApiError:
+        """The body of an unexpected failure: nothing about it leaks to the client."""
+        return cls(ApiErrorCode.INTERNAL_ERROR, "Internal server error")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -82,4 +120,4 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
             method=request.method,
             path=request.path,
         )
-        return ApiError(500, "internal_error", "Internal server error").response()
+        return ApiError.internal().response()

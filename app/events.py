@@ -43,53 +43,6 @@ TERMINAL_STATUSES: Final = frozenset(
     }
 )
 
-REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
-    TRADE_EXECUTED: (
-        "userId",
-        "tradeId",
-        "orderId",
-        "symbol",
-        "side",
-        "qty",
-        "price",
-        "positionQty",
-        "event",
-        "timestamp",
-    ),
-    ORDER_UPDATED: (
-        "userId",
-        "orderId",
-        "clientOrderId",
-        "symbol",
-        "side",
-        "type",
-        "qty",
-        "filledQty",
-        "filledAvgPrice",
-        "status",
-        "event",
-        "timestamp",
-    ),
-    POSITION_UPDATED: (
-        "userId",
-        "symbol",
-        "qty",
-        "side",
-        "avgEntryPrice",
-        "currentPrice",
-        "marketValue",
-        "costBasis",
-        "unrealizedPnl",
-        "unrealizedPnlPercent",
-        "updatedAt",
-    ),
-    POSITION_CLOSED: ("userId", "symbol", "closedAt"),
-    ACCOUNT_UPDATED: ("userId", "equity", "cash", "buyingPower", "updatedAt"),
-}
-
-
-_REQUIRED_SETS: Final = {kind: frozenset(names) for kind, names in REQUIRED_FIELDS.items()}
-
 
 class TradeExecuted(TypedDict):
     userId: str
@@ -145,6 +98,23 @@ class AccountUpdated(TypedDict):
     cash: str
     buyingPower: str
     updatedAt: str
+
+
+EventPayload = TradeExecuted | OrderUpdated | PositionUpdated | PositionClosed | AccountUpdated
+
+PAYLOAD_TYPES: Final[dict[EventType, type[EventPayload]]] = {
+    TRADE_EXECUTED: TradeExecuted,
+    ORDER_UPDATED: OrderUpdated,
+    POSITION_UPDATED: PositionUpdated,
+    POSITION_CLOSED: PositionClosed,
+    ACCOUNT_UPDATED: AccountUpdated,
+}
+
+# The payload fields of each type, in the order above: the TypedDicts are their one definition.
+REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    kind: tuple(payload.__annotations__) for kind, payload in PAYLOAD_TYPES.items()
+}
+_REQUIRED_SETS: Final = {kind: frozenset(names) for kind, names in REQUIRED_FIELDS.items()}
 
 
 class InvalidEvent(ValueError):

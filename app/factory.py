@@ -1,26 +1,28 @@
 """The application factory: everything is built from an explicit Settings object.
 
 Resources are ``cleanup_ctx`` generators in dependency order — store, bus, portfolio state,
-broker bridge, stream manager — so they start in that order and stop in reverse. Graceful
-shutdown (SPEC §9) runs in ``on_shutdown``, before aiohttp waits for handlers: stop accepting,
-stop the broker streams, unsubscribe, flush pending batches, close every socket with 1001.
+broker, stream manager — so they start in that order and stop in reverse. The broker is
+``alpaca_bridge``'s bridge, or a ``NullBroker`` when the app runs without one; its context
+creates the demo users it reports before starting it. Graceful shutdown (SPEC §9) is
+``Lifecycle.shutdown``, run from ``on_shutdown`` before aiohttp waits for handlers.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
+from alpaca_bridge.service import BrokerBridge
 from app import api, pages
-from app.auth import LoginThrottle
+from app.broker import Broker, DemoLogin, NullBroker, UserLookup
 from app.bus import InProcessBus
 from app.errors import error_middleware
 from app.keys import (
-    BRIDGE_KEY,
+    BROKER_KEY,
     BUS_KEY,
-    DRAINING_KEY,
+    DEMO_LOGINS_KEY,
+    LIFECYCLE_KEY,
     METRICS_KEY,
     PORTFOLIO_KEY,
     SETTINGS_KEY,
@@ -29,16 +31,15 @@ from app.keys import (
     STREAM_KEY,
     THROTTLE_KEY,
 )
+from app.lifecycle import Lifecycle
+from app.login_throttle import LoginThrottle
 from app.metrics import Metrics
 from app.portfolio import PortfolioStore
-from app.stats import StreamStats
+from app.stats import StatsRules, StreamStats
 from app.store import Store
 from app.stream import WS_PATH, PortfolioStreamManager
 from app.ws import portfolio_ws
-from config.logging import get_logger
 from config.settings import Settings
-
-log = get_logger()
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
@@ -66,24 +67,42 @@ async def portfolio_ctx(app: web.Application) -> AsyncIterator[None]:
     app[PORTFOLIO_KEY].clear()
 
 
+async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    broker = app[BROKER_KEY]
+    app[DEMO_LOGINS_KEY] = await _create_demo_users(app[STORE_KEY], broker.demo_logins)
+    await broker.start()
+    yield
+    await broker.stop()  # a no-op once Lifecycle.shutdown stopped it
+
+
+async def _create_demo_users(store: Store, logins: Sequence[DemoLogin]) -> tuple[DemoLogin, ...]:
+    """Create each demo user that does not exist yet; returns the logins that work."""
+    working = []
+    for login in logins:
+        await store.ensure_user(login.username, login.password, is_admin=login.is_admin)
+        # An existing user keeps its own password: only advertise logins that work.
+        if await store.authenticate(login.username, login.password) is not None:
+            working.append(login)
+    return tuple(working)
+
+
 async def stream_ctx(app: web.Application) -> AsyncIterator[None]:
     manager = app[STREAM_KEY]
     await manager.start()
     yield
-    await manager.shutdown()  # idempotent; already done by on_shutdown in a graceful stop
+    await manager.shutdown()  # a no-op once Lifecycle.shutdown ran it
 
 
-async def drain(app: web.Application) -> None:
-    """on_shutdown: the graceful-shutdown sequence of the runbook."""
-    app[DRAINING_KEY]["draining"] = True
-    manager = app[STREAM_KEY]
-    manager.stop_accepting()
-    log.info("[PortfolioStream] Shutting down", activeConnections=manager.active_connections)
-    bridge = app.get(BRIDGE_KEY)
-    if bridge is not None:
-        await bridge.stop()
-    await manager.shutdown()
-    log.info("[PortfolioStream] Shutdown complete: all connections closed")
+async def graceful_shutdown(app: web.Application) -> None:
+    await app[LIFECYCLE_KEY].shutdown()
+
+
+def _user_lookup(app: web.Application) -> UserLookup:
+    async def user_id(username: str) -> str | None:
+        user = await app[STORE_KEY].get_user_by_username(username)
+        return None if user is None else user.id
+
+    return user_id
 
 
 def _wire_metrics(app: web.Application) -> None:
@@ -98,51 +117,47 @@ def _wire_metrics(app: web.Application) -> None:
     sources.bus_queue_depth = lambda: app[BUS_KEY].queue_depth
     sources.enabled = lambda: settings.enable_realtime_portfolio
     sources.batch_messages = lambda: stats.batch_messages
-    sources.draining = lambda: bool(app[DRAINING_KEY].get("draining"))
+    sources.draining = lambda: app[LIFECYCLE_KEY].draining
     sources.max_total_connections = lambda: settings.max_total_connections
     sources.max_connections_per_user = lambda: settings.max_connections_per_user
-
-    def broker_streams() -> list[tuple[str, str, bool]]:
-        bridge = app.get(BRIDGE_KEY)
-        if bridge is None:
-            return []
-        return [
-            (a["username"], a["mode"], a["status"] == "connected") for a in bridge.accounts_status()
-        ]
-
-    sources.broker_streams = broker_streams
+    sources.broker_streams = lambda: [
+        (a["username"], a["mode"], a["status"] == "connected")
+        for a in app[BROKER_KEY].accounts_status()
+    ]
 
 
 def create_app(
     settings: Settings, *, with_bridge: bool = True, extra_contexts: tuple[CleanupContext, ...] = ()
 ) -> web.Application:
-    """Build the service. ``with_bridge=False`` runs without a broker (events come from tests)."""
-    app = web.Application(middlewares=[error_middleware({WS_PATH})], client_max_size=64 * 1024)
+    """Build the service. ``with_bridge=False`` puts a ``NullBroker`` in the bridge's place
+    (events then come from the tests or from ``extra_contexts``)."""
+    app = web.Application(
+        middlewares=[error_middleware({WS_PATH})], client_max_size=settings.http_max_body_bytes
+    )
     app[SETTINGS_KEY] = settings
     app[BUS_KEY] = InProcessBus()
     app[PORTFOLIO_KEY] = PortfolioStore(settings.recent_orders_limit)
-    app[STATS_KEY] = StreamStats(settings.reconnect_window_s)
+    app[STATS_KEY] = StreamStats(StatsRules.from_settings(settings))
     app[METRICS_KEY] = Metrics()
     app[THROTTLE_KEY] = LoginThrottle(
         settings.login_max_failures,
         settings.login_lockout_s,
         settings.login_max_failures_per_address,
     )
-    app[DRAINING_KEY] = {"draining": False}
+    broker: Broker = (
+        BrokerBridge(settings, app[BUS_KEY], _user_lookup(app)) if with_bridge else NullBroker()
+    )
+    app[BROKER_KEY] = broker
+    app[DEMO_LOGINS_KEY] = ()
     app[STREAM_KEY] = PortfolioStreamManager(
         settings, app[BUS_KEY], app[PORTFOLIO_KEY], app[STATS_KEY], app[METRICS_KEY]
     )
+    app[LIFECYCLE_KEY] = Lifecycle(app[STREAM_KEY], broker)
     _wire_metrics(app)
 
-    contexts: list[Any] = [store_ctx, bus_ctx, portfolio_ctx]
-    if with_bridge:
-        from alpaca_bridge.service import bridge_ctx
-
-        contexts.append(bridge_ctx)
-    contexts.extend(extra_contexts)
-    contexts.append(stream_ctx)
+    contexts = [store_ctx, bus_ctx, portfolio_ctx, broker_ctx, *extra_contexts, stream_ctx]
     app.cleanup_ctx.extend(contexts)
-    app.on_shutdown.append(drain)
+    app.on_shutdown.append(graceful_shutdown)
 
     app.router.add_routes(api.routes)
     app.router.add_get(WS_PATH, portfolio_ws)

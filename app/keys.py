@@ -1,16 +1,20 @@
-"""Typed keys for everything the application shares (no string keys, no module singletons)."""
+"""Typed keys for everything the application shares (no string keys, no module singletons).
+
+The broker and the bus are held by their interfaces. Every module named here imports no key,
+so reading this file never leads back to it (``tests/test_import_graph.py`` checks it).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from alpaca_bridge.service import BrokerBridge
-
-    from app.auth import LoginThrottle
-    from app.bus import InProcessBus
+    from app.broker import Broker, DemoLogin
+    from app.bus import EventBus
+    from app.lifecycle import Lifecycle
+    from app.login_throttle import LoginThrottle
     from app.metrics import Metrics
     from app.portfolio import PortfolioStore
     from app.stats import StreamStats
@@ -20,12 +24,15 @@ if TYPE_CHECKING:
 
 SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings")
 STORE_KEY: web.AppKey[Store] = web.AppKey("store")
-BUS_KEY: web.AppKey[InProcessBus] = web.AppKey("bus")
+BUS_KEY: web.AppKey[EventBus] = web.AppKey("bus")
 PORTFOLIO_KEY: web.AppKey[PortfolioStore] = web.AppKey("portfolio")
 STATS_KEY: web.AppKey[StreamStats] = web.AppKey("stats")
 STREAM_KEY: web.AppKey[PortfolioStreamManager] = web.AppKey("stream")
 THROTTLE_KEY: web.AppKey[LoginThrottle] = web.AppKey("throttle")
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics")
-BRIDGE_KEY: web.AppKey[BrokerBridge] = web.AppKey("bridge")
-# Set by the lifecycle when shutdown begins: readiness turns 503 and upgrades are refused.
-DRAINING_KEY: web.AppKey[dict[str, Any]] = web.AppKey("draining")
+# A NullBroker when no broker runs, so no caller checks for its absence.
+BROKER_KEY: web.AppKey[Broker] = web.AppKey("broker")
+# The demo logins that work (their users exist with the demo password), for the start-up log.
+DEMO_LOGINS_KEY: web.AppKey[tuple[DemoLogin, ...]] = web.AppKey("demo_logins")
+# Draining from the moment shutdown begins: readiness turns 503 and upgrades are refused.
+LIFECYCLE_KEY: web.AppKey[Lifecycle] = web.AppKey("lifecycle")

@@ -2,7 +2,8 @@
 server sends, and the error and close codes.
 
 Everything a browser can see on the socket is defined here, once; the stream, the batcher and
-the portfolio state import it, never the reverse.
+the portfolio state import it, never the reverse. The HTTP API's error codes are in
+app/errors.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ listener starts — the socket systemd passed (LISTEN_FDS, socket activation) or
 HOST:PORT — and only then is ``READY=1`` sent. While serving, the event loop itself pings the
 systemd watchdog and refreshes ``STATUS=``.
 
-SIGTERM/SIGINT: ``STOPPING=1``, then the graceful sequence (stop listening, the app's on_shutdown:
+SIGTERM/SIGINT: ``STOPPING=1``, then the graceful sequence (stop listening, ``Lifecycle.shutdown``:
 ``/readyz`` and upgrades 503, stop broker streams, flush batches, close sockets with 1001, then
 the cleanup contexts), bounded by SHUTDOWN_TIMEOUT_S; exit 0 when it completes in time. With
 socket activation the listening socket stays open in systemd between the old and the new
@@ -26,8 +26,8 @@ from collections.abc import Callable, MutableMapping
 from aiohttp import web
 
 from app.factory import create_app
-from app.keys import BRIDGE_KEY, DRAINING_KEY, METRICS_KEY, STREAM_KEY
-from app.runtime import ensure_file_limit, freeze_startup_heap, timed_gc, tune_gc
+from app.keys import BROKER_KEY, DEMO_LOGINS_KEY, LIFECYCLE_KEY, METRICS_KEY, STREAM_KEY
+from app.process_tuning import ensure_file_limit, freeze_startup_heap, timed_gc, tune_gc
 from app.systemd import Notifier, describe_address, inherited_sockets, supervise, watchdog_interval
 from config.logging import configure_logging, get_logger
 from config.settings import Settings
@@ -35,6 +35,9 @@ from config.settings import Settings
 log = get_logger()
 
 LISTEN_BACKLOG = 1024
+# In-flight HTTP handlers may use this share of SHUTDOWN_TIMEOUT_S before aiohttp cancels them;
+# the rest is left for the cleanup contexts (broker, bus, store) within the same bound.
+HANDLER_SHARE_OF_SHUTDOWN = 0.5
 
 
 def install_uvloop() -> None:
@@ -49,12 +52,10 @@ def service_status(app: web.Application) -> str:
     stream = app[STREAM_KEY]
     users = len(stream.connections_by_user())
     text = f"{stream.active_connections} WebSocket connections ({users} users)"
-    bridge = app.get(BRIDGE_KEY)
-    if bridge is not None:
-        accounts = bridge.accounts_status()
-        up = sum(1 for account in accounts if account.get("status") == "connected")
-        text += f"; broker streams {up}/{len(accounts)} up"
-    if app[DRAINING_KEY].get("draining"):
+    accounts = app[BROKER_KEY].accounts_status()
+    up = sum(1 for account in accounts if account["status"] == "connected")
+    text += f"; broker streams {up}/{len(accounts)} up"
+    if app[LIFECYCLE_KEY].draining:
         text = "Draining: " + text
     return text
 
@@ -99,12 +100,15 @@ async def run_service(
     app = build_app(settings)
     # handler_cancellation: a handler still running once shutdown_timeout passed is cancelled.
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout_s / 2
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_s * HANDLER_SHARE_OF_SHUTDOWN,
     )
     supervisor: asyncio.Task[None] | None = None
     gc_timing = contextlib.ExitStack()
     try:
-        await runner.setup()  # the cleanup contexts: store, bus, broker streams, stream manager
+        await _set_up(runner)
         for site, listening in _sites(runner, settings, inherited):
             await site.start()
             log.info(
@@ -142,6 +146,16 @@ async def run_service(
             loop.remove_signal_handler(signum)
 
 
+async def _set_up(runner: web.AppRunner) -> None:
+    """Enter the cleanup contexts (store, bus, broker, stream manager); when one fails, leave
+    the ones already entered before the error propagates."""
+    try:
+        await runner.setup()
+    except BaseException:
+        await runner.cleanup()
+        raise
+
+
 def _on_sighup(reopen_logs: Callable[[], None] | None) -> None:
     if reopen_logs is not None:
         reopen_logs()
@@ -149,13 +163,11 @@ def _on_sighup(reopen_logs: Callable[[], None] | None) -> None:
 
 
 def _log_demo_logins(app: web.Application, settings: Settings) -> None:
-    bridge = app.get(BRIDGE_KEY)
-    if bridge is not None:
-        for username, password in bridge.demo_logins:
-            log.info(
-                f"[STARTUP] Demo login: {username} / {password} at "
-                f"http://localhost:{settings.port}/login"
-            )
+    for login in app[DEMO_LOGINS_KEY]:
+        log.info(
+            f"[STARTUP] Demo login: {login.username} / {login.password} at "
+            f"http://localhost:{settings.port}/login"
+        )
 
 
 def serve(settings: Settings) -> int:

@@ -44,6 +44,11 @@ CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions(expires_at);
 """
 
 USERNAME_MAX = 64
+SESSION_ID_BYTES = 32  # 256-bit session ids (SPEC §10)
+# A cookie longer than any id we issue (43 characters) is refused before it is hashed.
+SESSION_ID_MAX_CHARS = 256
+# The CLI writes to the same file while the service runs: wait for its lock rather than fail.
+SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
 class UserExists(ValueError):
@@ -113,7 +118,7 @@ class Store:
         db = sqlite3.connect(str(self._path), check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA busy_timeout=5000")
+        db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         db.executescript(_SCHEMA)
         self._db = db
 
@@ -238,7 +243,7 @@ class Store:
 
     async def create_session(self, user_id: str, ttl_s: float) -> str:
         """A new session id (returned once, stored only hashed)."""
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_urlsafe(SESSION_ID_BYTES)
         now = self._clock()
 
         def insert() -> None:
@@ -254,7 +259,7 @@ class Store:
         return token
 
     async def session_user(self, token: str) -> User | None:
-        if not token or len(token) > 256:
+        if not token or len(token) > SESSION_ID_MAX_CHARS:
             return None
         now = self._clock()
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from app.auth import current_user, origin_allowed
 from app.errors import ApiError
-from app.keys import DRAINING_KEY, SETTINGS_KEY, STREAM_KEY
+from app.keys import LIFECYCLE_KEY, SETTINGS_KEY, STREAM_KEY
 from app.protocol import CloseCode, CloseReason
 from app.store import User
 from config.logging import get_logger
@@ -36,7 +36,7 @@ async def admission_refusal(request: web.Request) -> tuple[User | None, web.Resp
         return None, ApiError.forbidden("Origin not allowed").response()
     if not settings.enable_realtime_portfolio:
         return None, web.json_response({"status": "disabled"}, status=503)
-    if request.app[DRAINING_KEY].get("draining") or not request.app[STREAM_KEY].accepting:
+    if request.app[LIFECYCLE_KEY].draining or not request.app[STREAM_KEY].accepting:
         draining = web.json_response({"status": "draining"}, status=503)
         draining.headers["Retry-After"] = "1"
         return None, draining
@@ -49,7 +49,7 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
         user, refusal = await admission_refusal(request)
     except Exception:
         log.exception("[PortfolioStream] Admission failed", path=request.path)
-        return ApiError(500, "internal_error", "Internal server error").response()
+        return ApiError.internal().response()
     if user is None:
         assert refusal is not None
         return refusal

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # Price ticks per symbol are folded to at most one per this interval before hitting the bus.
     price_coalesce_ms: int = Field(100, ge=0, le=10_000)
 
+    # Broker REST faults
+    # Every REST call to the broker (reconciliation, test trades) gives up after this long: a
+    # hung broker must not hold the portfolio or an admin's request behind it.
+    broker_rest_timeout_s: float = Field(10.0, gt=0, le=300)
+
     # Simulated broker (the embedded default)
     sim_host: str = "127.0.0.1"
     sim_port: int = Field(0, ge=0, le=65535)
@@ -105,6 +110,18 @@ class Settings(BaseSettings):
     # gc.set_threshold(gen0, gen1, gen2) once serving; "700,10,10" is CPython's default.
     gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = (100_000, 50, 1_000)
     node_id: str | None = None
+
+    # HTTP API and health rules
+    # ``pollIntervalMs`` of /api/realtime/config: how often a browser without a live socket polls.
+    poll_interval_ms: int = Field(5000, ge=1000, le=300_000)
+    # Largest request body (login, test trade: a few hundred bytes); a bigger one is a 413.
+    http_max_body_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    # The stats say "degraded" when more than this share of the active connections closed within
+    # the window, or when batch efficiency is under the minimum once enough deliveries were made.
+    degraded_disconnect_ratio: float = Field(0.10, ge=0)
+    degraded_disconnect_window_s: float = Field(60.0, gt=0, le=3600)
+    degraded_min_batch_efficiency: float = Field(0.5, ge=0, le=1)
+    degraded_min_deliveries: int = Field(100, ge=0)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

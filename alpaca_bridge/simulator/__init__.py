@@ -7,6 +7,6 @@ clients talk to it unchanged (``url_override`` = ``base_url`` / ``trading_stream
 
 from alpaca_bridge.simulator.broker import SimulatedBroker
 from alpaca_bridge.simulator.ledger import SimAccount
-from alpaca_bridge.simulator.orders import OrderRejected
+from alpaca_bridge.simulator.orders import SimApiError
 
-__all__ = ["OrderRejected", "SimAccount", "SimulatedBroker"]
+__all__ = ["SimAccount", "SimApiError", "SimulatedBroker"]

@@ -22,6 +22,7 @@ from alpaca_bridge.simulator.controls import StreamControls
 from alpaca_bridge.simulator.data_ws import FEEDS, MarketDataHub
 from alpaca_bridge.simulator.demo import DemoTrader
 from alpaca_bridge.simulator.desk import OrderDesk
+from alpaca_bridge.simulator.faults import RestFaults
 from alpaca_bridge.simulator.ledger import AccountBook, SimAccount
 from alpaca_bridge.simulator.market import MarketEngine, Print
 from alpaca_bridge.simulator.rest import TradingRest, json_errors, place_order
@@ -69,6 +70,7 @@ class SimulatedBroker(StreamControls):
         )
         self._desk = OrderDesk(self._market, self._trading.publish, fill_delay_s=fill_delay_s)
         self._demo = DemoTrader(self._desk, order_interval_s, seed)
+        self._faults = RestFaults()
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -88,7 +90,7 @@ class SimulatedBroker(StreamControls):
 
     def build_app(self) -> web.Application:
         """The aiohttp application serving REST and both websockets."""
-        app = web.Application(middlewares=[json_errors])
+        app = web.Application(middlewares=[self._faults.middleware, json_errors])
         app.router.add_get("/stream", self._trading.handle)
         TradingRest(self._desk, self._authenticate).add_routes(app.router)
         app.router.add_get("/v2/{feed:iex|sip|delayed_sip|test}", self._data.handle)
@@ -117,6 +119,7 @@ class SimulatedBroker(StreamControls):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self._desk.close()
+        self._faults.clear()
         await asyncio.gather(self._trading.close_all(), self._data.close_all())
         if self._runner is not None:
             await self._runner.cleanup()
@@ -205,7 +208,7 @@ class SimulatedBroker(StreamControls):
         client_order_id: str | None = None,
         time_in_force: str = "day",
     ) -> Json:
-        """Place an order exactly as ``POST /v2/orders`` would; raises OrderRejected."""
+        """Place an order exactly as ``POST /v2/orders`` would; raises SimApiError."""
         body: dict[str, Any] = {
             "symbol": symbol,
             "side": side,
@@ -218,7 +221,7 @@ class SimulatedBroker(StreamControls):
         return place_order(self._desk, api_key, body)
 
     def cancel_order(self, api_key: str, order_id: str) -> Json:
-        """Cancel as ``DELETE /v2/orders/{id}`` would; raises OrderRejected."""
+        """Cancel as ``DELETE /v2/orders/{id}`` would; raises SimApiError."""
         return order_json(self._desk.cancel(api_key, order_id))
 
     def set_partial_fills(self, enabled: bool) -> None:

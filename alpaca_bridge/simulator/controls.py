@@ -7,13 +7,15 @@ block until a condition holds and have no timeout of their own: wrap them in
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import orjson
 
 from alpaca_bridge.simulator.data_ws import MarketDataHub
 from alpaca_bridge.simulator.desk import OrderDesk
-from alpaca_bridge.simulator.trading_ws import AuthBehaviour, TradingStreamHub
+from alpaca_bridge.simulator.faults import RestFault, RestFaults, Rewrite
+from alpaca_bridge.simulator.trading_ws import AuthBehaviour, Reorder, TradingStreamHub
 from alpaca_bridge.simulator.wire import Json
 
 
@@ -23,6 +25,7 @@ class StreamControls:
     _trading: TradingStreamHub
     _data: MarketDataHub
     _desk: OrderDesk
+    _faults: RestFaults
 
     def drop_trading_streams(
         self,
@@ -67,6 +70,52 @@ class StreamControls:
     def resend_last_fill(self, api_key: str) -> Json | None:
         """Deliver the account's latest fill event again, unchanged (a duplicate execution)."""
         return self._desk.resend_last_fill(api_key)
+
+    def withhold_trade_updates(self, api_key: str) -> None:
+        """Keep the key's trade updates back (REST already shows them) until released."""
+        self._trading.withhold(api_key)
+
+    def release_trade_updates(self, api_key: str, reorder: Reorder | None = None) -> list[Json]:
+        """Deliver the withheld updates, in ``reorder``'s order if given (e.g. newest first,
+        or with repeats); returns what was delivered."""
+        return self._trading.release(api_key, reorder)
+
+    def fail_rest(
+        self,
+        status: int = 500,
+        *,
+        api_key: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        """Answer matching REST requests (``path`` is a prefix) with ``status`` and an
+        Alpaca-shaped error body, until ``clear_rest_faults``."""
+        self._faults.add(RestFault("fail", api_key, method, path, status=status))
+
+    def hang_rest(
+        self, *, api_key: str | None = None, method: str | None = None, path: str | None = None
+    ) -> None:
+        """Hold matching REST requests unanswered until ``clear_rest_faults`` (then serve them)."""
+        self._faults.add(RestFault("hang", api_key, method, path))
+
+    def rewrite_rest(
+        self, rewrite: Rewrite, *, api_key: str | None = None, path: str | None = None
+    ) -> None:
+        """Pass the JSON of matching GET answers through ``rewrite`` (to serve poison records)."""
+        self._faults.add(RestFault("rewrite", api_key, "GET", path, rewrite=rewrite))
+
+    def clear_rest_faults(self) -> None:
+        self._faults.clear()
+
+    async def wait_rest_hanging(self, count: int = 1) -> None:
+        """Return once at least ``count`` REST requests are being held by ``hang_rest``."""
+        await self._faults.watch.wait_until(lambda: self._faults.hanging >= count)
+
+    def set_clock_offset(self, seconds: float) -> None:
+        """Run the broker's order clock this far from real time (negative: behind), e.g. to
+        have an order submitted "two minutes ago"; 0 puts it back."""
+        offset_ns = round(seconds * 1_000_000_000)
+        self._desk.clock_ns = lambda: time.time_ns() + offset_ns
 
     def trading_connections(self, api_key: str) -> int:
         """Open trade_updates connections authorized as this key."""

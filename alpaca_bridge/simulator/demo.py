@@ -17,7 +17,7 @@ import structlog
 from alpaca_bridge.simulator.desk import OrderDesk
 from alpaca_bridge.simulator.ledger import AccountBook
 from alpaca_bridge.simulator.market import MarketEngine
-from alpaca_bridge.simulator.orders import OrderRejected
+from alpaca_bridge.simulator.orders import SimApiError
 from alpaca_bridge.simulator.rest import place_order
 from alpaca_bridge.simulator.wire import Json
 
@@ -80,7 +80,7 @@ class DemoTrader:
                 continue
             try:
                 placed.append(place_order(self._desk, api_key, body))
-            except OrderRejected as exc:
+            except SimApiError as exc:
                 log.debug("[SimulatedBroker] Demo order rejected", reason=exc.message)
         return placed
 

@@ -16,7 +16,7 @@ from decimal import ROUND_FLOOR, Decimal
 
 from alpaca_bridge.simulator.ledger import AccountBook, Execution
 from alpaca_bridge.simulator.market import MarketEngine
-from alpaca_bridge.simulator.orders import OrderRejected, OrderRequest, SimOrder, invalid
+from alpaca_bridge.simulator.orders import OrderRequest, SimApiError, SimOrder, invalid
 from alpaca_bridge.simulator.sockets import StateWatch
 from alpaca_bridge.simulator.wire import Json, trade_update
 
@@ -34,6 +34,7 @@ class OrderDesk:
         self.books: dict[str, AccountBook] = {}
         self.fill_delay_s = fill_delay_s
         self.partial_fills = False
+        self.clock_ns: Callable[[], int] = time.time_ns  # the broker's clock, for every timestamp
         self._announce = announce
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._history: dict[str, deque[Json]] = {}
@@ -52,7 +53,7 @@ class OrderDesk:
         return list(self._history.get(api_key, ()))
 
     def submit(self, api_key: str, request: OrderRequest) -> SimOrder:
-        """Accept an order (announcing ``new``) and schedule its fill; raises OrderRejected."""
+        """Accept an order (announcing ``new``) and schedule its fill; raises SimApiError."""
         book = self.book(api_key)
         listing = self.market.listing(request.symbol)
         if listing is None:
@@ -62,7 +63,7 @@ class OrderDesk:
         held = holding.qty if holding else Decimal(0)
         opens = held >= 0 if request.side == "buy" else held <= 0
         intent = f"{request.side}_to_{'open' if opens else 'close'}"
-        order = SimOrder(request, listing.asset_id, time.time_ns(), intent)
+        order = SimOrder(request, listing.asset_id, self.clock_ns(), intent)
         book.place(order)
         self._emit(api_key, "new", order)
         if self._marketable(order):
@@ -72,12 +73,12 @@ class OrderDesk:
         return order
 
     def cancel(self, api_key: str, order_id: str) -> SimOrder:
-        """Cancel an open order (announcing ``canceled``); 404/422 OrderRejected otherwise."""
+        """Cancel an open order (announcing ``canceled``); 404/422 SimApiError otherwise."""
         book = self.book(api_key)
         order = book.orders.get(order_id)
         if order is None:
-            raise OrderRejected(404, 40410000, "order not found")
-        book.cancel(order, time.time_ns())
+            raise SimApiError(404, 40410000, "order not found")
+        book.cancel(order, self.clock_ns())
         timer = self._timers.pop(order.id, None)
         if timer is not None:
             timer.cancel()
@@ -131,7 +132,7 @@ class OrderDesk:
         if self.partial_fills and order.filled_qty == 0 and qty >= 2:
             qty = (qty / 2).to_integral_value(rounding=ROUND_FLOOR)
         execution = self.book(api_key).execute(
-            order, qty, self.market.price(order.symbol), time.time_ns()
+            order, qty, self.market.price(order.symbol), self.clock_ns()
         )
         self._emit(api_key, execution.event, order, execution)
         if order.is_open:

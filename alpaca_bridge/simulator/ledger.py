@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from alpaca_bridge.simulator.orders import OrderRejected, OrderRequest, SimOrder, forbidden, invalid
+from alpaca_bridge.simulator.orders import OrderRequest, SimApiError, SimOrder, forbidden, invalid
 
 # Market buys are checked against the price plus a margin, as Alpaca does, so that a fill a few
 # ticks later at a slightly higher price cannot take cash below zero.
@@ -138,7 +138,7 @@ class AccountBook:
         return holding.qty - promised if holding.qty > 0 else holding.qty + promised
 
     def check(self, request: OrderRequest, price_of: PriceOf) -> None:
-        """Raise :class:`OrderRejected` unless the account can place ``request`` now."""
+        """Raise :class:`SimApiError` unless the account can place ``request`` now."""
         if self.find_client_order(request.client_order_id) is not None:
             raise invalid("client_order_id must be unique")
         price = price_of(request.symbol)
@@ -167,7 +167,7 @@ class AccountBook:
     def execute(self, order: SimOrder, qty: Decimal, price: Decimal, at_ns: int) -> Execution:
         """Fill ``qty`` of ``order`` at ``price``; updates order, position and cash together."""
         if not order.is_open or qty <= 0 or qty > order.leaves_qty:
-            raise OrderRejected(422, 42210000, "order is not fillable")
+            raise SimApiError(422, 42210000, "order is not fillable")
         delta = qty if order.side == "buy" else -qty
         holding = self.holdings.get(order.symbol)
         if holding is None:
@@ -203,7 +203,7 @@ class AccountBook:
 
     def cancel(self, order: SimOrder, at_ns: int) -> None:
         if not order.is_open:
-            raise OrderRejected(422, 42210000, "order is not cancelable")
+            raise SimApiError(422, 42210000, "order is not cancelable")
         order.status, order.canceled_ns, order.updated_ns = "canceled", at_ns, at_ns
 
     @staticmethod

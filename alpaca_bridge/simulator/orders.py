@@ -2,7 +2,7 @@
 
 Validation answers the way Alpaca does: HTTP 422 (code 40010001) for a malformed request and
 403 (code 40310000) for one the account cannot afford; the REST layer turns
-:class:`OrderRejected` into that JSON body, and the in-process ``submit_order`` raises it as is.
+:class:`SimApiError` into that JSON body, and the in-process ``submit_order`` raises it as is.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ SIDES = frozenset({"buy", "sell"})
 MAX_QTY_PLACES = 9  # Alpaca accepts fractional shares to nine decimal places
 
 
-class OrderRejected(Exception):
-    """An order Alpaca would refuse: ``status`` is the HTTP status, ``code`` Alpaca's error code."""
+class SimApiError(Exception):
+    """A request Alpaca would refuse (invalid, unaffordable, unknown or final order):
+    ``status`` is the HTTP status, ``code`` Alpaca's error code."""
 
     def __init__(self, status: int, code: int, message: str) -> None:
         super().__init__(message)
@@ -33,12 +34,12 @@ class OrderRejected(Exception):
         return {"code": self.code, "message": self.message}
 
 
-def invalid(message: str) -> OrderRejected:
-    return OrderRejected(422, 40010001, message)
+def invalid(message: str) -> SimApiError:
+    return SimApiError(422, 40010001, message)
 
 
-def forbidden(message: str) -> OrderRejected:
-    return OrderRejected(403, 40310000, message)
+def forbidden(message: str) -> SimApiError:
+    return SimApiError(403, 40310000, message)
 
 
 @dataclass(frozen=True, slots=True)

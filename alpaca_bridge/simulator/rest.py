@@ -17,7 +17,7 @@ from aiohttp import web
 
 from alpaca_bridge.simulator.desk import OrderDesk
 from alpaca_bridge.simulator.ledger import AccountBook
-from alpaca_bridge.simulator.orders import OrderRejected, SimOrder, invalid, parse_order_request
+from alpaca_bridge.simulator.orders import SimApiError, SimOrder, invalid, parse_order_request
 from alpaca_bridge.simulator.wire import (
     Json,
     account_json,
@@ -38,7 +38,7 @@ BAD_BODY = {"code": 40010000, "message": "request body format is invalid"}
 
 
 def place_order(desk: OrderDesk, api_key: str, body: Mapping[str, Any]) -> Json:
-    """``POST /v2/orders`` minus HTTP: validate, accept, return the order; raises OrderRejected."""
+    """``POST /v2/orders`` minus HTTP: validate, accept, return the order; raises SimApiError."""
     return order_json(desk.submit(api_key, parse_order_request(body)))
 
 
@@ -89,7 +89,7 @@ async def json_errors(
     """Alpaca answers every failure with a JSON ``{"code", "message"}`` body."""
     try:
         return await handler(request)
-    except OrderRejected as exc:
+    except SimApiError as exc:
         return web.json_response(exc.body(), status=exc.status)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
@@ -206,7 +206,7 @@ class TradingRest:
     async def order(self, request: web.Request, book: AccountBook) -> web.StreamResponse:
         order = book.orders.get(request.match_info["order_id"])
         if order is None:
-            raise OrderRejected(404, 40410000, "order not found")
+            raise SimApiError(404, 40410000, "order not found")
         return web.json_response(order_json(order))
 
     async def order_by_client_id(
@@ -214,7 +214,7 @@ class TradingRest:
     ) -> web.StreamResponse:
         order = book.find_client_order(request.query.get("client_order_id", ""))
         if order is None:
-            raise OrderRejected(404, 40410000, "order not found")
+            raise SimApiError(404, 40410000, "order not found")
         return web.json_response(order_json(order))
 
     async def cancel(self, request: web.Request, book: AccountBook) -> web.StreamResponse:

@@ -21,6 +21,7 @@ from alpaca_bridge.simulator.wire import Json
 
 AuthBehaviour = Literal["ok", "reject", "silent"]
 Authenticate = Callable[[str, str], bool]
+Reorder = Callable[[list[Json]], list[Json]]
 AUTH_TIMEOUT_S = 10.0  # a socket that never even tries to authenticate is closed
 STREAMS = frozenset({"trade_updates"})
 
@@ -56,6 +57,7 @@ class TradingStreamHub:
         self.behaviour: dict[str, AuthBehaviour] = {}
         self._connections: set[TradingConnection] = set()
         self._held_until: dict[str, float] = {}  # key -> loop time its slot frees up
+        self._withheld: dict[str, list[Json]] = {}  # key -> updates kept back, in announce order
         self.watch = StateWatch()
 
     def connections(self, api_key: str | None = None) -> list[TradingConnection]:
@@ -70,7 +72,24 @@ class TradingStreamHub:
 
     def publish(self, api_key: str, payload: Json) -> None:
         """Send a ``trade_updates`` message to the account's listening connections, if any."""
+        withheld = self._withheld.get(api_key)
+        if withheld is not None:
+            withheld.append(payload)
+            return
         self.send_raw(api_key, _frame(payload))
+
+    def withhold(self, api_key: str) -> None:
+        """Keep the key's updates back (announced, not yet delivered) until ``release``."""
+        self._withheld.setdefault(api_key, [])
+
+    def release(self, api_key: str, reorder: Reorder | None = None) -> list[Json]:
+        """Deliver what was kept back, in the order ``reorder`` gives (it may also drop or
+        repeat messages), and stop withholding; returns what was delivered."""
+        kept = self._withheld.pop(api_key, [])
+        delivered = kept if reorder is None else reorder(list(kept))
+        for payload in delivered:
+            self.publish(api_key, payload)
+        return delivered
 
     def send_raw(self, api_key: str, frame: bytes | str) -> None:
         """Send any frame (e.g. a ``b"\\x01"`` heartbeat or a malformed payload) to listeners."""

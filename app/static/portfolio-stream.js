@@ -28,9 +28,13 @@
  *   [Realtime] Position updated: AAPL +$550.00
  */
 
+import { formatDecimal, formatSignedMoney } from "./format.js";
+
 const TAG = "[PortfolioStream]";
 const REALTIME = "[Realtime]";
 
+/** Close code of a deliberate close by this client (`stop()`). */
+export const CLOSE_NORMAL = 1000;
 /** WebSocket close code the server uses when a connection limit is reached. */
 export const CLOSE_TRY_AGAIN_LATER = 1013;
 /** Close code this client uses when it gives up on a silent socket. */
@@ -99,48 +103,6 @@ const DEFAULT_CONFIG = Object.freeze({
   pollIntervalMs: 5000,
   heartbeatIntervalMs: 15000,
 });
-
-/**
- * Formats an exact decimal string (as the server sends money) to `dp` places, rounding half
- * away from zero, without going through binary floating point.
- * @param {string | number | null | undefined} value
- * @param {number} [dp] decimal places
- * @param {{ sign?: boolean, grouping?: boolean }} [opts] `sign`: always show + or -;
- *   `grouping`: thousands separators
- * @returns {string} the formatted number, or "—" when the value is missing or not a number
- */
-export function formatDecimal(value, dp = 2, { sign = false, grouping = false } = {}) {
-  if (value === null || value === undefined || value === "") return "—";
-  const match = /^\s*([+-])?(\d*)(?:\.(\d*))?\s*$/.exec(String(value));
-  if (!match || (match[2] === "" && !match[3])) {
-    const number = Number(value);
-    if (!Number.isFinite(number)) return "—";
-    return formatDecimal(number.toFixed(dp + 2), dp, { sign, grouping });
-  }
-  const negativeInput = match[1] === "-";
-  const whole = match[2] || "0";
-  const fraction = (match[3] || "").padEnd(dp + 1, "0");
-  let scaled = BigInt(whole + fraction.slice(0, dp));
-  if (Number(fraction[dp]) >= 5) scaled += 1n;
-  const negative = negativeInput && scaled !== 0n;
-  const digits = scaled.toString().padStart(dp + 1, "0");
-  let integer = digits.slice(0, digits.length - dp);
-  if (grouping) integer = integer.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-  const body = dp > 0 ? `${integer}.${digits.slice(digits.length - dp)}` : integer;
-  if (negative) return `-${body}`;
-  return sign ? `+${body}` : body;
-}
-
-/**
- * A signed dollar amount as in the runbook: `+$550.00`, `-$12.30`.
- * @param {string | number | null | undefined} value
- * @param {{ grouping?: boolean }} [opts]
- * @returns {string}
- */
-export function formatSignedMoney(value, { grouping = false } = {}) {
-  const text = formatDecimal(value, 2, { sign: true, grouping });
-  return text === "—" ? text : `${text[0]}$${text.slice(1)}`;
-}
 
 /**
  * The wait before reconnect attempt `attempt`: exponential backoff with full jitter, a uniform
@@ -233,8 +195,13 @@ export class PortfolioStream extends EventTarget {
     this._stopped = true;
     for (const name of Object.keys(this._timers)) this._clearTimer(name);
     this._polling = false;
-    this._dropSocket(1000, "Client stopped");
+    this._dropSocket(CLOSE_NORMAL, "Client stopped");
     this._setState(ConnectionState.STOPPED);
+  }
+
+  /** How often the REST fallback polls: the server's `pollIntervalMs` (POLL_INTERVAL_MS). */
+  get pollIntervalMs() {
+    return this._config.pollIntervalMs;
   }
 
   /**

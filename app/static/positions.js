@@ -5,12 +5,8 @@
  * whose value changed, and shows the connection indicator (`data-state`: live, reconnecting,
  * polling, offline). Admins also get the test-trade form.
  */
-import {
-  ConnectionState,
-  PortfolioStream,
-  formatDecimal,
-  formatSignedMoney,
-} from "./portfolio-stream.js";
+import { formatDecimal, formatSignedMoney, sumMoney, trimDecimal } from "./format.js";
+import { ConnectionState, PortfolioStream } from "./portfolio-stream.js";
 import {
   api,
   clockTime,
@@ -21,8 +17,6 @@ import {
   redirectToLogin,
   setText,
   setupHeader,
-  sumMoney,
-  trimDecimal,
 } from "./ui.js";
 
 const RECENT_ORDERS = 20;
@@ -31,7 +25,7 @@ const INDICATOR_LABELS = {
   [ConnectionState.CONNECTING]: ["Connecting…", "Connecting to the live stream"],
   [ConnectionState.LIVE]: ["Live", "Updates arrive as they happen"],
   [ConnectionState.RECONNECTING]: ["Reconnecting…", "The live stream dropped; reconnecting"],
-  [ConnectionState.POLLING]: ["Polling", "Live stream unavailable; refreshing every 5 s"],
+  [ConnectionState.POLLING]: ["Polling", "Live stream unavailable; refreshing periodically"],
   [ConnectionState.OFFLINE]: ["Offline", "The server cannot be reached"],
   [ConnectionState.STOPPED]: ["Stopped", "Not connected"],
 };
@@ -231,7 +225,12 @@ async function main() {
 
   const stream = new PortfolioStream({ channels: ["positions", "orders", "account"] });
   window.portfolioStream = stream; // for operators poking at the console
-  stream.addEventListener("statechange", (event) => showState(event.detail.state));
+  stream.addEventListener("statechange", (event) => {
+    const { state } = event.detail;
+    const seconds = stream.pollIntervalMs / 1000;
+    showState(state, state === ConnectionState.POLLING
+      ? `Live stream unavailable; refreshing every ${seconds} s` : "");
+  });
   stream.addEventListener("reconnecting", (event) => {
     const { attempt, maxAttempts, delayMs } = event.detail;
     showState(stream.state, `Next connection attempt in ${delayMs} ms (${attempt}/${maxAttempts})`);

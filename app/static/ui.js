@@ -2,7 +2,6 @@
  * ui.js — small helpers shared by the pages: JSON requests, element building, the header
  * (signed-in user, navigation, logout) and safe redirects. No framework, no inline script.
  */
-import { formatDecimal } from "./portfolio-stream.js";
 
 /** An error from the HTTP API, carrying its status and machine-readable code. */
 export class ApiError extends Error {
@@ -170,31 +169,4 @@ export function clockTime(value) {
   const date = value instanceof Date ? value : new Date(value);
   if (Number.isNaN(date.getTime())) return "—";
   return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-}
-
-/**
- * A decimal string with trailing fractional zeros removed ("10.000" -> "10").
- * @param {string | number | null | undefined} value
- * @returns {string}
- */
-export function trimDecimal(value) {
-  if (value === null || value === undefined || value === "") return "—";
-  const text = String(value);
-  return text.includes(".") ? text.replace(/\.?0+$/, "") : text;
-}
-
-/**
- * Exact sum of decimal money strings, to the cent ("1.10" + "2.205" -> "3.31").
- * @param {Array<string | number | null | undefined>} values
- * @returns {string}
- */
-export function sumMoney(values) {
-  let cents = 0n;
-  for (const value of values) {
-    const text = formatDecimal(value, 2);
-    if (text !== "—") cents += BigInt(text.replace(".", ""));
-  }
-  const negative = cents < 0n;
-  const digits = (negative ? -cents : cents).toString().padStart(3, "0");
-  return `${negative ? "-" : ""}${digits.slice(0, -2)}.${digits.slice(-2)}`;
 }

@@ -133,6 +133,8 @@ const BROKER_COLUMNS = {
   lastEventAt: "Last event",
   lastReconciledAt: "Reconciled",
   reconnects: "Reconnects",
+  health: "Health",
+  lastError: "Last error",
 };
 
 /** @param {string} key @param {unknown} value */

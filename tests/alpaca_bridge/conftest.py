@@ -1,15 +1,21 @@
-"""Fixtures for the broker bridge tests: captured log lines and a running in-process bus."""
+"""Fixtures for the broker bridge tests: captured log lines, a running in-process bus, a user
+store with alice in it, and bridges built on them (stopped after the test)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
+from bridge_support import users_in
 
+from alpaca_bridge.service import BrokerBridge
 from app.bus import InProcessBus
 from app.events import EVENT_TYPES, Event
+from app.store import Store
 from config.logging import configure_logging
 from config.settings import Settings
 
@@ -41,11 +47,11 @@ class LogLines:
     def matching(self, *needles: str) -> list[str]:
         return [line for line in self.all() if all(n in line for n in needles)]
 
-    async def wait_for(self, *needles: str) -> str:
-        """The first line containing every needle, once one has been logged."""
+    async def wait_for(self, *needles: str, count: int = 1) -> str:
+        """The first line containing every needle, once ``count`` such lines have been logged."""
         self._stream.loop = asyncio.get_running_loop()
         changed = self._stream.changed = asyncio.Event()
-        while not (found := self.matching(*needles)):
+        while len(found := self.matching(*needles)) < count:
             changed.clear()
             await changed.wait()
         return found[0]
@@ -96,3 +102,44 @@ def collected(bus: InProcessBus) -> EventCollector:
     for kind in EVENT_TYPES:
         bus.subscribe(kind, collector)
     return collector
+
+
+@pytest.fixture(scope="session")
+def users_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user database with alice in it, made once: password hashing is deliberately slow."""
+    path = tmp_path_factory.mktemp("users") / "users.db"
+
+    async def create() -> None:
+        store = Store(path)
+        await store.open()
+        await store.create_user("alice", "pw")
+        await store.close()
+
+    asyncio.run(create())
+    return path
+
+
+@pytest.fixture
+async def store(tmp_path: Path, users_db: Path) -> AsyncIterator[Store]:
+    shutil.copy(users_db, tmp_path / "users.db")
+    store = Store(tmp_path / "users.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def bridge_for(
+    bus: InProcessBus,
+    store: Store,
+) -> AsyncIterator[Callable[[Settings], BrokerBridge]]:
+    made: list[BrokerBridge] = []
+
+    def make(settings: Settings) -> BrokerBridge:
+        bridge = BrokerBridge(settings, bus, users_in(store))
+        made.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in made:
+        await bridge.stop()

@@ -14,9 +14,9 @@ from pydantic import SecretStr
 from alpaca_bridge.account_sync import AccountSync
 from alpaca_bridge.accounts import BrokerAccount
 from alpaca_bridge.backoff import Backoff
-from alpaca_bridge.models import parse_trade_update
 from alpaca_bridge.reconcile import trading_client
 from alpaca_bridge.simulator import SimulatedBroker
+from alpaca_bridge.wire_parser import parse_trade_update
 from app.bus import InProcessBus
 
 KEY, SECRET = "PKSYNC", "sync-secret"
@@ -31,16 +31,16 @@ async def broker() -> AsyncIterator[SimulatedBroker]:
     await sim.stop()
 
 
-def make_sync(api_url: str, bus: InProcessBus, reconciled: asyncio.Queue[None]) -> AccountSync:
+def make_sync(api_url: str, bus: InProcessBus, settled: asyncio.Queue[None]) -> AccountSync:
     account = BrokerAccount("alice", SecretStr(KEY), SecretStr(SECRET))
     return AccountSync(
         account="alice",
         user_id="user-1",
-        client=trading_client(account, api_url),
+        client=trading_client(account, api_url, timeout_s=5),
         bus=bus,
         backoff=Backoff(0.02, 0.05),
         on_symbols_changed=lambda: None,
-        on_reconciled=lambda: reconciled.put_nowait(None),
+        on_settled=lambda: settled.put_nowait(None),
     )
 
 
@@ -51,13 +51,13 @@ async def test_an_update_held_during_reconciliation_is_counted_once(
 ) -> None:
     order = await broker.submit_order(KEY, "AAPL", "buy", Decimal(4))
     [fill] = await asyncio.wait_for(broker.wait_trade_updates(KEY, 1, event="fill"), 5)
-    reconciled: asyncio.Queue[None] = asyncio.Queue()
-    sync = make_sync(broker.base_url, bus, reconciled)
+    settled: asyncio.Queue[None] = asyncio.Queue()
+    sync = make_sync(broker.base_url, bus, settled)
     # The stream reconnects and delivers the fill while the snapshot (which has it) is fetched.
     sync.on_connected(None)
     sync.on_update(parse_trade_update(fill["data"]))
     assert sync.reconciling
-    await asyncio.wait_for(reconciled.get(), 5)
+    await asyncio.wait_for(settled.get(), 5)
     await collected.wait_for(lambda e: e.type == "trade:executed")
     assert sync.ledger.positions["AAPL"].qty == 4
     assert sync.ledger.cash == Decimal(broker.account(KEY)["cash"])
@@ -67,18 +67,22 @@ async def test_an_update_held_during_reconciliation_is_counted_once(
     await sync.stop()
 
 
-async def test_rest_failures_are_logged_and_retried_while_updates_wait(
+async def test_rest_failures_are_logged_retried_and_reported(
     broker: SimulatedBroker,
     bus: InProcessBus,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    reconciled: asyncio.Queue[None] = asyncio.Queue()
-    sync = make_sync("http://127.0.0.1:9", bus, reconciled)  # nothing listens on port 9
+    settled: asyncio.Queue[None] = asyncio.Queue()
+    sync = make_sync("http://127.0.0.1:9", bus, settled)  # nothing listens on port 9
     sync.on_connected(None)
     failure = await asyncio.wait_for(log_lines.wait_for("Reconciliation failed"), 5)
     assert " ERROR [AlpacaStream] Reconciliation failed: account=alice, error=" in failure
+    await asyncio.wait_for(settled.get(), 5)  # an attempt that failed settles too
     assert sync.reconciled_at is None
+    assert sync.problem == "reconcile_failed"
+    assert sync.last_error is not None
+    assert "ConnectionError" in sync.last_error
     assert sync.reconciling
     await sync.stop()
     assert not sync.reconciling
@@ -91,10 +95,10 @@ async def test_after_a_first_success_updates_flow_live_while_rest_is_down(
     collected: Any,
     log_lines: Any,
 ) -> None:
-    reconciled: asyncio.Queue[None] = asyncio.Queue()
-    sync = make_sync(broker.base_url, bus, reconciled)
+    settled: asyncio.Queue[None] = asyncio.Queue()
+    sync = make_sync(broker.base_url, bus, settled)
     sync.on_connected(None)
-    await asyncio.wait_for(reconciled.get(), 5)
+    await asyncio.wait_for(settled.get(), 5)
     await broker.stop()  # REST is gone; the stream (here: our calls) carries on
     sync.on_connected(time.time())
     await asyncio.wait_for(log_lines.wait_for("Reconciliation failed"), 5)

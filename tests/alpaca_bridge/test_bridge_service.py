@@ -4,24 +4,30 @@ broker over real sockets, observed through the bus and the log."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from bridge_support import (
+    KEY,
+    SECRET,
+    alpaca_settings,
+    bus_state,
+    buy,
+    is_,
+    rest_state,
+    started,
+    users_in,
+)
 
-from alpaca_bridge.service import BrokerBridge, OrderRejected, UnknownAccount, bridge_ctx
+from alpaca_bridge.service import BrokerBridge
 from alpaca_bridge.simulator import SimulatedBroker
+from app.broker import DemoLogin, OrderRejected, UnknownAccount
 from app.bus import InProcessBus
-from app.events import Event
-from app.keys import BRIDGE_KEY, BUS_KEY, SETTINGS_KEY, STORE_KEY
 from app.store import Store
 from config.settings import Settings
-
-KEY, SECRET = "PKALICE", "alice-secret"
 
 
 @pytest.fixture
@@ -32,114 +38,6 @@ async def broker() -> AsyncIterator[SimulatedBroker]:
     await sim.start()
     yield sim
     await sim.stop()
-
-
-@pytest.fixture(scope="module")
-def users_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A user database with alice in it, made once: password hashing is deliberately slow."""
-    path = tmp_path_factory.mktemp("users") / "users.db"
-
-    async def create() -> None:
-        store = Store(path)
-        await store.open()
-        await store.create_user("alice", "pw")
-        await store.close()
-
-    asyncio.run(create())
-    return path
-
-
-@pytest.fixture
-async def store(tmp_path: Path, users_db: Path) -> AsyncIterator[Store]:
-    shutil.copy(users_db, tmp_path / "users.db")
-    store = Store(tmp_path / "users.db")
-    await store.open()
-    yield store
-    await store.close()
-
-
-def alpaca_settings(sim: SimulatedBroker, tmp_path: Path, **values: Any) -> Settings:
-    """BROKER=alpaca pointed at the simulator: the production code path, on loopback."""
-    defaults: dict[str, Any] = {
-        "broker": "alpaca",
-        "alpaca_api_key": KEY,
-        "alpaca_secret_key": SECRET,
-        "alpaca_username": "alice",
-        "alpaca_api_url": sim.base_url,
-        "alpaca_stream_url": sim.trading_stream_url,
-        "alpaca_data_stream_url": sim.data_stream_url,
-        "database_url": f"sqlite:///{tmp_path}/users.db",
-        "alpaca_backoff_initial_s": 0.05,
-        "alpaca_backoff_max_s": 0.2,
-        "alpaca_auth_timeout_s": 2,
-    }
-    return Settings(_env_file=None, **(defaults | values))
-
-
-@pytest.fixture
-async def bridge_for(
-    bus: InProcessBus,
-    store: Store,
-) -> AsyncIterator[Callable[[Settings], BrokerBridge]]:
-    made: list[BrokerBridge] = []
-
-    def make(settings: Settings) -> BrokerBridge:
-        bridge = BrokerBridge(settings, bus, store)
-        made.append(bridge)
-        return bridge
-
-    yield make
-    for bridge in made:
-        await bridge.stop()
-
-
-def is_(kind: str, **fields: Any) -> Callable[[Event], bool]:
-    return lambda e: e.type == kind and all(e.payload.get(k) == v for k, v in fields.items())
-
-
-def bus_state(events: list[Event], user_id: str) -> dict[str, Any]:
-    """The latest-value portfolio the bus describes for one user."""
-    positions: dict[str, dict[str, Any]] = {}
-    orders: dict[str, dict[str, Any]] = {}
-    account: dict[str, Any] = {}
-    for event in (e for e in events if e.user_id == user_id):
-        payload = event.payload
-        if event.type == "position:updated":
-            positions[payload["symbol"]] = payload
-        elif event.type == "position:closed":
-            positions.pop(payload["symbol"], None)
-        elif event.type == "order:updated":
-            orders[payload["orderId"]] = payload
-        elif event.type == "account:updated":
-            account = payload
-    return {
-        "positions": {
-            s: (Decimal(p["qty"]), Decimal(p["avgEntryPrice"])) for s, p in positions.items()
-        },
-        "orders": {i: (o["status"], Decimal(o["filledQty"])) for i, o in orders.items()},
-        "cash": Decimal(account["cash"]),
-        "buyingPower": Decimal(account["buyingPower"]),
-    }
-
-
-def rest_state(sim: SimulatedBroker, key: str) -> dict[str, Any]:
-    account = sim.account(key)
-    return {
-        "positions": {
-            p["symbol"]: (Decimal(p["qty"]), Decimal(p["avg_entry_price"]))
-            for p in sim.positions(key)
-        },
-        "orders": {o["id"]: (o["status"], Decimal(o["filled_qty"])) for o in sim.orders(key)},
-        "cash": Decimal(account["cash"]),
-        "buyingPower": Decimal(account["buying_power"]),
-    }
-
-
-async def started(bridge: BrokerBridge, collected: Any) -> str:
-    await bridge.start()
-    [status] = bridge.accounts_status()
-    await collected.wait_for(is_("account:updated", userId=status["userId"]))
-    return str(status["userId"])
 
 
 async def test_start_connects_reconciles_and_reports_status(
@@ -164,9 +62,12 @@ async def test_start_connects_reconciles_and_reports_status(
         "reconnects": 0,
         "mode": "alpaca",
         "paper": True,
+        "health": "ok",
+        "lastError": None,
     }
+    assert bridge.broker_health() == {"ready": True, "accounts": {"alice": "ok"}}
     assert bridge.simulator is None
-    assert bridge.demo_logins == []
+    assert bridge.demo_logins == ()
     assert bridge.price_stream_status()["status"] == "idle"
     assert log_lines.matching("INFO [AlpacaStream] Bridge started: mode=alpaca, accounts=1")
     assert log_lines.matching("[AlpacaStream] Connected to trade_updates stream: account=alice")
@@ -224,11 +125,6 @@ async def test_place_order_errors_are_clear(
         await bridge.place_order("alice", "AAPL", "hold", Decimal(1))
     with pytest.raises(OrderRejected, match="positive"):
         await bridge.place_order("alice", "AAPL", "buy", Decimal(0))
-
-
-async def buy(bridge: BrokerBridge, collected: Any, symbol: str, qty: int) -> Event:
-    order = await bridge.place_order("alice", symbol, "buy", Decimal(qty))
-    return await collected.wait_for(is_("trade:executed", orderId=order["orderId"]))
 
 
 async def test_price_ticks_move_unrealized_pnl_and_equity(
@@ -386,32 +282,43 @@ async def test_stop_closes_everything_within_a_second(
     await asyncio.wait_for(broker.wait_trading_disconnected(KEY), 5)
 
 
-async def test_simulated_mode_runs_the_embedded_broker_with_demo_users(
+DEMO = (
+    DemoLogin("admin", "admin-demo", is_admin=True),
+    DemoLogin("alice", "alice-demo"),
+    DemoLogin("bob", "bob-demo"),
+)
+
+
+def simulated_settings(tmp_path: Path, **values: Any) -> Settings:
+    defaults: dict[str, Any] = {
+        "broker": "simulated",
+        "sim_order_interval_s": 0,
+        "sim_tick_interval_ms": 60_000,
+        "database_url": f"sqlite:///{tmp_path}/u.db",
+    }
+    return Settings(_env_file=None, **(defaults | values))
+
+
+async def test_simulated_mode_gives_demo_users_accounts_and_leaves_the_users_to_the_app(
     tmp_path: Path,
     store: Store,
     bridge_for: Callable[[Settings], BrokerBridge],
     collected: Any,
 ) -> None:
-    settings = Settings(
-        _env_file=None,
-        broker="simulated",
-        sim_order_interval_s=0,
-        sim_tick_interval_ms=60_000,
-        database_url=f"sqlite:///{tmp_path}/u.db",
-    )
-    bridge = bridge_for(settings)
+    bridge = bridge_for(simulated_settings(tmp_path))
+    assert bridge.demo_logins == DEMO
+    await store.ensure_user("bob", "bob-demo")  # alice exists already; admin is left out
     await bridge.start()
     await asyncio.wait_for(bridge.wait_ready(), 5)
     assert bridge.mode == "simulated"
     assert bridge.simulator is not None
-    # alice existed already with her own password, so only the other two demo logins work.
-    assert bridge.demo_logins == [("admin", "admin-demo"), ("bob", "bob-demo")]
-    admin = await store.get_user_by_username("admin")
-    assert admin is not None
-    assert admin.is_admin
+    assert await store.get_user_by_username("admin") is None  # the bridge never writes users
     statuses = {s["username"]: s for s in bridge.accounts_status()}
-    assert sorted(statuses) == ["admin", "alice", "bob"]
-    assert {s["status"] for s in statuses.values()} == {"connected"}
+    assert {name: s["status"] for name, s in statuses.items()} == {
+        "admin": "unknown_user",
+        "alice": "connected",
+        "bob": "connected",
+    }
     order = await bridge.place_order("bob", "MSFT", "buy", Decimal(1))
     trade = await collected.wait_for(is_("trade:executed", orderId=order["orderId"]))
     assert trade.user_id == statuses["bob"]["userId"]
@@ -422,21 +329,17 @@ async def test_simulated_mode_runs_the_embedded_broker_with_demo_users(
     )
 
 
-async def test_bridge_ctx_starts_and_stops_the_bridge_with_the_app(
-    broker: SimulatedBroker,
-    tmp_path: Path,
-    store: Store,
-    bus: InProcessBus,
+def test_demo_logins_leave_out_configured_accounts_and_other_modes(
+    tmp_path: Path, bus: InProcessBus, store: Store
 ) -> None:
-    app = web.Application()
-    app[SETTINGS_KEY] = alpaca_settings(broker, tmp_path)
-    app[BUS_KEY] = bus
-    app[STORE_KEY] = store
-    app.cleanup_ctx.append(bridge_ctx)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    bridge = app[BRIDGE_KEY]
-    await asyncio.wait_for(bridge.wait_ready(), 5)
-    assert [s["status"] for s in bridge.accounts_status()] == ["connected"]
-    await runner.cleanup()
-    assert [s["status"] for s in bridge.accounts_status()] == ["stopped"]
+    def demo(**values: Any) -> tuple[str, ...]:
+        bridge = BrokerBridge(simulated_settings(tmp_path, **values), bus, users_in(store))
+        return tuple(login.username for login in bridge.demo_logins)
+
+    assert demo() == ("admin", "alice", "bob")
+    assert demo(alpaca_api_key=KEY, alpaca_secret_key=SECRET, alpaca_username="Alice") == (
+        "admin",
+        "bob",
+    )
+    assert demo(sim_demo_users=False) == ()
+    assert demo(broker="alpaca", alpaca_api_key=KEY, alpaca_secret_key=SECRET) == ()

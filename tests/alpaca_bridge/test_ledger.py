@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import count
@@ -10,8 +11,8 @@ from typing import Any
 import pytest
 
 from alpaca_bridge.ledger import AccountLedger
-from alpaca_bridge.models import AccountState, OrderState, PositionState, parse_trade_update
 from alpaca_bridge.payloads import BusEvent
+from alpaca_bridge.wire_parser import AccountState, OrderState, PositionState, parse_trade_update
 from app.events import validate_payload
 
 NOW = datetime(2026, 1, 4, 10, 30, tzinfo=UTC)
@@ -28,12 +29,13 @@ def fill(
     order_id: str | None = None,
     filled_qty: str | None = None,
     event: str = "fill",
+    at: str = "10:30:00.5",
 ) -> dict[str, Any]:
     n = next(_ids)
     data: dict[str, Any] = {
         "event": event,
         "execution_id": f"exec-{n}",
-        "timestamp": "2026-01-04T10:30:00.5Z",
+        "timestamp": f"2026-01-04T{at}Z",
         "price": price,
         "qty": qty,
         "order": {
@@ -283,3 +285,127 @@ def test_a_fill_without_qty_or_price_falls_back_to_the_order_totals(missing: str
     apply(ledger, data)
     assert ledger.positions["AAPL"].qty == 3
     assert ledger.cash == Decimal("99700")
+
+
+def test_each_execution_moves_cash_at_its_own_price_not_the_orders_average() -> None:
+    ledger = ledger_with_cash("10000")
+    first = fill("AAPL", "buy", "4", "100", order_id="o-avg", filled_qty="4", event="partial_fill")
+    second = fill("AAPL", "buy", "6", "110", order_id="o-avg", filled_qty="10", position_qty="10")
+    second["order"]["filled_avg_price"] = "106"  # the order's running average, not this fill's
+    apply(ledger, first)
+    events = apply(ledger, second)
+    trade = of_type(events, "trade:executed")[0]
+    assert (trade["qty"], trade["price"]) == ("6", "110")
+    assert ledger.cash == Decimal("10000") - 400 - 660
+    assert of_type(events, "position:updated")[0]["avgEntryPrice"] == "106"
+    assert of_type(events, "order:updated")[0]["filledAvgPrice"] == "106"
+
+
+def test_in_order_fills_leave_no_doubt() -> None:
+    ledger = ledger_with_cash()
+    apply(ledger, fill("AAPL", "buy", "10", "100", position_qty="10", at="10:30:01"))
+    apply(ledger, fill("AAPL", "sell", "4", "101", position_qty="6", at="10:30:02"))
+    assert ledger.positions["AAPL"].qty == 6
+    assert ledger.take_doubt() is None
+
+
+def test_two_fills_delivered_newest_first_converge_on_the_broker_position() -> None:
+    ledger = ledger_with_cash()
+    older = fill("AAPL", "buy", "10", "100", position_qty="10", at="10:30:01")
+    newer = fill("AAPL", "buy", "5", "110", position_qty="15", at="10:30:02")
+    apply(ledger, newer)
+    late = apply(ledger, older)
+    assert ledger.positions["AAPL"].qty == 15
+    assert ledger.cash == Decimal("100000") - 1000 - 550
+    assert of_type(late, "trade:executed")[0]["positionQty"] == "10"
+    assert of_type(late, "account:updated")[0]["cash"] == "98450.00"
+    # The average cannot be known from the stream alone: the ledger asks for REST.
+    assert ledger.take_doubt() is not None
+    assert ledger.take_doubt() is None
+
+
+def test_three_fills_in_a_scrambled_order_end_at_the_newest_broker_figure() -> None:
+    ledger = ledger_with_cash()
+    a = fill("AAPL", "buy", "10", "100", position_qty="10", at="10:30:01")
+    b = fill("AAPL", "buy", "5", "100", position_qty="15", at="10:30:02")
+    c = fill("AAPL", "sell", "5", "100", position_qty="10", at="10:30:03")
+    for data in (a, c, b):
+        apply(ledger, data)
+    assert ledger.positions["AAPL"].qty == 10
+    assert ledger.cash == Decimal("100000") - 1000
+
+
+def test_an_order_whose_fill_overtakes_its_partial_fill_counts_both() -> None:
+    ledger = ledger_with_cash()
+    partial = fill(
+        "AAPL",
+        "buy",
+        "4",
+        "100",
+        order_id="o-2",
+        filled_qty="4",
+        position_qty="4",
+        event="partial_fill",
+        at="10:30:01",
+    )
+    final = fill(
+        "AAPL",
+        "buy",
+        "6",
+        "110",
+        order_id="o-2",
+        filled_qty="10",
+        position_qty="10",
+        at="10:30:02",
+    )
+    apply(ledger, final)
+    apply(ledger, partial)
+    assert ledger.positions["AAPL"].qty == 10
+    assert ledger.cash == Decimal("100000") - 400 - 660
+    assert ledger.orders["o-2"].status == "filled"
+
+
+def broker_fills() -> list[dict[str, Any]]:
+    """Executions as a broker reports them, in the order they happened: three orders on one
+    symbol, two of them filled in parts, every position_qty the running total."""
+    plan = [("o-a", "buy", ["3", "2"]), ("o-b", "sell", ["4"]), ("o-c", "buy", ["1", "6", "2"])]
+    fills, position, second = [], Decimal(0), 0
+    for order_id, side, parts in plan:
+        filled = Decimal(0)
+        for n, part in enumerate(parts):
+            second += 1
+            filled += Decimal(part)
+            position += Decimal(part) if side == "buy" else -Decimal(part)
+            last = n == len(parts) - 1
+            fills.append(
+                fill(
+                    "AAPL",
+                    side,
+                    part,
+                    str(100 + second),
+                    position_qty=str(position),
+                    order_id=order_id,
+                    filled_qty=str(filled),
+                    event="fill" if last else "partial_fill",
+                    at=f"10:30:{second:02d}",
+                )
+            )
+    return fills
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_any_delivery_order_with_repeats_ends_at_the_broker_quantity_and_cash(seed: int) -> None:
+    fills = broker_fills()
+    rng = random.Random(seed)
+    delivered = fills + rng.sample(fills, 3)  # some delivered twice
+    rng.shuffle(delivered)
+    ledger = ledger_with_cash()
+    for data in delivered:
+        apply(ledger, data)
+    assert ledger.positions["AAPL"].qty == Decimal(fills[-1]["position_qty"])
+    spent = sum(
+        Decimal(f["qty"]) * Decimal(f["price"]) * (1 if f["order"]["side"] == "buy" else -1)
+        for f in fills
+    )
+    assert ledger.cash == Decimal("100000") - spent
+    assert {o.status for o in ledger.orders.values()} == {"filled"}

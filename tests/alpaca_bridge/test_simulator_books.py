@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from alpaca_bridge.simulator import OrderRejected, SimAccount
+from alpaca_bridge.simulator import SimAccount, SimApiError
 from alpaca_bridge.simulator.demo import random_order
 from alpaca_bridge.simulator.ledger import AccountBook, Holding
 from alpaca_bridge.simulator.market import MarketEngine
@@ -75,7 +75,7 @@ def test_set_price_lists_unknown_symbols_and_returns_a_print() -> None:
     ],
 )
 def test_invalid_order_requests_are_422(overrides: dict[str, object], message: str) -> None:
-    with pytest.raises(OrderRejected) as caught:
+    with pytest.raises(SimApiError) as caught:
         parse_order_request(order_body(**overrides))
     assert caught.value.status == 422 and caught.value.code == 40010001
     assert message in caught.value.message
@@ -116,10 +116,10 @@ def test_execution_moves_cash_position_and_order_together() -> None:
 
 def test_buying_power_and_held_shares_limit_new_orders() -> None:
     book = new_book("1000")
-    with pytest.raises(OrderRejected, match="insufficient buying power") as caught:
+    with pytest.raises(SimApiError, match="insufficient buying power") as caught:
         book.check(parse_order_request(order_body(qty="10")), lambda _: D(150))
     assert (caught.value.status, caught.value.code) == (403, 40310000)
-    with pytest.raises(OrderRejected, match=r"requested: 1, available: 0"):
+    with pytest.raises(SimApiError, match=r"requested: 1, available: 0"):
         book.check(parse_order_request(order_body(side="sell", qty="1")), lambda _: D(150))
     fill(book, "buy", "5", "100")
     book.check(parse_order_request(order_body(side="sell", qty="5")), lambda _: D(150))

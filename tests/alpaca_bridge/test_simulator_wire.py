@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -336,3 +337,61 @@ async def test_stop_closes_connected_clients_promptly(
     assert loop.time() - started < 1.0
     for ws in (trading, data):
         assert (await ws.receive(timeout=5)).type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+
+
+async def test_withheld_trade_updates_are_delivered_in_the_order_asked(
+    sim_broker: SimulatedBroker, sim_http: aiohttp.ClientSession
+) -> None:
+    ws = await listening(sim_http, sim_broker)
+    sim_broker.withhold_trade_updates(KEY)
+    await sim_broker.submit_order(KEY, "AAPL", "buy", D(2))
+    await sim_broker.submit_order(KEY, "MSFT", "buy", D(1))
+    await asyncio.wait_for(sim_broker.wait_trade_updates(KEY, 2, event="fill"), 5)
+    history = sim_broker.trade_updates(KEY)
+    sent = sim_broker.release_trade_updates(KEY, lambda kept: [*reversed(kept), kept[-1]])
+    assert len(sent) == 5  # new, fill, new, fill, newest first, then the newest again
+    received = [await frame(ws) for _ in sent]
+    assert received == sent
+    assert [u["data"]["execution_id"] for u in received[:4]] == [
+        u["data"]["execution_id"] for u in reversed(history)
+    ]
+    # Released means delivered live again.
+    later = await sim_broker.submit_order(KEY, "TSLA", "buy", D(1))
+    assert (await frame(ws))["data"]["order"]["id"] == later["id"]
+    await ws.close()
+
+
+async def test_rest_faults_fail_hang_and_poison_until_cleared(
+    sim_broker: SimulatedBroker, sim_http: aiohttp.ClientSession
+) -> None:
+    base, headers = sim_broker.base_url, {"APCA-API-KEY-ID": KEY, "APCA-API-SECRET-KEY": SECRET}
+    sim_broker.fail_rest(500, api_key=KEY, path="/v2/account")
+    sim_broker.hang_rest(path="/v2/positions")
+    sim_broker.rewrite_rest(lambda rows: [*rows, {"id": "not-a-uuid"}], path="/v2/orders")
+    async with sim_http.get(f"{base}/v2/account", headers=headers) as failed:
+        assert (failed.status, (await failed.json())["code"]) == (500, 50000000)
+    other = {"APCA-API-KEY-ID": OTHER_KEY, "APCA-API-SECRET-KEY": OTHER_SECRET}
+    async with sim_http.get(f"{base}/v2/account", headers=other) as fine:
+        assert fine.status == 200, "the rule names one key"
+    async with sim_http.get(f"{base}/v2/orders", headers=headers) as poisoned:
+        assert await poisoned.json() == [{"id": "not-a-uuid"}]
+    held = asyncio.create_task(sim_http.get(f"{base}/v2/positions", headers=headers))
+    await asyncio.wait_for(sim_broker.wait_rest_hanging(1), 5)
+    assert not held.done()
+    sim_broker.clear_rest_faults()
+    async with await asyncio.wait_for(held, 5) as served:
+        assert (served.status, await served.json()) == (200, [])
+    async with sim_http.get(f"{base}/v2/account", headers=headers) as recovered:
+        assert recovered.status == 200
+    sim_broker.fail_rest(503)  # every REST request, and still no websocket handshake
+    ws = await listening(sim_http, sim_broker)
+    await ws.close()
+
+
+async def test_clock_offset_dates_new_orders_in_the_past(sim_broker: SimulatedBroker) -> None:
+    sim_broker.set_clock_offset(-120)
+    old = await sim_broker.submit_order(KEY, "AAPL", "buy", D(1), type="limit", limit_price=D(1))
+    sim_broker.set_clock_offset(0)
+    new = await sim_broker.submit_order(KEY, "AAPL", "buy", D(1), type="limit", limit_price=D(1))
+    age = datetime.fromisoformat(new["submitted_at"]) - datetime.fromisoformat(old["submitted_at"])
+    assert timedelta(seconds=119) < age < timedelta(seconds=125)

@@ -14,8 +14,8 @@ from pydantic import SecretStr
 
 from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.dedup import RecentKeys
-from alpaca_bridge.models import TradeUpdate
 from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
+from alpaca_bridge.wire_parser import TradeUpdate
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from alpaca_bridge.models import (
+from alpaca_bridge.wire_parser import (
     MalformedUpdate,
     decode_frame,
     iso_utc,

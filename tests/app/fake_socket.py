@@ -17,7 +17,7 @@ import orjson
 from aiohttp import WSMessage, WSMsgType
 
 from app.portfolio import PortfolioStore
-from app.stats import StreamStats
+from app.stats import StatsRules, StreamStats
 from app.tasks import TaskSet
 from app.writer import WriterContext
 
@@ -179,6 +179,18 @@ class Clock:
         return self.now
 
 
+def stream_stats(clock: Callable[[], float] | None = None) -> StreamStats:
+    """Stats with the default rules (the writer only counts messages into them)."""
+    rules = StatsRules(
+        reconnect_window_s=60.0,
+        degraded_disconnect_ratio=0.10,
+        degraded_disconnect_window_s=60.0,
+        degraded_min_batch_efficiency=0.5,
+        degraded_min_deliveries=100,
+    )
+    return StreamStats(rules, clock) if clock is not None else StreamStats(rules)
+
+
 def writer_context(
     *,
     clock: Callable[[], float] | None = None,
@@ -188,7 +200,7 @@ def writer_context(
     close_grace_s: float = 0.05,
     abort_above_bytes: int = 1 << 20,
 ) -> WriterContext:
-    stats = stats or StreamStats()
+    stats = stats or stream_stats()
     return WriterContext(
         snapshot=(portfolio or PortfolioStore()).snapshot,
         message_sent=stats.message_sent,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+
 from app.keys import STORE_KEY
 from tests.app.support import account, order, position, session_for
 from tests.conftest import ClientFactory, publish
@@ -76,3 +79,35 @@ async def test_readyz_is_503_when_the_store_is_gone(app_client: ClientFactory) -
     assert response.status == 503
     body = await response.json()
     assert body["ready"] is False and body["checks"]["store"] is False
+
+
+async def test_realtime_config_serves_poll_interval_ms(app_client: ClientFactory) -> None:
+    client = await app_client(poll_interval_ms=2500)
+    body = await (await client.get("/api/realtime/config")).json()
+    assert body["pollIntervalMs"] == 2500
+
+
+async def test_a_body_over_http_max_body_bytes_is_refused_with_413(
+    app_client: ClientFactory,
+) -> None:
+    """Declared (Content-Length) or chunked, a body over the limit gets the JSON 413."""
+    client = await app_client(http_max_body_bytes=1024)
+    fits = {"username": "nobody", "password": "x" * 900}
+    answered = await client.post("/api/auth/login", json=fits)
+    assert answered.status == 401  # read and judged: the limit is not below it
+    oversized = json.dumps({"username": "nobody", "password": "x" * 1100}).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(oversized), 256):
+            yield oversized[start : start + 256]
+
+    declared = await client.post(
+        "/api/auth/login", data=oversized, headers={"Content-Type": "application/json"}
+    )
+    chunked = await client.post(
+        "/api/auth/login", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert "Content-Length" not in chunked.request_info.headers
+    for response in (declared, chunked):
+        assert response.status == 413
+        assert (await response.json())["error"] == "payload_too_large"

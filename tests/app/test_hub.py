@@ -15,7 +15,7 @@ import pytest
 from app.bus import InProcessBus
 from app.connection import Connection
 from app.portfolio import PortfolioStore
-from app.stats import StreamStats
+from app.stats import StatsRules, StreamStats
 from app.stream import PortfolioStreamManager
 from tests.app.fake_socket import Clock, FakeSocket
 from tests.app.support import account, order, position
@@ -71,7 +71,8 @@ async def hub_factory(tmp_path: Path) -> AsyncIterator[HubFactory]:
         portfolio = PortfolioStore()
         portfolio.attach(bus)
         settings = make_settings(tmp_path, **overrides)
-        manager = PortfolioStreamManager(settings, bus, portfolio, StreamStats(clock=clock))
+        stats = StreamStats(StatsRules.from_settings(settings), clock)
+        manager = PortfolioStreamManager(settings, bus, portfolio, stats)
         await manager.start()
         hub = Hub(manager, bus, clock)
         built.append(hub)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-from app.stats import StreamStats, format_uptime
+from app.stats import StatsRules, StreamStats, format_uptime
+from config.settings import Settings
+from tests.conftest import make_settings
 
 
 class Clock:
@@ -26,8 +29,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def stats(clock: Clock) -> StreamStats:
-    return StreamStats(reconnect_window_s=60.0, clock=clock)
+def stats(clock: Clock, settings: Settings) -> StreamStats:
+    """The default rules: the runbook's 60 s reconnect window, 10%/minute, 50% after 100."""
+    return StreamStats(StatsRules.from_settings(settings), clock=clock)
 
 
 def report(stats: StreamStats, *, enabled: bool = True, active: int = 1) -> dict[str, object]:
@@ -160,6 +164,30 @@ def test_status_degraded_on_low_efficiency_only_after_100_deliveries(stats: Stre
     stats.message_sent(500)  # efficiency climbs back over 50%
     assert stats.batch_efficiency() > 0.5
     assert stats.status(enabled=True, active=1) == "healthy"
+
+
+def test_the_degraded_rules_and_reconnect_window_come_from_the_settings(
+    clock: Clock, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        reconnect_window_s=5.0,
+        degraded_disconnect_ratio=0.5,
+        degraded_disconnect_window_s=10.0,
+        degraded_min_batch_efficiency=0.9,
+        degraded_min_deliveries=10,
+    )
+    stats = StreamStats(StatsRules.from_settings(settings), clock=clock)
+    started, _ = stats.connection_opened("user-1")
+    stats.connection_closed("user-1", started)
+    assert stats.status(enabled=True, active=2) == "healthy"  # 1 is not over half of 2
+    assert stats.status(enabled=True, active=1) == "degraded"
+    clock.advance(11)  # past DEGRADED_DISCONNECT_WINDOW_S
+    assert stats.status(enabled=True, active=1) == "healthy"
+    assert stats.connection_opened("user-1")[1] is False  # past RECONNECT_WINDOW_S
+    for _ in range(9):
+        stats.message_sent(2)  # 9 messages, 18 deliveries: efficiency 50%, under 90%
+    assert stats.status(enabled=True, active=1) == "degraded"
 
 
 def test_uptime_is_formatted_like_the_runbook(stats: StreamStats, clock: Clock) -> None:

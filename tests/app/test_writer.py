@@ -13,10 +13,9 @@ from app.batching import Batch, channel_set
 from app.events import Event
 from app.portfolio import PortfolioStore
 from app.protocol import PreparedBatch
-from app.stats import StreamStats
 from app.writer import PING, ConnectionWriter, SnapshotRequest, WriterContext
 from tests.app.fake_socket import PING as PING_SEEN
-from tests.app.fake_socket import Clock, FakeSocket, writer_context
+from tests.app.fake_socket import Clock, FakeSocket, stream_stats, writer_context
 from tests.app.support import account, position
 
 SYMBOLS = [f"SYM{i}" for i in range(20)]
@@ -43,7 +42,7 @@ class Setup:
     def __init__(self, **context: object) -> None:
         self.socket = FakeSocket()
         self.clock = Clock()
-        self.stats = StreamStats()
+        self.stats = stream_stats()
         self.portfolio = PortfolioStore()
         self.context: WriterContext = writer_context(
             clock=self.clock, stats=self.stats, portfolio=self.portfolio, **context

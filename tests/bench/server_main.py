@@ -23,7 +23,7 @@ from aiohttp import web
 from app.cli import load_settings
 from app.factory import create_app
 from app.keys import BUS_KEY
-from app.runtime import ensure_file_limit
+from app.process_tuning import ensure_file_limit
 from app.server import install_uvloop, run_service
 from config.logging import configure_logging, get_logger
 from config.settings import Settings

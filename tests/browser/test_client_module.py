@@ -1,4 +1,4 @@
-"""portfolio-stream.js's pure helpers, run in the real browser as the pages load them."""
+"""The client's pure helpers (format.js, portfolio-stream.js, ui.js), run in the real browser."""
 
 from __future__ import annotations
 
@@ -9,30 +9,33 @@ from tests.browser.conftest import BROWSER_TEST, PageFactory, ServerFactory
 pytestmark = BROWSER_TEST
 
 EXERCISE = """async () => {
+  const format = await import("/static/format.js");
   const stream = await import("/static/portfolio-stream.js");
   const ui = await import("/static/ui.js");
   const fixed = (r) => ({ random: () => r });
   return {
     decimals: [
-      stream.formatDecimal("550"),
-      stream.formatDecimal("104550.5"),
-      stream.formatDecimal("0.125"),
-      stream.formatDecimal("-0.125"),
-      stream.formatDecimal("-0.004"),
-      stream.formatDecimal("1234567.891", 2, { grouping: true }),
-      stream.formatDecimal("12.5", 0),
-      stream.formatDecimal("1e-7"),
-      stream.formatDecimal(null),
-      stream.formatDecimal("abc"),
-      stream.formatDecimal("99.995"),
+      format.formatDecimal("550"),
+      format.formatDecimal("104550.5"),
+      format.formatDecimal("0.125"),
+      format.formatDecimal("-0.125"),
+      format.formatDecimal("-0.004"),
+      format.formatDecimal("1234567.891", 2, { grouping: true }),
+      format.formatDecimal("12.5", 0),
+      format.formatDecimal("1e-7"),
+      format.formatDecimal(null),
+      format.formatDecimal("abc"),
+      format.formatDecimal("99.995"),
     ],
     money: [
-      stream.formatSignedMoney("550.00"),
-      stream.formatSignedMoney("-12.3"),
-      stream.formatSignedMoney("0"),
-      stream.formatSignedMoney("-1234.5", { grouping: true }),
+      format.formatSignedMoney("550.00"),
+      format.formatSignedMoney("-12.3"),
+      format.formatSignedMoney("0"),
+      format.formatSignedMoney("-1234.5", { grouping: true }),
     ],
-    sums: [ui.sumMoney(["1.10", "2.205", "-0.01"]), ui.sumMoney(["-5", "2.5"]), ui.sumMoney([])],
+    sums: [format.sumMoney(["1.10", "2.205", "-0.01"]), format.sumMoney(["-5", "2.5"]),
+           format.sumMoney([])],
+    trimmed: ["10.000", "0.50", "100", null].map(format.trimDecimal),
     safeNext: [ui.safeNext("/admin/websocket"), ui.safeNext("//evil.example"),
                ui.safeNext("https://evil.example"), ui.safeNext("/\\\\evil"), ui.safeNext(null)],
     ceilings: [1, 2, 3, 4, 5, 6, 10].map((n) => stream.reconnectDelay(n, null, fixed(0.999999))),
@@ -59,6 +62,7 @@ async def test_formatting_and_backoff_helpers(
     ]  # fmt: skip
     assert result["money"] == ["+$550.00", "-$12.30", "+$0.00", "-$1,234.50"]
     assert result["sums"] == ["3.30", "-2.50", "0.00"]
+    assert result["trimmed"] == ["10", "0.5", "100", "—"]
     assert result["safeNext"] == ["/admin/websocket"] + ["/admin/positions"] * 4
     # Full jitter: the ceiling doubles from 1000 ms and stops at 30 s; the floor is zero.
     assert result["ceilings"] == [1000, 2000, 4000, 8000, 16000, 30000, 30000]

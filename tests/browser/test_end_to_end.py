@@ -8,7 +8,7 @@ import time
 
 from playwright.async_api import expect
 
-from app.keys import BRIDGE_KEY
+from app.keys import BROKER_KEY
 from tests.browser.conftest import (
     BROWSER_TEST,
     PageFactory,
@@ -34,7 +34,7 @@ async def test_test_trade_through_the_page_reaches_the_table_within_the_batch_wi
         sim_tick_interval_ms=500,
         batch_window_ms=BATCH_WINDOW_MS,
     )
-    await asyncio.wait_for(server.app[BRIDGE_KEY].wait_ready(), 15)
+    await asyncio.wait_for(server.app[BROKER_KEY].wait_ready(), 15)
     page, console = await new_page(server)
 
     await page.goto("/login")

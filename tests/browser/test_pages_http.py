@@ -17,7 +17,12 @@ PAGES = ("/login", "/admin/positions", "/admin/websocket")
 async def test_pages_and_assets_carry_the_security_headers(app_client: ClientFactory) -> None:
     client = await app_client()
     await login(client, "admin", admin=True)
-    for path in (*PAGES[1:], "/static/portfolio-stream.js", "/static/style.css"):
+    for path in (
+        *PAGES[1:],
+        "/static/portfolio-stream.js",
+        "/static/format.js",
+        "/static/style.css",
+    ):
         response = await client.get(path, allow_redirects=False)
         assert response.status == 200, path
         assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY

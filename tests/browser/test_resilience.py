@@ -7,6 +7,7 @@ delays can be compared with the backoff schedule exactly.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -225,3 +226,30 @@ async def test_disabled_flag_polls_every_five_seconds(
         "title", "Live stream unavailable; refreshing every 5 s"
     )
     await screenshot(page, "admin-positions-polling")
+
+
+async def test_the_client_polls_at_the_servers_poll_interval(
+    live_server: ServerFactory, new_page: PageFactory
+) -> None:
+    """POLL_INTERVAL_MS reaches the browser through /api/realtime/config: polls and the label."""
+    server = await live_server(enable_realtime_portfolio=False, poll_interval_ms=1000)
+    await server.user("admin", admin=True)
+    page, _ = await open_positions(new_page, server)
+    polls: list[float] = []
+    page.on(
+        "request",
+        lambda request: (
+            polls.append(time.monotonic()) if request.url.endswith("/api/portfolio") else None
+        ),
+    )
+    await page.goto("/admin/positions")
+    indicator = page.locator("#connection")
+    await expect(indicator).to_have_attribute(
+        "title", "Live stream unavailable; refreshing every 1 s", timeout=FALLBACK_WITHIN_S * 1000
+    )
+    for _ in range(2):  # two more polls, each within about a second
+        async with page.expect_request(lambda r: r.url.endswith("/api/portfolio"), timeout=3000):
+            pass
+    assert len(polls) >= 3
+    gaps = [later - earlier for earlier, later in itertools.pairwise(polls)]
+    assert all(0.7 < gap < 2.0 for gap in gaps), gaps

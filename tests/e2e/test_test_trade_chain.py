@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from app.factory import create_app
-from app.keys import BRIDGE_KEY, STORE_KEY
+from app.keys import BROKER_KEY, STORE_KEY
 from config.logging import configure_logging
 from config.settings import Settings
 
@@ -63,7 +63,7 @@ async def test_a_test_trade_shows_the_runbook_log_chain_within_the_window(
     configure_logging(settings, extra_streams=[lines])
     app: web.Application = create_app(settings)
     client = await aiohttp_client(app)
-    await asyncio.wait_for(app[BRIDGE_KEY].wait_ready(), 20)
+    await asyncio.wait_for(app[BROKER_KEY].wait_ready(), 20)
 
     store = app[STORE_KEY]
     alice = await store.get_user_by_username("alice")

@@ -1,16 +1,16 @@
 """What the bridge connects to: real Alpaca accounts, or the embedded simulated broker.
 
 In simulated mode the broker runs on SIM_HOST:SIM_PORT and every account's endpoints point at
-it. With SIM_DEMO_USERS the demo users ``admin``, ``alice`` and ``bob`` are created (if absent)
-with their demo passwords, each with a fresh simulator account; accounts from ALPACA_* or
-ACCOUNTS_FILE are registered with the simulator too, under their configured keys.
+it. With SIM_DEMO_USERS the demo users ``admin``, ``alice`` and ``bob`` (those not configured as
+accounts already) each get a fresh simulator account; the app creates the users themselves
+from ``demo_logins`` before the bridge starts. Accounts from ALPACA_* or ACCOUNTS_FILE are
+registered with the simulator too, under their configured keys.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -22,11 +22,9 @@ from alpaca_bridge.accounts import (
     alpaca_endpoints,
     configured_accounts,
 )
-from app.store import Store
+from alpaca_bridge.simulator import SimulatedBroker
+from app.broker import DemoLogin
 from config.settings import Settings
-
-if TYPE_CHECKING:
-    from alpaca_bridge.simulator import SimulatedBroker
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +33,6 @@ class BridgePlan:
     accounts: list[BrokerAccount]
     data_stream_url: str
     simulator: SimulatedBroker | None = None
-    demo_logins: tuple[tuple[str, str], ...] = ()
     simulator_endpoints: Endpoints | None = None
 
     def endpoints(self, account: BrokerAccount) -> Endpoints:
@@ -46,29 +43,36 @@ async def plan_alpaca(settings: Settings) -> BridgePlan:
     return BridgePlan(settings, configured_accounts(settings), alpaca_data_stream_url(settings))
 
 
-async def plan_simulated(settings: Settings, store: Store) -> BridgePlan:
-    """Start the simulated broker (and demo users); the caller stops ``plan.simulator``."""
-    from alpaca_bridge.simulator import SimulatedBroker  # only simulated mode needs it loaded
+def demo_logins(settings: Settings) -> tuple[DemoLogin, ...]:
+    """The demo users simulated mode gives an account: none unless SIM_DEMO_USERS, and none
+    named like a configured account (that one keeps its own keys)."""
+    if settings.broker_mode != "simulated":
+        return ()
+    return _unclaimed_demo_logins(settings, configured_accounts(settings))
 
-    accounts = configured_accounts(settings)
+
+def _unclaimed_demo_logins(
+    settings: Settings, accounts: list[BrokerAccount]
+) -> tuple[DemoLogin, ...]:
+    if not settings.sim_demo_users:
+        return ()
     taken = {account.username.lower() for account in accounts}
-    logins: list[tuple[str, str]] = []
-    if settings.sim_demo_users:
-        for username, password, is_admin in DEMO_USERS:
-            if username in taken:
-                continue
-            await store.ensure_user(username, password, is_admin=is_admin)
-            accounts.append(
-                BrokerAccount(
-                    username,
-                    SecretStr(f"SIM{secrets.token_hex(8).upper()}"),
-                    SecretStr(secrets.token_urlsafe(24)),
-                    paper=True,
-                )
-            )
-            # An existing user keeps its own password: only advertise logins that work.
-            if await store.authenticate(username, password) is not None:
-                logins.append((username, password))
+    return tuple(DemoLogin(*user) for user in DEMO_USERS if user[0] not in taken)
+
+
+async def plan_simulated(settings: Settings) -> BridgePlan:
+    """Start the simulated broker; the caller stops ``plan.simulator``."""
+    accounts = configured_accounts(settings)
+    demo = _unclaimed_demo_logins(settings, accounts)
+    accounts.extend(
+        BrokerAccount(
+            login.username,
+            SecretStr(f"SIM{secrets.token_hex(8).upper()}"),
+            SecretStr(secrets.token_urlsafe(24)),
+            paper=True,
+        )
+        for login in demo
+    )
     broker = SimulatedBroker(
         host=settings.sim_host,
         port=settings.sim_port,
@@ -89,6 +93,5 @@ async def plan_simulated(settings: Settings, store: Store) -> BridgePlan:
         accounts,
         broker.data_stream_url,
         simulator=broker,
-        demo_logins=tuple(logins),
         simulator_endpoints=Endpoints(broker.base_url, broker.trading_stream_url),
     )

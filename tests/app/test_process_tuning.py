@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.metrics import Metrics
-from app.runtime import FileLimitTooLow, ensure_file_limit, timed_gc
+from app.process_tuning import FileLimitTooLow, ensure_file_limit, timed_gc
 from tests.conftest import make_settings
 
 

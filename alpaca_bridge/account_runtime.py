@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
 
 from alpaca.trading.client import TradingClient
 
 from alpaca_bridge.account_sync import AccountSync
 from alpaca_bridge.accounts import BrokerAccount
-from alpaca_bridge.models import iso_from_epoch
+from alpaca_bridge.health import account_health
 from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
-
-AccountStatus = Literal[
-    "connecting", "connected", "reconnecting", "unauthorized", "unknown_user", "stopped"
-]
+from alpaca_bridge.wire_parser import iso_from_epoch
+from app.broker import AccountStatus, AccountStreamStatus
 
 
 @dataclass(slots=True)
@@ -29,18 +26,19 @@ class AccountRuntime:
 
     @property
     def settled(self) -> bool:
-        """Reconciled at least once, or failed for good (unknown user, bad credentials)."""
+        """Reconciled at least once, tried and failed, or failed for good (unknown user, bad
+        credentials): the account's state is known, if not good (see ``status()["health"]``)."""
         if self.sync is None:
             return True
         if self.stream is not None and self.stream.state is StreamState.UNAUTHORIZED:
             return True
-        return self.sync.reconciled_at is not None
+        return self.sync.reconciled_at is not None or self.sync.problem is not None
 
-    def status(self, mode: str) -> dict[str, Any]:
+    def status(self, mode: str) -> AccountStatus:
         """The per-account entry of ``BrokerBridge.accounts_status()``; ``reconnects`` counts
         reconnect attempts since start."""
         stream, sync = self.stream, self.sync
-        state: AccountStatus = "unknown_user" if self.user_id is None else "stopped"
+        state: AccountStreamStatus = "unknown_user" if self.user_id is None else "stopped"
         if self.user_id is not None and stream is not None:
             state = stream.state.value
         last = stream.last_event_at if stream is not None else None
@@ -54,4 +52,6 @@ class AccountRuntime:
             "reconnects": stream.reconnects if stream is not None else 0,
             "mode": mode,
             "paper": self.account.paper,
+            "health": account_health(self.user_id, stream, sync),
+            "lastError": sync.last_error if sync is not None else None,
         }

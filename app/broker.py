@@ -1,0 +1,170 @@
+"""The broker seam: what the app needs of whatever consumes the brokerage, and its errors.
+
+The app (routes, stats, metrics, readiness, start-up log, shutdown) reaches the broker only
+through :class:`Broker`. ``alpaca_bridge.service.BrokerBridge`` is the implementation that speaks
+Alpaca (or the simulated broker); :class:`NullBroker` stands in when none runs, so no caller
+asks whether there is one. This module imports nothing else of the app: the bridge depends on
+it (and on the bus and event contract), never the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal, Protocol, TypedDict
+
+# Finds the id of the user a broker account belongs to; None when there is no such user.
+UserLookup = Callable[[str], Awaitable[str | None]]
+
+AccountStreamStatus = Literal[
+    "connecting", "connected", "reconnecting", "unauthorized", "unknown_user", "stopped"
+]
+
+
+AccountHealth = Literal[
+    "ok",
+    "starting",
+    "disconnected",
+    "rest_timeout",
+    "reconcile_failed",
+    "unauthorized",
+    "unknown_user",
+    "stopped",
+]
+"""Whether an account's portfolio can be trusted right now (``alpaca_bridge.health``)."""
+
+
+class AccountStatus(TypedDict):
+    """One account's entry in the stats document; ``reconnects`` counts attempts since start."""
+
+    username: str
+    userId: str | None
+    status: AccountStreamStatus
+    lastEventAt: str | None
+    lastReconciledAt: str | None
+    reconnects: int
+    mode: str
+    paper: bool
+    health: AccountHealth
+    lastError: str | None
+
+
+class BrokerHealth(TypedDict):
+    """``/readyz``'s ``broker`` field: every account ``ok``, and each account's health."""
+
+    ready: bool
+    accounts: dict[str, AccountHealth]
+
+
+class BrokerReport(TypedDict):
+    """The stats document's ``broker`` section."""
+
+    mode: str
+    accounts: list[AccountStatus]
+    prices: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DemoLogin:
+    """A demo user the broker has an account for; the app creates the user before start."""
+
+    username: str
+    password: str
+    is_admin: bool = False
+
+
+class BrokerError(Exception):
+    """A request to the broker that could not be carried out; the message says why and is safe
+    to show an admin (never a key or secret)."""
+
+
+class UnknownAccount(BrokerError):
+    """No broker account (or no user for it) for that username: the admin API answers 404."""
+
+
+class OrderRejected(BrokerError):
+    """The broker refused the order, or it was invalid before sending: 422."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker could not be reached, or none runs: 503."""
+
+
+class BrokerConfigError(ValueError):
+    """Broker configuration that cannot work; raised by ``start``, the message names the
+    variable or file. ``serve`` exits with it as an invalid configuration."""
+
+
+class Broker(Protocol):
+    """The brokerage as the app sees it: started and stopped by the app, asked for status."""
+
+    @property
+    def ready(self) -> bool:
+        """Every account settled (reconciled once, or failed for good): /readyz's broker check."""
+        ...
+
+    @property
+    def demo_logins(self) -> Sequence[DemoLogin]:
+        """The demo users to create before ``start`` (their accounts need an owner)."""
+        ...
+
+    async def start(self) -> None:
+        """Connect everything; returns at once. Raises :class:`BrokerConfigError`."""
+        ...
+
+    async def wait_ready(self) -> None:
+        """Return once ``ready`` has been true; use with a timeout."""
+        ...
+
+    async def stop(self) -> None:
+        """Close every stream, task and socket; idempotent."""
+        ...
+
+    def accounts_status(self) -> list[AccountStatus]: ...
+
+    def report(self) -> BrokerReport | None:
+        """For the stats document; None when there is no broker to report on."""
+        ...
+
+    def broker_health(self) -> BrokerHealth | None:
+        """For ``/readyz``; None when there is no broker to report on."""
+        ...
+
+    async def place_order(
+        self, username: str, symbol: str, side: str, qty: Decimal
+    ) -> dict[str, Any]:
+        """A market day order through ``username``'s account; returns the broker's order.
+        Raises :class:`UnknownAccount`, :class:`OrderRejected` or :class:`BrokerUnavailable`."""
+        ...
+
+
+class NullBroker:
+    """No broker (events come from elsewhere: tests, benchmarks): ready, no accounts, nothing
+    to report, and every order refused as unavailable."""
+
+    ready = True
+    demo_logins: Sequence[DemoLogin] = ()
+
+    async def start(self) -> None:
+        return None
+
+    async def wait_ready(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def accounts_status(self) -> list[AccountStatus]:
+        return []
+
+    def report(self) -> BrokerReport | None:
+        return None
+
+    def broker_health(self) -> BrokerHealth | None:
+        return None
+
+    async def place_order(
+        self, username: str, symbol: str, side: str, qty: Decimal
+    ) -> dict[str, Any]:
+        raise BrokerUnavailable("No broker bridge is running")
