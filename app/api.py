@@ -10,10 +10,12 @@ from typing import Any
 from aiohttp import web
 
 from app.auth import (
+    check_password,
     clear_session_cookie,
     require_admin,
     require_user,
     set_session_cookie,
+    store_unavailable,
 )
 from app.broker import BrokerUnavailable, OrderRejected, UnknownAccount
 from app.errors import ApiError, ApiErrorCode
@@ -27,10 +29,9 @@ from app.keys import (
     STATS_KEY,
     STORE_KEY,
     STREAM_KEY,
-    THROTTLE_KEY,
 )
 from app.metrics import CONTENT_TYPE
-from app.store import USERNAME_MAX
+from app.store import StoreUnavailable
 from app.stream import WS_PATH
 from config.logging import get_logger, utc_timestamp
 
@@ -67,23 +68,14 @@ async def login(request: web.Request) -> web.Response:
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise ApiError.bad_request("username and password are required strings")
-    throttle = request.app[THROTTLE_KEY]
-    wait = throttle.retry_after(username, request.remote)
-    if wait > 0:
-        raise ApiError(
-            ApiErrorCode.TOO_MANY_ATTEMPTS,
-            "Too many failed logins; try again later",
-            headers={"Retry-After": str(int(wait) + 1)},
-        )
-    store = request.app[STORE_KEY]
-    user = await store.authenticate(username, password)
-    if user is None:
-        throttle.failed(username, request.remote)
-        log.warning("[Auth] Login failed", username=username[:USERNAME_MAX], remote=request.remote)
-        raise ApiError(ApiErrorCode.INVALID_CREDENTIALS, "Invalid username or password")
-    throttle.succeeded(username)
+    user = await check_password(request, username, password)
     settings = request.app[SETTINGS_KEY]
-    token = await store.create_session(user.id, settings.session_ttl_hours * 3600)
+    try:
+        token = await request.app[STORE_KEY].create_session(
+            user.id, settings.session_ttl_hours * 3600
+        )
+    except StoreUnavailable:
+        raise store_unavailable() from None
     log.info("[Auth] Login", userId=user.id, username=user.username)
     response = web.json_response({"user": user.public()})
     set_session_cookie(response, request, token)
@@ -94,7 +86,10 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     token = request.cookies.get("session")
     if token:
-        await request.app[STORE_KEY].revoke_session(token)
+        try:
+            await request.app[STORE_KEY].revoke_session(token)
+        except StoreUnavailable:
+            raise store_unavailable() from None
     response = web.json_response({"ok": True})
     clear_session_cookie(response)
     return response
@@ -212,15 +207,18 @@ async def healthz(_: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
+    store = app[STORE_KEY]
+    if store.is_open and not store.health.available:
+        await store.probe()  # recovers by itself once the disk takes a write again
     checks = {
-        "store": app[STORE_KEY].is_open,
+        "store": store.is_open and store.health.available,
         "bus": app[BUS_KEY].running,
         "stream": app[STREAM_KEY].accepting or not app[SETTINGS_KEY].enable_realtime_portfolio,
         "broker": app[BROKER_KEY].ready,
         "notDraining": not app[LIFECYCLE_KEY].draining,
     }
     ready = all(checks.values())
-    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    body: dict[str, Any] = {"ready": ready, "checks": checks, "store": store.health.status()}
     broker = app[BROKER_KEY].broker_health()
     if broker is not None:  # the broker's health, apart: browsers can be served without it
         body["broker"] = broker

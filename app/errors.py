@@ -29,6 +29,9 @@ class ApiErrorCode(StrEnum):
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     INTERNAL_ERROR = "internal_error"
     BROKER_UNAVAILABLE = "broker_unavailable"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    LOGIN_BUSY = "login_busy"
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 STATUS: Final[dict[ApiErrorCode, int]] = {
@@ -42,6 +45,9 @@ STATUS: Final[dict[ApiErrorCode, int]] = {
     ApiErrorCode.TOO_MANY_ATTEMPTS: 429,
     ApiErrorCode.INTERNAL_ERROR: 500,
     ApiErrorCode.BROKER_UNAVAILABLE: 503,
+    ApiErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ApiErrorCode.LOGIN_BUSY: 503,
+    ApiErrorCode.STORE_UNAVAILABLE: 503,
 }
 
 

@@ -17,6 +17,7 @@ from alpaca_bridge.service import BrokerBridge
 from app import api, pages
 from app.broker import Broker, DemoLogin, NullBroker, UserLookup
 from app.bus import InProcessBus
+from app.csrf import csrf_middleware
 from app.errors import error_middleware
 from app.keys import (
     BROKER_KEY,
@@ -45,7 +46,13 @@ CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = Store(app[SETTINGS_KEY].sqlite_path)
+    settings = app[SETTINGS_KEY]
+    store = Store(
+        settings.sqlite_path,
+        hash_concurrency=settings.login_hash_concurrency,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        session_check_interval_s=settings.session_check_interval_s,
+    )
     await store.open()
     app[STORE_KEY] = store
     yield
@@ -132,7 +139,8 @@ def create_app(
     """Build the service. ``with_bridge=False`` puts a ``NullBroker`` in the bridge's place
     (events then come from the tests or from ``extra_contexts``)."""
     app = web.Application(
-        middlewares=[error_middleware({WS_PATH})], client_max_size=settings.http_max_body_bytes
+        middlewares=[error_middleware({WS_PATH}), csrf_middleware(settings.allowed_origins)],
+        client_max_size=settings.http_max_body_bytes,
     )
     app[SETTINGS_KEY] = settings
     app[BUS_KEY] = InProcessBus()

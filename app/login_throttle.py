@@ -11,10 +11,19 @@ from dataclasses import dataclass
 THROTTLE_SWEEP_AT = 10_000
 
 
+class Throttled(Exception):
+    """A login refused before its password is checked; retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"retry after {retry_after:.0f}s")
+        self.retry_after = retry_after
+
+
 @dataclass(slots=True)
 class _Failures:
     count: int
     first_at: float
+    pending: int = 0  # attempts reserved and not yet settled
 
 
 class LoginThrottle:
@@ -23,6 +32,10 @@ class LoginThrottle:
     The address limit is separate and higher: behind a reverse proxy many users share one
     address, and a handful of typos must not lock everyone out. A success clears only the
     username's count, so one valid account cannot be used to reset an address's budget.
+
+    An attempt is reserved before its password is checked and settled after: checking takes
+    ~100 ms, and guesses in flight count against the limit, so concurrent guesses cannot all
+    slip past a check made before any of them failed.
     """
 
     def __init__(
@@ -41,32 +54,85 @@ class LoginThrottle:
     def _keys(username: str, address: str | None) -> tuple[tuple[str, str], ...]:
         return ("user", username.strip().lower()), ("addr", address or "unknown")
 
-    def retry_after(self, username: str, address: str | None) -> float:
-        """Seconds until this username/address may try again; 0 when neither is locked."""
-        now = self._clock()
-        wait = 0.0
-        for key in self._keys(username, address):
-            entry = self._failures.get(key)
-            if entry is None:
-                continue
-            if now - entry.first_at >= self._lockout:
-                del self._failures[key]
-            elif entry.count >= self._limits[key[0]]:
-                wait = max(wait, self._lockout - (now - entry.first_at))
-        return wait
+    def _entry(self, key: tuple[str, str], now: float) -> _Failures:
+        """The key's live entry; a window that has run out starts afresh."""
+        entry = self._failures.get(key)
+        if entry is None:
+            entry = self._failures[key] = _Failures(0, now)
+        elif now - entry.first_at >= self._lockout:
+            entry.count, entry.first_at = 0, now
+        return entry
 
-    def failed(self, username: str, address: str | None) -> None:
+    def reserve(self, username: str, address: str | None) -> LoginAttempt:
+        """Reserve one attempt for this username and address, or raise Throttled."""
         now = self._clock()
-        for key in self._keys(username, address):
-            entry = self._failures.get(key)
-            if entry is None or now - entry.first_at >= self._lockout:
-                self._failures[key] = _Failures(1, now)
-            else:
+        keys = self._keys(username, address)
+        wait = 0.0
+        for key in keys:
+            entry = self._entry(key, now)
+            limit = self._limits[key[0]]
+            if entry.count >= limit:
+                wait = max(wait, self._lockout - (now - entry.first_at))
+            elif entry.count + entry.pending >= limit:
+                wait = max(wait, 1.0)  # the attempts in flight may yet succeed
+        if wait > 0:
+            self._forget_idle(keys)
+            raise Throttled(wait)
+        for key in keys:
+            self._failures[key].pending += 1
+        self._prune(now)
+        return LoginAttempt(self, keys)
+
+    def _settle(self, keys: tuple[tuple[str, str], ...], outcome: str) -> None:
+        now = self._clock()
+        for key in keys:
+            entry = self._entry(key, now)
+            entry.pending = max(0, entry.pending - 1)
+            if outcome == "failed":
+                if entry.count == 0:
+                    entry.first_at = now
                 entry.count += 1
+            elif outcome == "succeeded" and key[0] == "user":
+                entry.count = 0
+        self._forget_idle(keys)
+
+    def _forget_idle(self, keys: tuple[tuple[str, str], ...]) -> None:
+        for key in keys:
+            entry = self._failures.get(key)
+            if entry is not None and entry.count == 0 and entry.pending == 0:
+                del self._failures[key]
+
+    def _prune(self, now: float) -> None:
         if len(self._failures) > THROTTLE_SWEEP_AT:
             self._failures = {
-                k: v for k, v in self._failures.items() if now - v.first_at < self._lockout
+                k: v
+                for k, v in self._failures.items()
+                if v.pending or now - v.first_at < self._lockout
             }
 
-    def succeeded(self, username: str) -> None:
-        self._failures.pop(self._keys(username, None)[0], None)
+
+class LoginAttempt:
+    """One reserved login attempt: settle it with ``failed``/``succeeded``; leaving the
+    ``with`` block unsettled (an error before the verdict) releases it uncounted."""
+
+    def __init__(self, throttle: LoginThrottle, keys: tuple[tuple[str, str], ...]) -> None:
+        self._throttle = throttle
+        self._keys = keys
+        self._open = True
+
+    def _finish(self, outcome: str) -> None:
+        if self._open:
+            self._open = False
+            self._throttle._settle(self._keys, outcome)
+
+    def failed(self) -> None:
+        self._finish("failed")
+
+    def succeeded(self) -> None:
+        self._finish("succeeded")
+
+    def __enter__(self) -> LoginAttempt:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._finish("released")

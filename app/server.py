@@ -28,6 +28,7 @@ from aiohttp import web
 from app.factory import create_app
 from app.keys import BROKER_KEY, DEMO_LOGINS_KEY, LIFECYCLE_KEY, METRICS_KEY, STREAM_KEY
 from app.process_tuning import ensure_file_limit, freeze_startup_heap, timed_gc, tune_gc
+from app.store import StoreUnavailable
 from app.systemd import Notifier, describe_address, inherited_sockets, supervise, watchdog_interval
 from config.logging import configure_logging, get_logger
 from config.settings import Settings
@@ -177,6 +178,6 @@ def serve(settings: Settings) -> int:
     install_uvloop()
     try:
         return asyncio.run(run_service(settings, reopen_logs=sink.reopen))
-    except OSError as exc:
+    except (OSError, StoreUnavailable) as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1

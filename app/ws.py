@@ -47,6 +47,8 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
     """The upgrade handler; it runs for the socket's lifetime (outside the error middleware)."""
     try:
         user, refusal = await admission_refusal(request)
+    except ApiError as error:  # e.g. the store is unavailable: 503, not a traceback
+        return error.response()
     except Exception:
         log.exception("[PortfolioStream] Admission failed", path=request.path)
         return ApiError.internal().response()

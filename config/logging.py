@@ -10,18 +10,37 @@ a message that already embeds its values word for word can still carry structure
 
 from __future__ import annotations
 
+import atexit
 import logging
-import os
+import math
 import sys
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Callable, Iterable, MutableMapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
+from config.log_sinks import ReopeningFile, TeeLogger
 from config.settings import Settings
+
+__all__ = [
+    "ReopeningFile",
+    "Sampler",
+    "TeeLogger",
+    "configure_logging",
+    "get_logger",
+    "json_renderer",
+    "render_message",
+    "text_renderer",
+    "utc_timestamp",
+]
+
+# At exit, queued lines get this long to reach their streams: a stdout nobody reads must not
+# keep a stopping service from exiting.
+EXIT_FLUSH_S = 2.0
 
 _LEVELS = {
     "debug": "DEBUG",
@@ -77,94 +96,83 @@ def json_renderer(_: Any, method_name: str, event_dict: MutableMapping[str, Any]
     return orjson.dumps(record, default=str).decode()
 
 
-class TeeLogger:
-    """structlog logger writing each rendered line to several streams (stdout, LOG_FILE)."""
+class Sampler:
+    """At most one line per interval for a noisy kind of event; the rest are only counted."""
 
-    def __init__(self, streams: Iterable[IO[str]]) -> None:
-        self._streams = list(streams)
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval_s
+        self._clock = clock
+        self._next_at = -math.inf
+        self._suppressed = 0
 
-    def msg(self, message: str) -> None:
-        line = message + "\n"
-        for stream in self._streams:
-            try:
-                stream.write(line)
-                stream.flush()
-            except (OSError, ValueError):
-                # A full disk or a closed pipe must not take the service down with it.
-                pass
-
-    log = debug = info = warning = warn = error = critical = exception = fatal = msg
-
-    def reopen(self) -> None:
-        """Reopen every file stream (the SIGHUP action, after logrotate moved LOG_FILE)."""
-        for stream in self._streams:
-            if isinstance(stream, ReopeningFile):
-                stream.reopen()
-
-    def close(self) -> None:
-        """Close the LOG_FILE this sink opened (before configuring logging anew)."""
-        for stream in self._streams:
-            if isinstance(stream, ReopeningFile):
-                stream.close()
+    def admit(self) -> int | None:
+        """None: do not log this one (it is counted). Else: log it, with this many left
+        unlogged since the last line."""
+        now = self._clock()
+        if now < self._next_at:
+            self._suppressed += 1
+            return None
+        self._next_at = now + self._interval
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
 
 
-class ReopeningFile:
-    """Append-mode file that reopens itself once logrotate moved it (WatchedFileHandler-like)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO = self._open()
-
-    def _open(self) -> TextIO:
-        handle = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the process
-        stat = os.fstat(handle.fileno())
-        self._identity = (stat.st_ino, stat.st_dev)
-        return handle
-
-    def _moved(self) -> bool:
-        try:
-            stat = os.stat(self._path)
-        except FileNotFoundError:
-            return True
-        return (stat.st_ino, stat.st_dev) != self._identity
-
-    def write(self, text: str) -> int:
-        if self._moved():
-            self.reopen()
-        return self._file.write(text)
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def reopen(self) -> None:
-        """Close and reopen the path (also the SIGHUP action)."""
-        old = self._file
-        self._file = self._open()
-        old.close()
-
-    def close(self) -> None:
-        self._file.close()
+def _printable(text: str, limit: int = 80) -> str:
+    """Peer-supplied text made safe for one log line: one line, printable, bounded."""
+    flat = " ".join(text.split())[:limit]
+    return "".join(c if c.isprintable() else "?" for c in flat)
 
 
 class _StdlibBridge(logging.Handler):
-    """Routes third-party stdlib logging (aiohttp, alpaca-py) through the same output."""
+    """Routes third-party stdlib logging (aiohttp, alpaca-py) through the same output.
 
-    def __init__(self, logger: TeeLogger, json_lines: bool) -> None:
+    aiohttp logs every malformed request at ERROR with a traceback; anyone who can open a
+    socket could fill the log with them. They are one INFO line per interval instead, with a
+    count of the others.
+    """
+
+    def __init__(self, logger: TeeLogger, json_lines: bool, level: int, interval_s: float) -> None:
         super().__init__()
         self._logger = logger
         self._json = json_lines
+        self._level = level
+        self._bad_requests = Sampler(interval_s)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            renderer = json_renderer if self._json else text_renderer
+            error = record.exc_info[1] if record.exc_info else None
+            if record.name == "aiohttp.server" and isinstance(error, HttpProcessingError):
+                event = self._bad_request(record, error)
+                if event is not None:
+                    self._logger.msg(renderer(None, "info", event))
+                return
             message = f"[{record.name}] {record.getMessage()}"
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
-            event: dict[str, Any] = {"event": message}
-            renderer = json_renderer if self._json else text_renderer
-            self._logger.msg(renderer(None, record.levelname.lower(), event))
+            self._logger.msg(renderer(None, record.levelname.lower(), {"event": message}))
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
+
+    def _bad_request(
+        self, record: logging.LogRecord, error: HttpProcessingError
+    ) -> dict[str, Any] | None:
+        if self._level > logging.INFO:
+            return None
+        suppressed = self._bad_requests.admit()
+        if suppressed is None:
+            return None
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        event: dict[str, Any] = {
+            "event": "[PortfolioStream] Malformed HTTP request refused",
+            "status": error.code,
+            "error": type(error).__name__,
+            "detail": _printable(str(error.message)),
+            "remote": remote,
+        }
+        if suppressed:
+            event["unloggedSinceLast"] = suppressed
+        return event
 
 
 def configure_logging(settings: Settings, extra_streams: Iterable[IO[str]] = ()) -> TeeLogger:
@@ -172,11 +180,19 @@ def configure_logging(settings: Settings, extra_streams: Iterable[IO[str]] = ())
 
     Only the CLI and tests call this; it returns the sink so tests can inspect or reopen it.
     """
-    streams: list[IO[str]] = [sys.stdout, *extra_streams]
+    streams: list[IO[str] | ReopeningFile] = [sys.stdout, *extra_streams]
     if settings.log_file is not None:
-        streams.append(ReopeningFile(settings.log_file))  # type: ignore[arg-type]
-    sink = TeeLogger(streams)
+        streams.append(ReopeningFile(settings.log_file))
     renderer = json_renderer if settings.log_format == "json" else text_renderer
+
+    def dropped_notice(count: int) -> str:
+        event = {"event": "[Logging] Log output was not being read: lines dropped", "count": count}
+        return renderer(None, "warning", event)
+
+    sink = TeeLogger(streams, settings.log_queue_lines, dropped_notice)
+    previous, _SINKS[:] = _SINKS[:], [sink]
+    for old in previous:
+        old.retire()
     level = logging.getLevelNamesMapping()[settings.log_level]
     structlog.configure(
         processors=[
@@ -192,7 +208,11 @@ def configure_logging(settings: Settings, extra_streams: Iterable[IO[str]] = ())
     for handler in list(root.handlers):
         if isinstance(handler, _StdlibBridge):
             root.removeHandler(handler)
-    root.addHandler(_StdlibBridge(sink, settings.log_format == "json"))
+    root.addHandler(
+        _StdlibBridge(
+            sink, settings.log_format == "json", level, settings.log_bad_request_interval_s
+        )
+    )
     root.setLevel(max(level, logging.WARNING))
     return sink
 
@@ -227,6 +247,13 @@ class ServiceLogger:
 
 
 _LOG = ServiceLogger()
+_SINKS: list[TeeLogger] = []  # the sink of the latest configure_logging, flushed at exit
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for sink in _SINKS:
+        sink.flush(EXIT_FLUSH_S)
 
 
 def get_logger() -> ServiceLogger:

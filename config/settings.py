@@ -123,6 +123,19 @@ class Settings(BaseSettings):
     degraded_min_batch_efficiency: float = Field(0.5, ge=0, le=1)
     degraded_min_deliveries: int = Field(100, ge=0)
 
+    # Hostile clients and a failing environment: login floods, store faults, log output
+    # Password checks at once (each ~100 ms of CPU and 64 MiB); beyond it login answers 503.
+    login_hash_concurrency: int = Field(2, ge=1, le=64)
+    # Lines waiting per log stream (stdout, LOG_FILE) for a slow reader; beyond, dropped.
+    log_queue_lines: int = Field(10_000, ge=100)
+    # Malformed HTTP requests are logged once per this interval, the others only counted.
+    log_bad_request_interval_s: float = Field(60.0, gt=0)
+    # How long a statement waits for another process's lock on the database before giving up.
+    sqlite_busy_timeout_ms: int = Field(5000, ge=0, le=600_000)
+    # Sessions of open WebSockets are re-checked this often (and at expiry), so one ended
+    # elsewhere (`portfolio-stream users remove` in another process) is noticed.
+    session_check_interval_s: float = Field(30.0, gt=0)
+
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

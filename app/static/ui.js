@@ -33,9 +33,10 @@ export async function api(url, { method = "GET", body } = {}) {
     cache: "no-store",
     headers: { Accept: "application/json" },
   };
-  if (body !== undefined) {
+  // State-changing requests must be JSON (the server's CSRF rule), even without a body.
+  if (body !== undefined || method !== "GET") {
     init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = JSON.stringify(body ?? {});
   }
   const response = await fetch(url, init);
   const data = await response.json().catch(() => ({}));

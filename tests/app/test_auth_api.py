@@ -78,7 +78,7 @@ async def test_logout_revokes_the_session_server_side(app_client: ClientFactory)
     client = await with_user(app_client)
     token, _ = session_cookie(await post_login(client, "alice", PASSWORD))
     client.session.cookie_jar.clear()
-    response = await client.post("/api/auth/logout", headers=cookie(token))
+    response = await client.post("/api/auth/logout", json={}, headers=cookie(token))
     assert response.status == 200
     assert response.cookies["session"].value == ""  # the browser is told to drop it
     # A copy of the old cookie no longer works anywhere.

@@ -64,7 +64,7 @@ async def test_401_comes_before_the_origin_and_flag_checks(app_client: ClientFac
 async def test_an_expired_or_revoked_session_is_401(app_client: ClientFactory) -> None:
     client = await app_client()
     alice = await session_for(client, "alice")
-    await client.post("/api/auth/logout", headers=alice.headers)
+    await client.post("/api/auth/logout", json={}, headers=alice.headers)
     assert (await raw_upgrade(client, **alice.headers)).status == 401
 
 

@@ -230,8 +230,9 @@ async def test_log_file_gets_exactly_the_stdout_lines(
 ) -> None:
     stream = io.StringIO()
     log_file = tmp_path / "logs" / "portfolio-stream.log"
-    configure(stream, log_file=log_file)
+    sink = configure(stream, log_file=log_file)
     await scenario(app_client)
+    assert sink.flush()  # LOG_FILE is written by a thread of its own
     assert stream.getvalue()
     assert log_file.read_text() == stream.getvalue()
 
@@ -240,11 +241,13 @@ def test_a_rotated_log_file_is_reopened(
     tmp_path: Path, configure: Callable[..., TeeLogger]
 ) -> None:
     log_file = tmp_path / "portfolio-stream.log"
-    configure(log_file=log_file)
+    sink = configure(log_file=log_file)
     log = structlog.get_logger()
     log.info("[PortfolioStream] before rotation")
+    assert sink.flush()
     log_file.rename(tmp_path / "portfolio-stream.log.1")  # what logrotate does
     log.info("[PortfolioStream] after rotation")
+    assert sink.flush()
     assert "after rotation" in log_file.read_text()
     rotated = (tmp_path / "portfolio-stream.log.1").read_text()
     assert "before rotation" in rotated and "after rotation" not in rotated

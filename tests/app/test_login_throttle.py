@@ -1,0 +1,66 @@
+"""LoginThrottle on its own, with a fake clock: reservations, settling, windows."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.login_throttle import LoginThrottle, Throttled
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(clock: Clock, per_user: int = 3, per_address: int = 10) -> LoginThrottle:
+    return LoginThrottle(per_user, 60.0, per_address, clock=clock)
+
+
+def test_attempts_in_flight_count_against_the_limit() -> None:
+    throttle = make(Clock())
+    held = [throttle.reserve("alice", "10.0.0.1") for _ in range(3)]
+    with pytest.raises(Throttled) as refused:
+        throttle.reserve("alice", "10.0.0.2")
+    # Nothing has failed yet: the caller is told to come back soon, not in a full lockout.
+    assert refused.value.retry_after == 1.0
+    held[0].succeeded()
+    throttle.reserve("alice", "10.0.0.2")  # a slot came back
+
+
+def test_failures_lock_out_for_the_rest_of_the_window() -> None:
+    clock = Clock()
+    throttle = make(clock)
+    for _ in range(3):
+        throttle.reserve("alice", "10.0.0.1").failed()
+    clock.now += 20
+    with pytest.raises(Throttled) as refused:
+        throttle.reserve("ALICE ", "10.0.0.9")  # usernames are case- and space-blind
+    assert refused.value.retry_after == pytest.approx(40.0)
+    clock.now += 40
+    throttle.reserve("alice", "10.0.0.1").failed()  # a fresh window
+
+
+def test_an_attempt_left_unsettled_is_released_uncounted() -> None:
+    throttle = make(Clock(), per_user=1)
+    for _ in range(5):
+        with throttle.reserve("alice", None):
+            pass  # e.g. the store was unavailable: no verdict, nothing counted
+    attempt = throttle.reserve("alice", None)
+    attempt.failed()
+    attempt.failed()  # settling twice counts once
+    with pytest.raises(Throttled):
+        throttle.reserve("alice", None)
+
+
+def test_a_success_clears_the_username_but_not_the_address() -> None:
+    throttle = make(Clock(), per_user=2, per_address=3)
+    throttle.reserve("alice", "10.0.0.1").failed()
+    throttle.reserve("alice", "10.0.0.1").succeeded()
+    throttle.reserve("alice", "10.0.0.1").failed()  # alice's count restarted at zero
+    throttle.reserve("bob", "10.0.0.1").failed()  # the address's third failure
+    with pytest.raises(Throttled):
+        throttle.reserve("carol", "10.0.0.1")
+    throttle.reserve("carol", "10.0.0.2").succeeded()
