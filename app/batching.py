@@ -19,9 +19,7 @@ from app.events import (
     TRADE_EXECUTED,
     Event,
 )
-from app.portfolio import public_payload
-
-CHANNELS: Final = ("positions", "orders", "account")
+from app.protocol import ACCOUNT, CHANNELS, ORDERS, POSITIONS, public_payload
 
 # Every possible channel set, built once: connections share these instead of each holding its
 # own frozenset (216 bytes apiece at tens of thousands of connections).
@@ -41,11 +39,11 @@ def channel_set(channels: frozenset[str]) -> frozenset[str]:
 
 # Which channel an event type belongs to (trade:executed informs about positions).
 CHANNEL_OF: Final[dict[str, str]] = {
-    POSITION_UPDATED: "positions",
-    POSITION_CLOSED: "positions",
-    TRADE_EXECUTED: "positions",
-    ORDER_UPDATED: "orders",
-    ACCOUNT_UPDATED: "account",
+    POSITION_UPDATED: POSITIONS,
+    POSITION_CLOSED: POSITIONS,
+    TRADE_EXECUTED: POSITIONS,
+    ORDER_UPDATED: ORDERS,
+    ACCOUNT_UPDATED: ACCOUNT,
 }
 
 
@@ -89,16 +87,16 @@ class Batch:
 
     def merge(self, other: Batch, channels: frozenset[str] | set[str]) -> None:
         """Fold ``other`` (restricted to ``channels``) into this batch; newest wins."""
-        if "positions" in channels:
+        if POSITIONS in channels:
             for symbol, payload in other.positions.items():
                 self.positions[symbol] = payload
                 self.closed.discard(symbol)
             for symbol in other.closed:
                 self.positions.pop(symbol, None)
                 self.closed.add(symbol)
-        if "orders" in channels:
+        if ORDERS in channels:
             self.orders.update(other.orders)
-        if "account" in channels and other.account is not None:
+        if ACCOUNT in channels and other.account is not None:
             self.account = other.account
         for channel, count in other.counts.items():
             if channel in channels:
@@ -120,13 +118,13 @@ class Batch:
         if count == 0:
             return None
         body: dict[str, Any] = {}
-        if "positions" in channels:
-            body["positions"] = [public_payload(p) for p in self.positions.values()]
+        if POSITIONS in channels:
+            body[POSITIONS] = [public_payload(p) for p in self.positions.values()]
             body["closedPositions"] = sorted(self.closed)
-        if "orders" in channels:
-            body["orders"] = [public_payload(o) for o in self.orders.values()]
-        if "account" in channels and self.account is not None:
-            body["account"] = public_payload(self.account)
+        if ORDERS in channels:
+            body[ORDERS] = [public_payload(o) for o in self.orders.values()]
+        if ACCOUNT in channels and self.account is not None:
+            body[ACCOUNT] = public_payload(self.account)
         body["eventCount"] = count
         body["ts"] = ts
         return body

@@ -19,11 +19,11 @@ from app.protocol import CloseCode
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Close codes exported from the first scrape on, so rate() over them starts at zero instead of
-# missing the first disconnects (1006: dropped without a close frame).
+# missing the first disconnects.
 KNOWN_CLOSE_CODES = (
     CloseCode.NORMAL,
     CloseCode.GOING_AWAY,
-    1006,
+    CloseCode.ABNORMAL,
     CloseCode.POLICY_VIOLATION,
     CloseCode.MESSAGE_TOO_BIG,
     CloseCode.TRY_AGAIN_LATER,
@@ -186,7 +186,7 @@ class Metrics:
         self.connections_opened.inc()
 
     def connection_closed(self, code: int | None, duration_s: float) -> None:
-        self.disconnects.labels(code=str(code if code is not None else 1006)).inc()
+        self.disconnects.labels(code=str(code if code is not None else CloseCode.ABNORMAL)).inc()
         self.connection_duration.observe(duration_s)
 
     def observe_gc_pause(self, generation: int, seconds: float) -> None:

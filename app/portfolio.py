@@ -20,11 +20,7 @@ from app.events import (
     TERMINAL_STATUSES,
     Event,
 )
-
-
-def public_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload as sent to the owner's browser (userId is implied by the connection)."""
-    return {key: value for key, value in payload.items() if key != "userId"}
+from app.protocol import ACCOUNT, ORDERS, POSITIONS, public_payload
 
 
 @dataclass(slots=True)
@@ -36,12 +32,12 @@ class UserPortfolio:
 
     def snapshot(self, channels: frozenset[str] | set[str]) -> dict[str, Any]:
         body: dict[str, Any] = {}
-        if "positions" in channels:
-            body["positions"] = [public_payload(p) for _, p in sorted(self.positions.items())]
-        if "orders" in channels:
-            body["orders"] = [public_payload(o) for o in reversed(self.orders.values())]
-        if "account" in channels:
-            body["account"] = public_payload(self.account) if self.account else None
+        if POSITIONS in channels:
+            body[POSITIONS] = [public_payload(p) for _, p in sorted(self.positions.items())]
+        if ORDERS in channels:
+            body[ORDERS] = [public_payload(o) for o in reversed(self.orders.values())]
+        if ACCOUNT in channels:
+            body[ACCOUNT] = public_payload(self.account) if self.account else None
         return body
 
 

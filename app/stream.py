@@ -1,55 +1,51 @@
-"""PortfolioStreamManager: connections, per-user batch timers, fan-out, heartbeat, shutdown.
+"""PortfolioStreamManager: the hub of `/ws/portfolio` — registry, admission and limits,
+lifecycle, and each connection's receive loop.
 
-Events arrive from the bus (synchronously, on the loop). The first event for a user starts that
-user's timer; when it fires, the coalesced batch goes to each of the user's connections, filtered
-by channel. The timer is not re-armed by later events, so latency is bounded by the window.
+Its parts, each in its own module: the wire contract (``protocol``), the reactions to client
+messages (``client_messages``), the per-user batch window (``batch_scheduler``) and the
+fan-out of what it flushes (``fanout``), each connection's writer and its slow-client policy
+(``writer``, behind the ``transport`` seam), and the ``heartbeat``. A connection is admitted,
+served and released here; everything sent to it goes through its writer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import time
 from collections.abc import Callable
+from typing import Final
 
-import orjson
 from aiohttp import WSMsgType, web
 
-from app.batching import CHANNELS, Batch, channel_set
+from app.batch_scheduler import Timers
 from app.bus import EventBus, Unsubscribe
-from app.connection import (
-    PING,
-    PING_FRAME,
-    Connection,
-    ControlFrame,
-    PreparedBatch,
-    SnapshotRequest,
-    batch_frame,
-    encode,
-    new_connection_id,
-    send_text,
-    snapshot_frame,
-    text_frame,
-)
-from app.events import EVENT_TYPES, POSITION_UPDATED, TRADE_EXECUTED, Event
+from app.client_messages import ClientMessages
+from app.connection import Connection, new_connection_id
+from app.events import EVENT_TYPES
+from app.fanout import FanOut
+from app.heartbeat import Heartbeat
 from app.metrics import Metrics
 from app.portfolio import PortfolioStore
-from app.protocol import (
-    UNSUPPORTED_FRAME,
-    CloseCode,
-    CloseReason,
-    ProtocolError,
-    parse_client_message,
-    unknown_channel_error,
-)
+from app.protocol import CloseCode, CloseReason, connected_message
 from app.stats import StreamStats
+from app.tasks import TaskSet
+from app.transport import AiohttpSocket, ClientConnection
+from app.writer import ConnectionWriter, WriterContext
 from config.logging import get_logger, utc_timestamp
 from config.settings import Settings
 
 log = get_logger()
 
 WS_PATH = "/ws/portfolio"
+
+# Of SHUTDOWN_TIMEOUT_S, half lets the flushed batches out and half goes to the closing
+# handshakes, each at least half a second so that even a tiny timeout still flushes.
+SHUTDOWN_STEP_SHARE: Final = 0.5
+MIN_SHUTDOWN_STEP_S: Final = 0.5
+# A close frame the client has not answered within a quarter of it is given up on: the
+# socket is dropped, so one dead client cannot use the whole shutdown budget.
+CLOSE_GRACE_SHARE: Final = 0.25
+MIN_CLOSE_GRACE_S: Final = 0.25
 
 
 class PortfolioStreamManager:
@@ -63,33 +59,61 @@ class PortfolioStreamManager:
         stats: StreamStats,
         metrics: Metrics | None = None,
         wall_clock: Callable[[], float] = time.time,
+        timers: Timers | None = None,
     ) -> None:
         self._settings = settings
         self._bus = bus
-        self._portfolio = portfolio
         self._stats = stats
         self._metrics = metrics
         self._wall = wall_clock
-        self._window = settings.batch_window_s
+        self._clock = stats.now
         self._connections: dict[str, Connection] = {}
         self._by_user: dict[str, dict[str, Connection]] = {}
-        self._batches: dict[str, Batch] = {}
-        self._timers: dict[str, asyncio.Handle] = {}
+        self._fanout = FanOut(
+            self._by_user,
+            window_s=settings.batch_window_s,
+            wall_clock=wall_clock,
+            metrics=metrics,
+            timers=timers,
+        )
+        self._batches = self._fanout.batches
+        self._heartbeat = Heartbeat(
+            self._connections,
+            interval_s=settings.heartbeat_interval_s,
+            timeout_s=settings.heartbeat_timeout_s,
+            rate_window_s=settings.ws_rate_limit_window_s,
+            clock=self._clock,
+        )
+        self._writers = TaskSet()
+        self._writer_context = WriterContext(
+            snapshot=portfolio.snapshot,
+            message_sent=stats.message_sent,
+            observe_latency=metrics.observe_latency if metrics is not None else None,
+            clock=self._clock,
+            wall_clock=wall_clock,
+            tasks=self._writers,
+            max_queued_frames=settings.ws_max_queued_frames,
+            close_grace_s=max(settings.shutdown_timeout_s * CLOSE_GRACE_SHARE, MIN_CLOSE_GRACE_S),
+            abort_above_bytes=settings.ws_send_buffer_bytes,
+        )
+        self._messages = ClientMessages(
+            rate_limit_messages=settings.ws_rate_limit_messages,
+            rate_limit_window_s=settings.ws_rate_limit_window_s,
+            clock=self._clock,
+            wall_clock=wall_clock,
+        )
+        self._background = TaskSet()  # the heartbeat
         self._unsubscribers: list[Unsubscribe] = []
-        self._heartbeat_task: asyncio.Task[None] | None = None
-        self._writers: set[asyncio.Task[None]] = set()
         self._accepting = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._direct_writes = not settings.ws_compression
+        self._raw_writes = not settings.ws_compression
 
     # Lifecycle
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         for event_type in EVENT_TYPES:
-            self._unsubscribers.append(self._bus.subscribe(event_type, self._on_event))
+            self._unsubscribers.append(self._bus.subscribe(event_type, self._fanout.on_event))
         self._accepting = True
-        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="ws-heartbeat")
+        self._background.spawn(self._heartbeat.run(), "ws-heartbeat")
         log.info(
             f"[STARTUP] Portfolio stream initialized on {WS_PATH}",
             _batchWindowMs=self._settings.batch_window_ms,
@@ -104,41 +128,28 @@ class PortfolioStreamManager:
         return self._accepting
 
     async def shutdown(self) -> None:
-        """Stop accepting, unsubscribe, flush pending batches, close all with 1001, clear maps."""
+        """Stop accepting, unsubscribe, flush pending batches, close all with 1001, clear maps.
+
+        Idempotent. Every task it started is cancelled and awaited before it returns.
+        """
         self._accepting = False
         for unsubscribe in self._unsubscribers:
             unsubscribe()
         self._unsubscribers.clear()
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
-            self._heartbeat_task = None
-        for user_id in list(self._timers):
-            self._flush(user_id)
-        await self._wait_writers(within_s=max(self._settings.shutdown_timeout_s / 2, 0.5))
+        await self._background.cancel()
+        self._batches.flush_all()
+        step_s = max(self._settings.shutdown_timeout_s * SHUTDOWN_STEP_SHARE, MIN_SHUTDOWN_STEP_S)
+        await self._writers.wait(step_s)
         closing = [
-            self._close(conn, CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
+            conn.writer.start_close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
             for conn in list(self._connections.values())
         ]
         if closing:
-            await asyncio.wait(
-                [asyncio.ensure_future(c) for c in closing],
-                timeout=max(self._settings.shutdown_timeout_s / 2, 0.5),
-            )
+            await asyncio.wait(closing, timeout=step_s)
         for conn in list(self._connections.values()):
-            if conn.transport is not None:
-                conn.transport.abort()
-        for handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
+            conn.socket.abort()
         self._batches.clear()
-        for task in list(self._writers):
-            task.cancel()
-
-    async def _wait_writers(self, within_s: float) -> None:
-        if self._writers:
-            await asyncio.wait(list(self._writers), timeout=within_s)
+        await self._writers.cancel()
 
     # Introspection
 
@@ -150,128 +161,83 @@ class PortfolioStreamManager:
         return {user: len(conns) for user, conns in self._by_user.items()}
 
     def pending_timers(self) -> int:
-        return len(self._timers)
+        return self._batches.pending()
 
     def connection(self, conn_id: str) -> Connection | None:
         return self._connections.get(conn_id)
 
-    # Admission and the receive loop
+    # Admission
 
     def admit(
         self, user_id: str, ws: web.WebSocketResponse, request: web.Request
     ) -> Connection | None:
         """Register an upgraded socket, or None when a connection limit is reached."""
+        return self.attach(
+            user_id, AiohttpSocket(ws, request.transport, raw_writes=self._raw_writes)
+        )
+
+    def attach(self, user_id: str, socket: ClientConnection) -> Connection | None:
+        """Register a client socket (any implementation of the seam), or None at a limit."""
         user_conns = self._by_user.get(user_id)
         if len(self._connections) >= self._settings.max_total_connections or (
             user_conns is not None and len(user_conns) >= self._settings.max_connections_per_user
         ):
             return None
         started, _ = self._stats.connection_opened(user_id)
-        conn = Connection(new_connection_id(), user_id, ws, request.transport, started)
-        # A random phase spreads pings over the interval even when thousands connected at once.
-        conn.next_ping = started + self._settings.heartbeat_interval_s * random.uniform(0.5, 1.0)
-        self._connections[conn.id] = conn
-        self._by_user.setdefault(user_id, {})[conn.id] = conn
+        conn_id = new_connection_id()
+        writer = ConnectionWriter(socket, self._writer_context, conn_id, user_id)
+        conn = Connection(conn_id, user_id, socket, writer, started)
+        conn.next_ping = self._heartbeat.first_ping_at(started)
+        self._connections[conn_id] = conn
+        self._by_user.setdefault(user_id, {})[conn_id] = conn
         if self._metrics is not None:
             self._metrics.connection_opened()
         log.info(
             "[PortfolioStream] Client connected",
             userId=user_id,
-            connectionId=conn.id,
+            connectionId=conn_id,
             totalUserConnections=len(self._by_user[user_id]),
         )
-        self._send_control(
-            conn,
-            encode(
-                {
-                    "type": "connected",
-                    "connectionId": conn.id,
-                    "userId": user_id,
-                    "channels": list(CHANNELS),
-                    "batchWindowMs": self._settings.batch_window_ms,
-                    "heartbeatIntervalMs": self._settings.heartbeat_interval_ms,
-                    "serverTime": utc_timestamp(self._wall()),
-                }
-            ),
+        writer.send(
+            connected_message(
+                conn_id,
+                user_id,
+                batch_window_ms=self._settings.batch_window_ms,
+                heartbeat_interval_ms=self._settings.heartbeat_interval_ms,
+                server_time=utc_timestamp(self._wall()),
+            )
         )
         return conn
 
+    # The receive loop and client messages
+
     async def serve(self, conn: Connection) -> None:
         """Read client frames until the socket closes, then release the connection."""
-        ws = conn.ws
+        socket = conn.socket
         try:
             while True:
-                msg = await ws.receive()
+                msg = await socket.receive()
                 kind = msg.type
                 if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                    conn.last_heard = self._stats.now()
-                    if conn.rate_exceeded(
-                        conn.last_heard,
-                        self._settings.ws_rate_limit_messages,
-                        self._settings.ws_rate_limit_window_s,
+                    if not await self._messages.handle(
+                        conn, msg.data, binary=kind is WSMsgType.BINARY
                     ):
-                        await self._close(conn, CloseCode.POLICY_VIOLATION, CloseReason.RATE)
                         break
-                    if kind is WSMsgType.BINARY:
-                        self._send_error(conn, UNSUPPORTED_FRAME)
-                    else:
-                        self._handle_text(conn, msg.data)
                 elif kind is WSMsgType.PING:
-                    conn.last_heard = self._stats.now()
-                    await ws.pong(msg.data)
+                    conn.last_heard = self._clock()
+                    await socket.send_pong(msg.data)
                 elif kind is WSMsgType.PONG:
-                    conn.last_heard = self._stats.now()
+                    conn.last_heard = self._clock()
                 elif kind is WSMsgType.CLOSE:
-                    if conn.close_reason is None:
-                        conn.close_reason = msg.extra or "Client disconnect"
-                        conn.close_code = int(msg.data) if msg.data else None
+                    code = int(msg.data) if msg.data else None
+                    conn.writer.note_close(code, msg.extra or "Client disconnect")
                     break
                 else:  # CLOSING, CLOSED, ERROR (e.g. a frame over the size limit: 1009)
-                    if kind is WSMsgType.ERROR and conn.close_reason is None:
-                        conn.close_reason = str(msg.data) or "Protocol error"
+                    if kind is WSMsgType.ERROR:
+                        conn.writer.note_close(None, str(msg.data) or "Protocol error")
                     break
         finally:
             self._release(conn)
-
-    def _handle_text(self, conn: Connection, data: str | bytes) -> None:
-        try:
-            message = parse_client_message(data if isinstance(data, str) else data.decode())
-        except ProtocolError as error:
-            self._send_error(conn, error)
-            return
-        except UnicodeDecodeError:
-            self._send_error(conn, ProtocolError(UNSUPPORTED_FRAME.code, "Text is not UTF-8"))
-            return
-        if message.type == "ping":
-            self._send_control(
-                conn,
-                b'{"type":"pong","serverTime":"' + utc_timestamp(self._wall()).encode() + b'"}',
-            )
-        elif message.type == "resync":
-            self._send_control(conn, SnapshotRequest(conn.channels))
-        else:
-            if message.unknown_channels:
-                self._send_error(conn, unknown_channel_error(message.unknown_channels))
-            self._change_channels(conn, message.type, frozenset(message.channels))
-
-    def _change_channels(self, conn: Connection, kind: str, channels: frozenset[str]) -> None:
-        before = conn.channels
-        conn.channels = channel_set(before | channels if kind == "subscribe" else before - channels)
-        ordered = [c for c in CHANNELS if c in conn.channels]
-        if kind == "subscribe":
-            log.info(
-                f"[PortfolioStream] Client subscribed to channels: "
-                f"{orjson.dumps(ordered).decode().replace(',', ', ')}",
-                _userId=conn.user_id,
-                _connectionId=conn.id,
-            )
-        self._send_control(conn, encode({"type": "subscribed", "channels": ordered}))
-        added = conn.channels - before
-        if added:
-            self._send_control(conn, SnapshotRequest(frozenset(added)))
-
-    def _send_error(self, conn: Connection, error: ProtocolError) -> None:
-        self._send_control(conn, encode(error.frame()))
 
     def _release(self, conn: Connection) -> None:
         if self._connections.pop(conn.id, None) is None:
@@ -281,281 +247,18 @@ class PortfolioStreamManager:
             user_conns.pop(conn.id, None)
             if not user_conns:
                 del self._by_user[conn.user_id]
-                self._drop_user_batch(conn.user_id)
-        conn.pending = None
-        conn.control = None
+                self._batches.drop(conn.user_id)
+        writer = conn.writer
+        writer.discard()
         duration = self._stats.connection_closed(conn.user_id, conn.started_at)
-        code = conn.close_code if conn.close_code is not None else conn.ws.close_code
+        code = writer.close_code if writer.close_code is not None else conn.socket.close_code
         if self._metrics is not None:
             self._metrics.connection_closed(code, duration)
         log.info(
             "[PortfolioStream] Client disconnected",
             userId=conn.user_id,
-            code=code if code is not None else 1006,
-            reason=conn.close_reason or "Connection lost",
+            code=code if code is not None else CloseCode.ABNORMAL,
+            reason=writer.close_reason or "Connection lost",
             duration=f"{round(duration)}s",
             _connectionId=conn.id,
         )
-
-    def _drop_user_batch(self, user_id: str) -> None:
-        handle = self._timers.pop(user_id, None)
-        if handle is not None:
-            handle.cancel()
-        self._batches.pop(user_id, None)
-
-    # Events and batching
-
-    def _on_event(self, event: Event) -> None:
-        payload = event.payload
-        user_id = payload["userId"]
-        if event.type == TRADE_EXECUTED:
-            log.info(
-                "[PortfolioStream] Processed trade:executed event",
-                userId=user_id,
-                symbol=payload["symbol"],
-            )
-        elif event.type == POSITION_UPDATED and (not event.quiet or log.debug_enabled):
-            # Price ticks are DEBUG; skip even building the line when DEBUG is off.
-            (log.debug if event.quiet else log.info)(
-                "[PortfolioStream] Broadcast position update",
-                userId=user_id,
-                symbol=payload["symbol"],
-                unrealizedPnl=payload["unrealizedPnl"],
-            )
-        if user_id not in self._by_user:
-            return
-        batch = self._batches.get(user_id)
-        if batch is None:
-            batch = self._batches[user_id] = Batch()
-        batch.add(event)
-        if user_id not in self._timers:
-            loop = self._loop or asyncio.get_running_loop()
-            # A zero window still flushes at the end of this loop turn, so a burst delivered
-            # together (one bus drain) leaves as one message rather than one per event.
-            self._timers[user_id] = (
-                loop.call_later(self._window, self._flush, user_id)
-                if self._window > 0
-                else loop.call_soon(self._flush, user_id)
-            )
-
-    def _flush(self, user_id: str) -> None:
-        handle = self._timers.pop(user_id, None)
-        if handle is not None:
-            handle.cancel()
-        batch = self._batches.pop(user_id, None)
-        conns = self._by_user.get(user_id)
-        if batch is None or batch.is_empty() or not conns:
-            return
-        positions, orders, total = batch.summary()
-        # A batch of nothing but price ticks is per-tick noise (one per tick at window 0).
-        flushed = log.info if batch.loud else log.debug
-        flushed(
-            "[PortfolioStream] Batch flushed",
-            userId=user_id,
-            positionUpdates=positions,
-            orderUpdates=orders,
-            totalEvents=total,
-        )
-        # Serialize once per distinct channel set; most of a user's tabs share one.
-        prepared: dict[frozenset[str], PreparedBatch | None] = {}
-        ts = utc_timestamp(self._wall())
-        for conn in conns.values():
-            channels = conn.channels
-            if not channels or not batch.event_count(channels):
-                continue
-            if conn.sending or conn.pending is not None:
-                # Busy or not draining: fold into its coalesced pending state instead.
-                conn.merge_pending(batch)
-                self._schedule(conn)
-                continue
-            if channels not in prepared:
-                body = batch.body(channels, ts)
-                prepared[channels] = (
-                    None if body is None else PreparedBatch(orjson.dumps(body), body["eventCount"])
-                )
-            ready = prepared[channels]
-            if ready is not None:
-                self._send_control(conn, ready)
-        if prepared and batch.oldest_emit is not None and self._metrics is not None:
-            self._metrics.observe_latency(self._wall() - batch.oldest_emit)
-
-    # The writer
-
-    def _send_control(self, conn: Connection, frame: ControlFrame) -> None:
-        if conn.closing:
-            return
-        if self._can_write_now(conn):
-            self._write_now(conn, frame)
-            return
-        if not conn.queue_control(frame):
-            self._abort(conn, CloseCode.POLICY_VIOLATION, "Client is not reading")
-            return
-        self._schedule(conn)
-
-    def _can_write_now(self, conn: Connection) -> bool:
-        """Nothing queued ahead and nothing left unsent from before (the kernel took every byte
-        so far): the frame can go out synchronously.
-
-        This is the common case, and it spares a task and aiohttp's async send per message.
-        The frame is written whole in one call, so it cannot interleave with aiohttp's own
-        frames (pongs, the close frame), and ``ws.closed`` turns true as soon as a close
-        starts. With permessage-deflate on, every frame goes through aiohttp's compressor.
-        """
-        if conn.sending or conn.control or not self._direct_writes or conn.ws.closed:
-            return False
-        transport = conn.transport
-        return (
-            transport is not None
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() == 0
-        )
-
-    def _write_now(self, conn: Connection, item: ControlFrame) -> None:
-        payload, deliveries, _ = self._render(conn, item)
-        assert conn.transport is not None
-        conn.transport.write(PING_FRAME if payload is None else text_frame(payload))
-        if deliveries >= 0:
-            self._stats.message_sent(deliveries)
-
-    def _schedule(self, conn: Connection) -> None:
-        if conn.sending or conn.closing:
-            return
-        conn.sending = True
-        conn.send_started = self._stats.now()
-        loop = self._loop or asyncio.get_running_loop()
-        task = loop.create_task(self._write(conn))
-        self._writers.add(task)
-        task.add_done_callback(self._writers.discard)
-
-    async def _write(self, conn: Connection) -> None:
-        """Drain a backed-up connection: control frames in order, then the coalesced batch.
-
-        aiohttp's send waits while the socket is paused (``writer_limit`` is tiny), so a
-        client that stops reading parks this task while new batches fold into ``pending``.
-        """
-        ws = conn.ws
-        try:
-            while not conn.closing and not ws.closed:
-                if conn.control:
-                    payload, deliveries, oldest = self._render(conn, conn.pop_control())
-                elif conn.pending is not None and not conn.pending.is_empty():
-                    payload, deliveries, oldest = self._render_pending(conn)
-                    if payload is None:
-                        continue
-                else:
-                    break
-                # "Stuck" means one frame has not gone out for the heartbeat timeout; a writer
-                # that stays busy because the stream never pauses is making progress.
-                conn.send_started = self._stats.now()
-                if payload is None:
-                    await ws.ping()
-                    continue
-                await send_text(ws, payload)
-                if deliveries >= 0:
-                    self._stats.message_sent(deliveries)
-                    if oldest is not None and self._metrics is not None:
-                        self._metrics.observe_latency(self._wall() - oldest)
-        except (ConnectionError, RuntimeError) as exc:
-            # The peer went away mid-write (a writer parked in drain gets aiohttp's bare
-            # ConnectionError("Connection lost")); the receive loop sees the close and releases it.
-            log.debug("[PortfolioStream] Send failed", connectionId=conn.id, error=str(exc))
-        except Exception:
-            log.exception(
-                "[PortfolioStream] Unexpected send error", connectionId=conn.id, userId=conn.user_id
-            )
-            self._abort(conn, CloseCode.GOING_AWAY, "Internal error")
-        finally:
-            conn.sending = False
-
-    def _render(
-        self, conn: Connection, item: ControlFrame
-    ) -> tuple[bytes | None, int, float | None]:
-        """A queued item as (text payload or None for a ping, event deliveries or -1 when it is
-        not a data message, emit time to observe latency from)."""
-        if isinstance(item, PreparedBatch):
-            # Its latency was observed once for all of the user's tabs when it was flushed.
-            return item.frame(conn.next_seq()), item.deliveries, None
-        if isinstance(item, SnapshotRequest):
-            body = self._portfolio.snapshot(conn.user_id, item.channels & conn.channels)
-            return snapshot_frame(conn.next_seq(), body), 0, None
-        if isinstance(item, bytes):
-            return item, -1, None
-        return None, -1, None
-
-    def _render_pending(self, conn: Connection) -> tuple[bytes | None, int, float | None]:
-        pending = conn.pending
-        assert pending is not None
-        conn.pending = None
-        body = pending.body(conn.channels, utc_timestamp(self._wall()))
-        if body is None:
-            return None, -1, None
-        return batch_frame(conn.next_seq(), body), body["eventCount"], pending.oldest_emit
-
-    # Closing
-
-    async def _close(self, conn: Connection, code: int, reason: str) -> None:
-        if conn.closing:
-            return
-        conn.closing = True
-        conn.close_code = code
-        conn.close_reason = reason
-        if conn.buffered_bytes() > self._settings.ws_send_buffer_bytes:
-            # Not draining: a close frame would queue behind megabytes; drop the socket.
-            self._abort(conn, code, reason)
-            return
-        try:
-            await asyncio.wait_for(
-                conn.ws.close(code=code, message=reason.encode()),
-                timeout=max(self._settings.shutdown_timeout_s / 4, 0.25),
-            )
-        except (TimeoutError, ConnectionError, RuntimeError):
-            self._abort(conn, code, reason)
-
-    def _abort(self, conn: Connection, code: int, reason: str) -> None:
-        conn.closing = True
-        conn.close_code = code
-        conn.close_reason = reason
-        if conn.transport is not None:
-            conn.transport.abort()
-
-    # Heartbeat
-
-    async def _heartbeat(self) -> None:
-        """Ping each connection every interval; close those silent for the timeout or stuck.
-
-        Each connection has its own ping phase (see ``admit``), so a sweep pings only the slice
-        that is due: pinging thousands of sockets in one loop turn would stall every batch
-        timer behind it.
-        """
-        interval = self._settings.heartbeat_interval_s
-        timeout = self._settings.heartbeat_timeout_s
-        tick = min(interval / 2, 1.0)
-        while True:
-            await asyncio.sleep(tick)
-            now = self._stats.now()
-            for conn in list(self._connections.values()):
-                if conn.closing:
-                    continue
-                conn.forget_old_messages(now, self._settings.ws_rate_limit_window_s)
-                stuck = conn.sending and now - conn.send_started > timeout
-                if stuck or now - conn.last_heard > timeout:
-                    log.info(
-                        "[PortfolioStream] Closing unresponsive client",
-                        userId=conn.user_id,
-                        connectionId=conn.id,
-                        silentFor=f"{now - conn.last_heard:.1f}s",
-                        stuck=stuck,
-                    )
-                    if stuck:
-                        self._abort(conn, CloseCode.HEARTBEAT_TIMEOUT, CloseReason.HEARTBEAT)
-                    else:
-                        closing = asyncio.ensure_future(
-                            self._close(conn, CloseCode.HEARTBEAT_TIMEOUT, CloseReason.HEARTBEAT)
-                        )
-                        self._writers.add(closing)
-                        closing.add_done_callback(self._writers.discard)
-                elif now >= conn.next_ping:
-                    conn.next_ping = now + interval
-                    # Queued even while the writer is busy: control frames go out before the
-                    # pending batch, and a client that never hears a ping never answers one.
-                    self._send_control(conn, PING)

@@ -46,11 +46,17 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = Field(64 * 1024, ge=1024)
     ws_rate_limit_messages: int = Field(50, ge=1)
     ws_rate_limit_window_s: float = Field(10.0, gt=0)
-    # A connection whose socket buffer holds more than this is "not draining": it gets
-    # nothing new until it drains, only the coalesced latest state.
-    ws_send_buffer_bytes: int = Field(256 * 1024, ge=4096)
     reconnect_window_s: float = Field(60.0, gt=0)
     recent_orders_limit: int = Field(50, ge=1)
+
+    # Stream writer limits (slow clients)
+    # A connection being closed with more than this still unsent is dropped at once: its
+    # close frame would queue behind all of it.
+    ws_send_buffer_bytes: int = Field(256 * 1024, ge=4096)
+    # Frames (replies, snapshots, pings) one connection may have waiting while its socket does
+    # not drain; one more and the client is judged to have stopped reading and is dropped.
+    # Batches never count: they fold into the coalesced latest state.
+    ws_max_queued_frames: int = Field(64, ge=8)
 
     # Broker
     broker: Literal["auto", "alpaca", "simulated"] = "auto"

@@ -51,11 +51,16 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
 
 @pytest.fixture
 async def app_client(aiohttp_client: Any, tmp_path: Path) -> ClientFactory:
-    """Build the real app (no broker bridge) with overrides and return a test client."""
+    """Build the real app (no broker bridge) with overrides and return a test client;
+    ``server_kwargs`` go to aiohttp's TestServer (e.g. a ``socket_factory``)."""
 
-    async def build(**overrides: Any) -> TestClient[Any, web.Application]:
+    async def build(
+        *, server_kwargs: dict[str, Any] | None = None, **overrides: Any
+    ) -> TestClient[Any, web.Application]:
         app = create_app(make_settings(tmp_path, **overrides), with_bridge=False)
-        client: TestClient[Any, web.Application] = await aiohttp_client(app)
+        client: TestClient[Any, web.Application] = await aiohttp_client(
+            app, server_kwargs=server_kwargs
+        )
         return client
 
     return build

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.batching import CHANNELS, Batch
+from app.batching import Batch, channel_set
 from app.events import Event
-from app.portfolio import public_payload
+from app.protocol import CHANNELS, public_payload
 from tests.app.support import account, closed, order, position, trade
 
 ALL = frozenset(CHANNELS)
@@ -137,8 +137,6 @@ def test_a_batch_of_price_ticks_only_is_quiet() -> None:
 
 
 def test_channel_sets_are_shared_instances() -> None:
-    from app.batching import channel_set
-
     first = channel_set(frozenset({"positions", "orders"}))
     second = channel_set(frozenset(["orders", "positions"]))
     assert first is second

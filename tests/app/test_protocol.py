@@ -1,4 +1,5 @@
-"""Client message parsing for `/ws/portfolio` (pure) and its error codes."""
+"""The `/ws/portfolio` wire contract (pure): client message parsing, error codes, and the
+batch message spliced per connection."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 from app.protocol import (
     UNSUPPORTED_FRAME,
     ErrorCode,
+    PreparedBatch,
     ProtocolError,
+    batch_message,
     parse_client_message,
     unknown_channel_error,
 )
@@ -65,3 +68,11 @@ def test_a_huge_unknown_type_is_truncated_in_the_error() -> None:
     with pytest.raises(ProtocolError) as caught:
         parse_client_message('{"type":"' + "x" * 10_000 + '"}')
     assert len(caught.value.message) < 200
+
+
+def test_prepared_batches_splice_each_connections_seq() -> None:
+    body = {"positions": [], "eventCount": 1, "ts": "t"}
+    batch = PreparedBatch.of(body)
+    assert batch.deliveries == 1
+    assert batch.frame(7) == b'{"type":"batch","seq":7,"positions":[],"eventCount":1,"ts":"t"}'
+    assert batch.frame(8) == batch_message(8, body)  # the same bytes as encoding it whole
