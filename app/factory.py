@@ -35,6 +35,7 @@ from app.keys import (
 from app.lifecycle import Lifecycle
 from app.login_throttle import LoginThrottle
 from app.metrics import Metrics
+from app.migrations import report
 from app.portfolio import PortfolioStore
 from app.stats import StatsRules, StreamStats
 from app.store_select import store_for
@@ -48,7 +49,7 @@ CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = store_for(app[SETTINGS_KEY])
-    await store.open()
+    report(await store.open())
     app[STORE_KEY] = store
     yield
     await store.close()

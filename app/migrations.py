@@ -11,6 +11,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from config.logging import get_logger
+
+log = get_logger()
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -21,16 +25,35 @@ class Migration:
 
 @dataclass(frozen=True, slots=True)
 class SchemaUpgrade:
-    """What opening the store did to the schema: the versions it applied and where it stands."""
+    """What opening the store did to the schema: the versions it applied, where the database
+    stands, and the latest version this release knows."""
 
     applied: tuple[int, ...]
     version: int
+    known: int
 
     def describe(self) -> str:
         if not self.applied:
             return f"database schema is up to date (version {self.version})"
         done = ", ".join(str(v) for v in self.applied)
         return f"database schema upgraded to version {self.version} (applied {done})"
+
+
+def report(upgrade: SchemaUpgrade) -> None:
+    """The service's log lines for an upgrade made at start (the CLI prints ``describe``)."""
+    if upgrade.applied:
+        log.info(
+            "[Store] Database schema upgraded",
+            version=upgrade.version,
+            applied=",".join(str(v) for v in upgrade.applied),
+        )
+    if upgrade.version > upgrade.known:
+        # A newer release migrated it (a rolling upgrade): migrations add, never remove.
+        log.warning(
+            "[Store] Database schema is newer than this release",
+            version=upgrade.version,
+            known=upgrade.known,
+        )
 
 
 def pending(migrations: Sequence[Migration], applied: Collection[int]) -> list[Migration]:

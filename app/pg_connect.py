@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
+import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors
@@ -20,9 +19,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from app.migrations import Migration, SchemaUpgrade, latest, pending
 from app.store_health import StoreUnavailable
-from config.logging import get_logger
-
-log = get_logger()
 
 # Every node opening the store takes this lock (any 64-bit key unique to this schema) before it
 # looks at schema_version, so nodes starting together apply each migration once, one by one.
@@ -30,16 +26,14 @@ SCHEMA_LOCK = 0x5046_5354_5245_414D  # "PFSTREAM"
 # Another node's migration is waited for this long (ms of work for today's schema): longer
 # means it is stuck, and start-up stops with that reason instead of hanging.
 SCHEMA_LOCK_TIMEOUT_S = 60.0
+# user:password@ in a URL (the password may hold anything but '@' and '/').
+_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]*@")
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&\s\"]*")
 
 
 def display_url(url: str) -> str:
     """The URL as logs and errors show it: the password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1:***@", url))
 
 
 def conninfo_for(url: str, timeout_s: float) -> str:
@@ -58,9 +52,10 @@ def conninfo_for(url: str, timeout_s: float) -> str:
 
 
 def one_line(error: BaseException) -> str:
-    """libpq's messages run over several lines (a hint after a tab): the first one says it."""
+    """libpq's messages run over several lines (a hint after a tab): the first one says it
+    (without any password a URL in it carries)."""
     lines = [" ".join(line.split()) for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    return display_url(lines[0]) if lines else type(error).__name__
 
 
 def pg_unavailability(error: BaseException) -> str | None:
@@ -91,7 +86,6 @@ async def migrate(
         done = await _versions(conn)
         applied: list[int] = []
         for migration in pending(migrations, done):
-            started = time.monotonic()
             async with conn.transaction():
                 for statement in migration.statements:
                     await conn.execute(statement)
@@ -100,24 +94,11 @@ async def migrate(
                     (migration.version, migration.description),
                 )
             applied.append(migration.version)
-            log.info(
-                "[Store] Schema migration applied",
-                version=migration.version,
-                description=migration.description,
-                ms=round((time.monotonic() - started) * 1000, 1),
-            )
         version = max(await _versions(conn), default=0)
     finally:
         if not conn.broken:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
-    if version > latest(migrations):
-        # A newer release migrated it (a rolling upgrade): its migrations add, never remove.
-        log.warning(
-            "[Store] Database schema is newer than this release",
-            version=version,
-            known=latest(migrations),
-        )
-    return SchemaUpgrade(tuple(applied), version)
+    return SchemaUpgrade(tuple(applied), version, latest(migrations))
 
 
 async def _versions(conn: psycopg.AsyncConnection[Any]) -> set[int]:

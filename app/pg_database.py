@@ -154,18 +154,23 @@ class PostgresDatabase:
         pool = self._pool
         for attempt in (1, 2):
             conn: Connection | None = None
+            began = False  # whether a write's own statements may have reached the server
             try:
                 async with pool.connection(timeout=self._timeout) as conn:
                     if not write:
                         return await work(conn)
                     async with conn.transaction():
+                        began = True
                         return await work(conn)
             except psycopg.OperationalError:
-                # A read on a connection the server closed (it restarted, failed over): the
-                # pool's others are likely dead too; check them and read once more.
-                if write or attempt == 2 or conn is None or not conn.broken:
+                if conn is None or not conn.broken:
                     raise
+                # The server closed it (it restarted, failed over): the pool's other
+                # connections are likely dead too, so have them checked, and try once more
+                # unless a write got past BEGIN (it may have committed).
                 await pool.check()
+                if began or attempt == 2:
+                    raise
         raise AssertionError("unreachable")
 
     async def _one(self, query: str, params: tuple[Any, ...], *, write: bool = False) -> Any:

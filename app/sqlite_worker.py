@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.migrations import Migration, SchemaUpgrade, check_numbering, pending
+from app.migrations import Migration, SchemaUpgrade, check_numbering, latest, pending
 from app.store_health import StoreHealth, StoreUnavailable, unavailability
 
 T = TypeVar("T")
@@ -102,7 +102,9 @@ class SqliteWorker:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-        return SchemaUpgrade(tuple(applied), max(_versions(db), default=0))
+        return SchemaUpgrade(
+            tuple(applied), max(_versions(db), default=0), latest(self._migrations)
+        )
 
     async def close(self) -> None:
         if self._db is not None:
