@@ -75,30 +75,35 @@ async def migrate(
     conn: psycopg.AsyncConnection[Any], migrations: Sequence[Migration]
 ) -> SchemaUpgrade:
     """Apply the pending migrations, each in its own transaction with its schema_version row,
-    under the schema lock (a session-level advisory lock, released however this ends)."""
-    await conn.execute(f"SET lock_timeout = {int(SCHEMA_LOCK_TIMEOUT_S * 1000)}")
-    await conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
-    try:
+    each under the schema lock (transaction-scoped, so it also holds behind PgBouncer in
+    transaction mode, and is released however the transaction ends)."""
+    async with conn.transaction():
+        await _lock(conn)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
             "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
         done = await _versions(conn)
-        applied: list[int] = []
-        for migration in pending(migrations, done):
-            async with conn.transaction():
-                for statement in migration.statements:
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO schema_version (version, description) VALUES (%s, %s)",
-                    (migration.version, migration.description),
-                )
-            applied.append(migration.version)
-        version = max(await _versions(conn), default=0)
-    finally:
-        if not conn.broken:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+    applied: list[int] = []
+    for migration in pending(migrations, done):
+        async with conn.transaction():
+            await _lock(conn)
+            if migration.version in await _versions(conn):
+                continue  # another node applied it meanwhile
+            for statement in migration.statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_version (version, description) VALUES (%s, %s)",
+                (migration.version, migration.description),
+            )
+        applied.append(migration.version)
+    version = max(await _versions(conn), default=0)
     return SchemaUpgrade(tuple(applied), version, latest(migrations))
+
+
+async def _lock(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(f"SET LOCAL lock_timeout = {int(SCHEMA_LOCK_TIMEOUT_S * 1000)}")
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
 
 
 async def _versions(conn: psycopg.AsyncConnection[Any]) -> set[int]:

@@ -121,25 +121,31 @@ async def test_a_user_removed_on_one_node_is_a_revocation_on_every_node(
     assert await me(b, token) == 401
 
 
-async def test_the_cli_in_another_process_reaches_the_nodes_at_once(
+async def test_the_cli_works_on_the_shared_database_and_reaches_the_nodes_at_once(
     app_client: ClientFactory, postgres: TestDatabase, tmp_path: Path
 ) -> None:
     node = await app_client()
-    token = await login(node, "carol")
-    await watch(node, token)
-    heard = Heard(node.app[STORE_KEY])
     names = {name.upper() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}
     env["DATABASE_URL"] = postgres.url
-    process = await asyncio.create_subprocess_exec(
-        CLI, "users", "remove", "carol", cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0 and out.decode().strip() == "removed carol"
+
+    async def cli(*args: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            CLI, *args, cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, args
+        return out.decode().strip()
+
+    token = await cli("sessions", "create", "carol")
+    assert await me(node, token) == 200
+    await watch(node, token)
+    heard = Heard(node.app[STORE_KEY])
+    assert await cli("users", "remove", "carol") == "removed carol"
     event = await heard.next()
-    assert event.reason is RevokedBecause.USER_REMOVED and event.covers(
-        event.user_id, hash_token(token)
-    )
+    assert event.reason is RevokedBecause.USER_REMOVED
+    assert event.covers(event.user_id, hash_token(token))
+    assert await me(node, token) == 401
 
 
 async def test_revocations_missed_while_the_listening_connection_was_cut_are_caught_up(
