@@ -1,40 +1,22 @@
-"""The PostgreSQL store's statements over a psycopg 3 connection pool.
+"""The PostgreSQL store's statements (``StoreDatabase``), each a bounded call on the pool.
 
-Every call is bounded by DATABASE_TIMEOUT_S, the wait for a pooled connection included: it
-runs as a task of its own that the caller stops waiting for at the deadline, so a dead or
-partitioned server is a 503 ``store_unavailable`` at once, not a request held while psycopg
-cancels the query (which itself may take seconds against a server that does not answer).
 Logging a session out or removing a user notifies the other nodes in the same transaction
 (app/pg_revocations.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import psycopg
 from psycopg import errors
-from psycopg_pool import AsyncConnectionPool
 
 from app.migrations import SchemaUpgrade
-from app.pg_connect import connect, conninfo_for, display_url, migrate, pg_unavailability
-from app.pg_queries import MIGRATIONS
+from app.pg_pool import BoundedPool, Connection
 from app.pg_revocations import CHANNEL, notice
 from app.sessions import RevokedBecause, SessionRevoked
-from app.store_health import StoreHealth, StoreUnavailable
+from app.store_health import StoreHealth
 from app.user_store import UserColumn
 from app.users import Session, User, UserExists
-
-T = TypeVar("T")
-Connection = psycopg.AsyncConnection[Any]
-Work = Callable[[Connection], Awaitable[T]]
-
-# psycopg's own default: a statement is prepared on the server from its 5th use on.
-PREPARE_THRESHOLD = 5
-# Starting the pool may take a few connection set-ups: each within the timeout.
-OPEN_ATTEMPTS = 3
 
 
 class PostgresDatabase:
@@ -49,138 +31,42 @@ class PostgresDatabase:
         prepared_statements: bool = True,
         origin: str = "",
     ) -> None:
-        self.url = display_url(url)
-        self.health = StoreHealth(self.url)
+        self._pool = BoundedPool(
+            url, pool_size=pool_size, timeout_s=timeout_s, prepared_statements=prepared_statements
+        )
         self.origin = origin  # names this node in its notices, so it skips its own
-        self._raw_url = url
-        self._pool_size = pool_size
-        self._timeout = timeout_s
-        # None: never prepared, as PgBouncer in transaction mode needs (before 1.21).
-        self._prepare_threshold = PREPARE_THRESHOLD if prepared_statements else None
-        self._conninfo = ""
-        self._pool: AsyncConnectionPool[Connection] | None = None
-        self._inflight: set[asyncio.Task[Any]] = set()
 
     @property
     def is_open(self) -> bool:
-        return self._pool is not None
+        return self._pool.is_open
+
+    @property
+    def health(self) -> StoreHealth:
+        return self._pool.health
 
     @property
     def timeout_s(self) -> float:
-        return self._timeout
+        return self._pool.timeout_s
 
     async def open(self) -> SchemaUpgrade:
-        """Upgrade the schema, then fill the pool; StoreUnavailable names DATABASE_URL."""
-        self._conninfo = conninfo_for(self._raw_url, self._timeout)
-        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
-            self._conninfo,
-            min_size=self._pool_size,
-            max_size=self._pool_size,
-            open=False,
-            timeout=self._timeout,
-            kwargs={"autocommit": True, "prepare_threshold": self._prepare_threshold},
-            name="store",
-        )
-        try:
-            async with await self.connect() as conn:
-                upgrade = await migrate(conn, MIGRATIONS)
-            await pool.open(wait=True, timeout=self._timeout * OPEN_ATTEMPTS)
-        except (psycopg.Error, OSError, TimeoutError) as error:
-            await pool.close()
-            reason = pg_unavailability(error)
-            if reason is None:
-                raise
-            raise StoreUnavailable(f"DATABASE_URL={self.url}: {reason}") from None
-        self._pool = pool
-        return upgrade
-
-    async def connect(self) -> Connection:
-        """A connection outside the pool (schema upgrade, LISTEN), bounded by the timeout."""
-        return await connect(self._conninfo, self._timeout)
+        return await self._pool.open()
 
     async def close(self) -> None:
-        for task in list(self._inflight):
-            task.cancel()
-        await asyncio.gather(*self._inflight, return_exceptions=True)
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close(timeout=self._timeout)
+        await self._pool.close()
 
     async def probe(self) -> bool:
-        async def write(conn: Connection) -> None:
-            await conn.execute(
-                "INSERT INTO store_probe (id, at) VALUES (1, now()) "
-                "ON CONFLICT (id) DO UPDATE SET at = excluded.at"
-            )
+        return await self._pool.probe()
 
-        try:
-            await self._call(write, write=True)
-        except StoreUnavailable:
-            return False
-        return True
-
-    # The bounded call
-
-    async def _call(self, work: Work[T], *, write: bool) -> T:
-        task = asyncio.create_task(self._on_connection(work, write))
-        self._inflight.add(task)
-        task.add_done_callback(self._settled)
-        try:
-            async with asyncio.timeout(self._timeout):
-                result = await asyncio.shield(task)
-        except TimeoutError:
-            task.cancel()  # it finishes cancelling on its own; nobody waits for it
-            reason = f"no answer from the server within {self._timeout:g} s"
-        except (psycopg.Error, OSError) as error:
-            found = pg_unavailability(error)
-            if found is None:
-                raise
-            reason = found
-        else:
-            if write:
-                self.health.recovered()
-            return result
-        self.health.failed(reason)
-        raise StoreUnavailable(reason)
-
-    def _settled(self, task: asyncio.Task[Any]) -> None:
-        self._inflight.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved here when its caller stopped waiting
-
-    async def _on_connection(self, work: Work[T], write: bool) -> T:
-        if self._pool is None:
-            raise RuntimeError("store is not open")
-        pool = self._pool
-        for attempt in (1, 2):
-            conn: Connection | None = None
-            began = False  # whether a write's own statements may have reached the server
-            try:
-                async with pool.connection(timeout=self._timeout) as conn:
-                    if not write:
-                        return await work(conn)
-                    async with conn.transaction():
-                        began = True
-                        return await work(conn)
-            except psycopg.OperationalError:
-                if conn is None or not conn.broken:
-                    raise
-                # The server closed it (it restarted, failed over): the pool's other
-                # connections are likely dead too, so have them checked, and try once more
-                # unless a write got past BEGIN (it may have committed).
-                await pool.check()
-                if began or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+    async def connect(self) -> Connection:
+        """A connection outside the pool (for LISTEN)."""
+        return await self._pool.connect()
 
     async def _one(self, query: str, params: tuple[Any, ...], *, write: bool = False) -> Any:
         async def fetch(conn: Connection) -> Any:
             cursor = await conn.execute(query, params)
             return await cursor.fetchone()
 
-        return await self._call(fetch, write=write)
-
-    # Statements
+        return await self._pool.call(fetch, write=write)
 
     async def insert_user(
         self, username: str, password_hash: str, is_admin: bool, now: float
@@ -199,7 +85,7 @@ class PostgresDatabase:
             assert row is not None
             return str(row[0])
 
-        return await self._call(insert, write=True)
+        return await self._pool.call(insert, write=True)
 
     async def user(self, column: UserColumn, value: str) -> User | None:
         where = "id = %s" if column == "id" else "lower(username) = lower(%s)"
@@ -224,7 +110,7 @@ class PostgresDatabase:
             )
             return [User(r[0], r[1], r[2], r[3]) for r in await cursor.fetchall()]
 
-        return await self._call(fetch, write=False)
+        return await self._pool.call(fetch, write=False)
 
     async def delete_user(self, username: str) -> str | None:
         async def delete(conn: Connection) -> str | None:
@@ -237,7 +123,7 @@ class PostgresDatabase:
             await self._notify(conn, SessionRevoked(row[0], None, RevokedBecause.USER_REMOVED))
             return str(row[0])
 
-        return await self._call(delete, write=True)
+        return await self._pool.call(delete, write=True)
 
     async def update_password(self, username: str, password_hash: str) -> bool:
         async def update(conn: Connection) -> bool:
@@ -247,7 +133,7 @@ class PostgresDatabase:
             )
             return cursor.rowcount > 0
 
-        return await self._call(update, write=True)
+        return await self._pool.call(update, write=True)
 
     async def update_hash(self, user_id: str, password_hash: str) -> None:
         await self._one(
@@ -267,7 +153,7 @@ class PostgresDatabase:
                 (token_hash, user_id, now, expires_at),
             )
 
-        await self._call(insert, write=True)
+        await self._pool.call(insert, write=True)
 
     async def session(self, token_hash: str, now: float) -> Session | None:
         row = await self._one(
@@ -285,7 +171,7 @@ class PostgresDatabase:
             )
             return {row[0] for row in await cursor.fetchall()}
 
-        return await self._call(fetch, write=False)
+        return await self._pool.call(fetch, write=False)
 
     async def delete_session(self, token_hash: str) -> str | None:
         async def delete(conn: Connection) -> str | None:
@@ -298,7 +184,7 @@ class PostgresDatabase:
             await self._notify(conn, SessionRevoked(row[0], token_hash, RevokedBecause.LOGOUT))
             return str(row[0])
 
-        return await self._call(delete, write=True)
+        return await self._pool.call(delete, write=True)
 
     async def _notify(self, conn: Connection, event: SessionRevoked) -> None:
         """Tell the other nodes; delivered when (and only if) the transaction commits."""
