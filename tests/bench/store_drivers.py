@@ -341,10 +341,10 @@ async def main(admin_url: str) -> None:
             f"{'driver':42} {'p50':>7} {'p99':>7} {'mean':>7} {'conc/s':>8} {'login50':>8} "
             f"{'login99':>8}"
         )
-        for name, rounds in results.items():
+        for label, rounds in results.items():
             r = {key: statistics.median(one[key] for one in rounds) for key in rounds[0]}
             print(
-                f"{name:42} {r['lookup_p50_us']:7.0f} {r['lookup_p99_us']:7.0f} "
+                f"{label:42} {r['lookup_p50_us']:7.0f} {r['lookup_p99_us']:7.0f} "
                 f"{r['lookup_mean_us']:7.0f} {r['lookups_per_s']:8.0f} "
                 f"{r['login_p50_us']:8.0f} {r['login_p99_us']:8.0f}"
             )
