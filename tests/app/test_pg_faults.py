@@ -176,3 +176,20 @@ async def test_serve_does_not_hang_on_a_server_that_never_answers(
     line = await asyncio.to_thread(serve_failure, env, tmp_path)
     assert time.monotonic() - started < 30  # connect_timeout is 2 s at least (libpq's floor)
     assert "timeout" in line.lower() or "in time" in line
+
+
+async def test_connections_the_server_closed_cost_no_request(
+    app_client: ClientFactory, postgres: TestDatabase
+) -> None:
+    """A server restart or failover closes every pooled connection: the first request after it
+    finds its connection dead, has the pool checked and reads again, so it still succeeds."""
+    node = await app_client()
+    token = await node.app[STORE_KEY].create_session("user-1", 3600)
+    assert (await node.get("/api/auth/me", headers=cookie(token))).status == 200
+    ended = postgres.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    assert len(ended) >= 2  # the pool's connections and the listening one
+    assert (await node.get("/api/auth/me", headers=cookie(token))).status == 200
+    assert (await login(node))[0] == 200
