@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from app.pg_connect import one_line
 from app.sessions import Revocations, RevokedBecause, SessionRevoked
 from app.store_health import StoreUnavailable
 from config.logging import get_logger
@@ -98,7 +99,7 @@ class RevocationFeed:
                     lost = True
                     log.error(
                         "[Store] Not listening for session revocations from other nodes",
-                        error=" ".join(str(error).split())[:200] or type(error).__name__,
+                        error=one_line(error)[:200],
                         retry="periodic session re-check until it is back",
                     )
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
