@@ -1,4 +1,4 @@
-"""`portfolio-stream` — the one entry point: serve, users, sessions, trade.
+"""`portfolio-stream` — the one entry point: serve, users, sessions, db, trade.
 
 This is the only place that reads settings from the environment and configures logging.
 """
@@ -19,7 +19,9 @@ from pydantic import ValidationError
 from app.broker import BrokerConfigError
 from app.process_tuning import FileLimitTooLow
 from app.server import serve
-from app.store import InvalidUsername, Store, UserExists
+from app.store import InvalidUsername, StoreUnavailable, UserExists
+from app.store_select import store_for
+from app.user_store import UserStore
 from config.settings import Settings, describe_validation_error
 
 EXIT_USAGE = 2
@@ -45,9 +47,13 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
-async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[int]]) -> int:
-    store = Store(settings.sqlite_path)
-    await store.open()
+async def _with_store(settings: Settings, action: Callable[[UserStore], Awaitable[int]]) -> int:
+    store = store_for(settings)
+    try:
+        await store.open()
+    except StoreUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         return await action(store)
     finally:
@@ -57,7 +63,7 @@ async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[in
 def cmd_users(args: argparse.Namespace) -> int:
     settings = load_settings()
 
-    async def run(store: Store) -> int:
+    async def run(store: UserStore) -> int:
         if args.users_command == "add":
             password = _read_password(args)
             try:
@@ -89,7 +95,7 @@ def cmd_users(args: argparse.Namespace) -> int:
 def cmd_sessions(args: argparse.Namespace) -> int:
     settings = load_settings()
 
-    async def run(store: Store) -> int:
+    async def run(store: UserStore) -> int:
         user = await store.get_user_by_username(args.username)
         if user is None:
             print(f"error: no user {args.username!r}", file=sys.stderr)
@@ -110,7 +116,7 @@ def cmd_trade(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     base = args.url or f"http://127.0.0.1:{settings.port}"
 
-    async def run(store: Store) -> int:
+    async def run(store: UserStore) -> int:
         admins = [u for u in await store.list_users() if u.is_admin]
         if args.as_admin:
             admins = [u for u in admins if u.username == args.as_admin]
@@ -156,6 +162,23 @@ async def _post_trade(
     return 0
 
 
+def cmd_db(_: argparse.Namespace) -> int:
+    """``db upgrade``: apply pending schema migrations (serve does too, at start)."""
+    store = store_for(load_settings())
+
+    async def run() -> int:
+        try:
+            upgrade = await store.open()
+        except StoreUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        await store.close()
+        print(upgrade.describe())
+        return 0
+
+    return asyncio.run(run())
+
+
 def cmd_serve(_: argparse.Namespace) -> int:
     settings = load_settings()
     try:
@@ -196,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("username")
     create.add_argument("--ttl-hours", type=float, default=None)
+
+    database = commands.add_parser("db", help="manage the database (DATABASE_URL)")
+    database.set_defaults(func=cmd_db)
+    database_commands = database.add_subparsers(dest="db_command", required=True)
+    database_commands.add_parser("upgrade", help="apply pending schema migrations")
 
     trade = commands.add_parser("trade", help="place a market order through a user's account")
     trade.set_defaults(func=cmd_trade)

@@ -35,10 +35,12 @@ from app.keys import (
 from app.lifecycle import Lifecycle
 from app.login_throttle import LoginThrottle
 from app.metrics import Metrics
+from app.migrations import report
 from app.portfolio import PortfolioStore
 from app.stats import StatsRules, StreamStats
-from app.store import Store
+from app.store_select import store_for
 from app.stream import WS_PATH, PortfolioStreamManager
+from app.user_store import UserStore
 from app.ws import portfolio_ws
 from config.settings import Settings
 
@@ -46,14 +48,8 @@ CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS_KEY]
-    store = Store(
-        settings.sqlite_path,
-        hash_concurrency=settings.login_hash_concurrency,
-        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-        session_check_interval_s=settings.session_check_interval_s,
-    )
-    await store.open()
+    store = store_for(app[SETTINGS_KEY])
+    report(await store.open())
     app[STORE_KEY] = store
     yield
     await store.close()
@@ -82,7 +78,9 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     await broker.stop()  # a no-op once Lifecycle.shutdown stopped it
 
 
-async def _create_demo_users(store: Store, logins: Sequence[DemoLogin]) -> tuple[DemoLogin, ...]:
+async def _create_demo_users(
+    store: UserStore, logins: Sequence[DemoLogin]
+) -> tuple[DemoLogin, ...]:
     """Create each demo user that does not exist yet; returns the logins that work."""
     working = []
     for login in logins:

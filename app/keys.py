@@ -18,12 +18,12 @@ if TYPE_CHECKING:
     from app.metrics import Metrics
     from app.portfolio import PortfolioStore
     from app.stats import StreamStats
-    from app.store import Store
     from app.stream import PortfolioStreamManager
+    from app.user_store import UserStore
     from config.settings import Settings
 
 SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings")
-STORE_KEY: web.AppKey[Store] = web.AppKey("store")
+STORE_KEY: web.AppKey[UserStore] = web.AppKey("store")
 BUS_KEY: web.AppKey[EventBus] = web.AppKey("bus")
 PORTFOLIO_KEY: web.AppKey[PortfolioStore] = web.AppKey("portfolio")
 STATS_KEY: web.AppKey[StreamStats] = web.AppKey("stats")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.migrations import Migration, SchemaUpgrade, check_numbering, latest, pending
 from app.store_health import StoreHealth, StoreUnavailable, unavailability
 
 T = TypeVar("T")
@@ -29,10 +31,14 @@ class SqliteWorker:
     """Async facade over one SQLite connection (autocommit; ``write`` wraps a transaction)."""
 
     def __init__(
-        self, path: Path, schema: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+        self,
+        path: Path,
+        migrations: Sequence[Migration],
+        busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
     ) -> None:
+        check_numbering(migrations)
         self._path = path
-        self._schema = schema
+        self._migrations = migrations
         self._busy_timeout_ms = busy_timeout_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
@@ -43,18 +49,20 @@ class SqliteWorker:
     def is_open(self) -> bool:
         return self._db is not None
 
-    async def open(self) -> None:
-        """Open (creating it if needed); StoreUnavailable names DATABASE_URL and the reason."""
+    async def open(self) -> SchemaUpgrade:
+        """Open (creating it if needed) and apply pending migrations; StoreUnavailable names
+        DATABASE_URL and the reason."""
         loop = asyncio.get_running_loop()
         try:
-            self._db = await loop.run_in_executor(self._executor, self._open_sync)
+            self._db, upgrade = await loop.run_in_executor(self._executor, self._open_sync)
+            return upgrade
         except (sqlite3.Error, OSError) as error:
             reason = unavailability(error)
             if reason is None:
                 raise
             raise StoreUnavailable(f"DATABASE_URL={self.url}: {reason}") from None
 
-    def _open_sync(self) -> sqlite3.Connection:
+    def _open_sync(self) -> tuple[sqlite3.Connection, SchemaUpgrade]:
         if str(self._path) != ":memory:":
             self._path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(str(self._path), check_same_thread=False, isolation_level=None)
@@ -63,11 +71,40 @@ class SqliteWorker:
             db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(self._schema)
+            upgrade = self._migrate(db)
         except BaseException:
             db.close()
             raise
-        return db
+        return db, upgrade
+
+    def _migrate(self, db: sqlite3.Connection) -> SchemaUpgrade:
+        """Apply each pending migration in its own write transaction, which also serialises
+        processes opening the file at once: each re-reads what is applied under the lock."""
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+            "description TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        applied: list[int] = []
+        for migration in pending(self._migrations, _versions(db)):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if migration.version not in _versions(db):  # not applied by another process
+                    for statement in migration.statements:
+                        db.execute(statement)
+                    db.execute(
+                        "INSERT INTO schema_version (version, description, applied_at) "
+                        "VALUES (?, ?, ?)",
+                        (migration.version, migration.description, time.time()),
+                    )
+                    applied.append(migration.version)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return SchemaUpgrade(
+            tuple(applied), max(_versions(db), default=0), latest(self._migrations)
+        )
 
     async def close(self) -> None:
         if self._db is not None:
@@ -123,3 +160,7 @@ class SqliteWorker:
                 db.execute("ROLLBACK")
             raise
         return result
+
+
+def _versions(db: sqlite3.Connection) -> set[int]:
+    return {row[0] for row in db.execute("SELECT version FROM schema_version")}

@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator
 from app.keys import STORE_KEY
 from tests.app.support import account, order, position, session_for
 from tests.conftest import ClientFactory, publish
+from tests.postgres import BACKENDS
+
+STORE_BACKENDS = BACKENDS  # the auth and API paths on SQLite and on PostgreSQL
 
 
 async def test_realtime_config_tells_clients_where_and_how_often(app_client: ClientFactory) -> None:

@@ -8,6 +8,9 @@ from typing import Any
 from app.keys import STORE_KEY
 from tests.app.support import PASSWORD, Client, cookie
 from tests.conftest import ClientFactory
+from tests.postgres import BACKENDS
+
+STORE_BACKENDS = BACKENDS  # the auth and API paths on SQLite and on PostgreSQL
 
 
 async def with_user(app_client: ClientFactory, **overrides: Any) -> Client:

@@ -9,6 +9,9 @@ from typing import Any, TypeVar
 
 from tests.app.support import PASSWORD, Client, connect, session_for
 from tests.conftest import ClientFactory
+from tests.postgres import BACKENDS
+
+STORE_BACKENDS = BACKENDS  # the auth and API paths on SQLite and on PostgreSQL
 
 T = TypeVar("T")
 

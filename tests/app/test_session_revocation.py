@@ -1,20 +1,22 @@
 """Every way a session ends is published, so sockets using it can be closed: logout, the user
-removed (here or by another process), expiry."""
+removed (here or by another process), expiry — with either store backend."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from app.keys import STORE_KEY
 from app.session_watch import SessionWatch
 from app.sessions import Revocations, RevokedBecause, SessionRevoked
-from app.store import Store, hash_token
-from tests.app.support import session_for
+from app.store import hash_token
+from app.user_store import UserStore
+from tests.app.support import TIMEOUT, session_for
 from tests.conftest import ClientFactory
+from tests.postgres import BACKENDS, StoreFactory
+
+STORE_BACKENDS = BACKENDS
 
 
 class Clock:
@@ -31,26 +33,33 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    store = Store(tmp_path / "store.db", clock=clock)
-    await store.open()
-    yield store
-    await store.close()
+async def store(open_store: StoreFactory, clock: Clock) -> UserStore:
+    return await open_store(clock=clock)
 
 
-def recorder(store: Store) -> list[SessionRevoked]:
+def recorder(store: UserStore) -> list[SessionRevoked]:
     events: list[SessionRevoked] = []
     store.revocations.subscribe(events.append)
     return events
 
 
-async def watched(store: Store, token: str) -> None:
+async def first_of(store: UserStore) -> SessionRevoked:
+    """The next revocation published on ``store``."""
+    heard: asyncio.Future[SessionRevoked] = asyncio.get_running_loop().create_future()
+    unsubscribe = store.revocations.subscribe(lambda event: heard.done() or heard.set_result(event))
+    try:
+        return await asyncio.wait_for(heard, TIMEOUT)
+    finally:
+        unsubscribe()
+
+
+async def watched(store: UserStore, token: str) -> None:
     session = await store.session(token)
     assert session is not None
     store.watch_session(session)
 
 
-async def test_logout_publishes_the_sessions_revocation(store: Store) -> None:
+async def test_logout_publishes_the_sessions_revocation(store: UserStore) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 60)
     other = await store.create_session(user.id, 60)
@@ -62,7 +71,7 @@ async def test_logout_publishes_the_sessions_revocation(store: Store) -> None:
     assert len(events) == 1
 
 
-async def test_removing_a_user_revokes_every_session_of_theirs(store: Store) -> None:
+async def test_removing_a_user_revokes_every_session_of_theirs(store: UserStore) -> None:
     alice = await store.create_user("alice", "pw")
     bob = await store.create_user("bob", "pw")
     tokens = [await store.create_session(alice.id, 60) for _ in range(2)]
@@ -76,7 +85,9 @@ async def test_removing_a_user_revokes_every_session_of_theirs(store: Store) -> 
     assert len(events) == 1
 
 
-async def test_a_watched_session_is_published_when_it_expires(store: Store, clock: Clock) -> None:
+async def test_a_watched_session_is_published_when_it_expires(
+    store: UserStore, clock: Clock
+) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 60)
     await watched(store, token)
@@ -90,28 +101,32 @@ async def test_a_watched_session_is_published_when_it_expires(store: Store, cloc
     assert events == [SessionRevoked(user.id, hash_token(token), RevokedBecause.EXPIRED)]
 
 
-async def test_a_session_ended_by_another_process_is_published_at_the_next_check(
-    store: Store, tmp_path: Path, clock: Clock
+async def test_a_session_ended_by_another_process_is_published(
+    store: UserStore, open_store: StoreFactory, clock: Clock, store_backend: str
 ) -> None:
-    """`portfolio-stream users remove` runs in a process of its own."""
+    """`portfolio-stream users remove` runs in a process of its own (or on another node):
+    SQLite notices at the next check, PostgreSQL tells every node at once."""
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 3600)
     await watched(store, token)
     events = recorder(store)
     await store.check_sessions()
     assert events == []
-    elsewhere = Store(tmp_path / "store.db", clock=clock)
-    await elsewhere.open()
-    try:
+    elsewhere = await open_store(clock=clock)
+    if store_backend == "sqlite":
         assert await elsewhere.remove_user("alice")
-    finally:
-        await elsewhere.close()
+        await store.check_sessions()
+        await store.check_sessions()
+        assert events == [SessionRevoked(user.id, hash_token(token), RevokedBecause.REVOKED)]
+        return
+    heard = asyncio.ensure_future(first_of(store))
+    assert await elsewhere.remove_user("alice")
+    assert await heard == SessionRevoked(user.id, None, RevokedBecause.USER_REMOVED)
     await store.check_sessions()
-    await store.check_sessions()
-    assert events == [SessionRevoked(user.id, hash_token(token), RevokedBecause.REVOKED)]
+    assert len(events) == 1  # the check does not announce it again
 
 
-async def test_a_session_no_longer_watched_is_not_published(store: Store, clock: Clock) -> None:
+async def test_a_session_no_longer_watched_is_not_published(store: UserStore, clock: Clock) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 60)
     session = await store.session(token)
@@ -149,18 +164,16 @@ async def test_the_logout_route_publishes_the_revocation(app_client: ClientFacto
     assert events == [SessionRevoked(alice.user_id, hash_token(alice.token), RevokedBecause.LOGOUT)]
 
 
-async def test_expiry_is_published_by_the_store_itself_when_it_comes(tmp_path: Path) -> None:
+async def test_expiry_is_published_by_the_store_itself_when_it_comes(
+    open_store: StoreFactory,
+) -> None:
     """No one calls check_sessions here: the store's own watch wakes at the expiry."""
-    store = Store(tmp_path / "real-clock.db", session_check_interval_s=3600)
-    await store.open()
-    try:
-        user = await store.create_user("alice", "pw")
-        token = await store.create_session(user.id, 0.3)
-        published = asyncio.Event()
-        events: list[SessionRevoked] = []
-        store.revocations.subscribe(lambda event: (events.append(event), published.set()))
-        await watched(store, token)
-        await asyncio.wait_for(published.wait(), 5)
-        assert events == [SessionRevoked(user.id, hash_token(token), RevokedBecause.EXPIRED)]
-    finally:
-        await store.close()
+    store = await open_store(session_check_interval_s=3600)
+    user = await store.create_user("alice", "pw")
+    token = await store.create_session(user.id, 0.3)
+    published = asyncio.Event()
+    events: list[SessionRevoked] = []
+    store.revocations.subscribe(lambda event: (events.append(event), published.set()))
+    await watched(store, token)
+    await asyncio.wait_for(published.wait(), 5)
+    assert events == [SessionRevoked(user.id, hash_token(token), RevokedBecause.EXPIRED)]

@@ -1,16 +1,21 @@
-"""Users and sessions in SQLite (SPEC §10): argon2 hashes, hashed 256-bit session ids, expiry."""
+"""Users and sessions (SPEC §10): argon2 hashes, hashed 256-bit session ids, expiry — in SQLite
+and in PostgreSQL alike."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from app.store import InvalidUsername, Store, UserExists
+from app.store import InvalidUsername, UserExists
+from app.user_store import UserStore
+from tests.postgres import BACKENDS, StoreFactory
+
+STORE_BACKENDS = BACKENDS
+Rows = Callable[[str], list[tuple[Any, ...]]]
 
 
 class Clock:
@@ -27,26 +32,18 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    store = Store(tmp_path / "db" / "store.db", clock=clock)
-    await store.open()
-    yield store
-    await store.close()
+async def store(open_store: StoreFactory, clock: Clock) -> UserStore:
+    return await open_store(clock=clock)
 
 
-def rows(path: Path, query: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as db:
-        return db.execute(query).fetchall()
-
-
-async def test_passwords_are_stored_as_argon2id_hashes(store: Store, tmp_path: Path) -> None:
+async def test_passwords_are_stored_as_argon2id_hashes(store: UserStore, stored_rows: Rows) -> None:
     await store.create_user("alice", "correct horse battery")
-    [(stored,)] = rows(tmp_path / "db" / "store.db", "SELECT password_hash FROM users")
+    [(stored,)] = stored_rows("SELECT password_hash FROM users")
     assert isinstance(stored, str) and stored.startswith("$argon2id$")
     assert "correct horse battery" not in stored
 
 
-async def test_authenticate_accepts_only_the_right_password(store: Store) -> None:
+async def test_authenticate_accepts_only_the_right_password(store: UserStore) -> None:
     created = await store.create_user("alice", "pw-1", is_admin=True)
     user = await store.authenticate("alice", "pw-1")
     assert user == created and user.is_admin and user.id.startswith("user-")
@@ -56,20 +53,20 @@ async def test_authenticate_accepts_only_the_right_password(store: Store) -> Non
 
 
 async def test_session_ids_are_256_bit_and_stored_only_as_sha256(
-    store: Store, tmp_path: Path
+    store: UserStore, stored_rows: Rows
 ) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 3600)
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     assert len(raw) == 32
     assert token != await store.create_session(user.id, 3600)
-    stored = [r[0] for r in rows(tmp_path / "db" / "store.db", "SELECT token_hash FROM sessions")]
+    stored = [r[0] for r in stored_rows("SELECT token_hash FROM sessions")]
     assert hashlib.sha256(token.encode()).hexdigest() in stored
     assert token not in stored
     assert await store.session_user(token) == user
 
 
-async def test_sessions_expire(store: Store, clock: Clock) -> None:
+async def test_sessions_expire(store: UserStore, clock: Clock) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 60)
     clock.now += 59
@@ -78,7 +75,7 @@ async def test_sessions_expire(store: Store, clock: Clock) -> None:
     assert await store.session_user(token) is None
 
 
-async def test_revoked_sessions_stop_working(store: Store) -> None:
+async def test_revoked_sessions_stop_working(store: UserStore) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 3600)
     other = await store.create_session(user.id, 3600)
@@ -88,13 +85,13 @@ async def test_revoked_sessions_stop_working(store: Store) -> None:
     assert await store.revoke_session(token) is False
 
 
-async def test_unknown_or_absurd_tokens_find_nobody(store: Store) -> None:
+async def test_unknown_or_absurd_tokens_find_nobody(store: UserStore) -> None:
     assert await store.session_user("") is None
     assert await store.session_user("nope") is None
     assert await store.session_user("x" * 10_000) is None
 
 
-async def test_removing_a_user_removes_their_sessions(store: Store) -> None:
+async def test_removing_a_user_removes_their_sessions(store: UserStore) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 3600)
     assert await store.remove_user("alice") is True
@@ -102,7 +99,7 @@ async def test_removing_a_user_removes_their_sessions(store: Store) -> None:
     assert await store.remove_user("alice") is False
 
 
-async def test_usernames_are_unique_and_validated(store: Store) -> None:
+async def test_usernames_are_unique_and_validated(store: UserStore) -> None:
     await store.create_user("alice", "pw")
     with pytest.raises(UserExists):
         await store.create_user("Alice", "pw")
@@ -114,7 +111,7 @@ async def test_usernames_are_unique_and_validated(store: Store) -> None:
     assert [u.username for u in await store.list_users()] == ["alice"]
 
 
-async def test_set_password_replaces_the_old_one(store: Store) -> None:
+async def test_set_password_replaces_the_old_one(store: UserStore) -> None:
     await store.create_user("alice", "old")
     assert await store.set_password("alice", "new") is True
     assert await store.authenticate("alice", "old") is None
@@ -122,7 +119,7 @@ async def test_set_password_replaces_the_old_one(store: Store) -> None:
     assert await store.set_password("nobody", "x") is False
 
 
-async def test_ensure_user_is_idempotent(store: Store) -> None:
+async def test_ensure_user_is_idempotent(store: UserStore) -> None:
     first = await store.ensure_user("demo", "pw")
     again = await store.ensure_user("demo", "other")
     assert first == again

@@ -23,6 +23,9 @@ from tests.app.support import (
     until,
 )
 from tests.conftest import ClientFactory
+from tests.postgres import BACKENDS
+
+STORE_BACKENDS = BACKENDS  # the auth and API paths on SQLite and on PostgreSQL
 
 UPGRADE = {
     "Upgrade": "websocket",

@@ -206,12 +206,28 @@ def test_incoherent_combinations_name_the_variables(
 
 
 def test_a_rejected_url_does_not_echo_its_password(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("DATABASE_URL", "postgresql://app:hunter2-secret@db.internal/portfolio")
+    clean_env.setenv("DATABASE_URL", "mysql://app:hunter2-secret@db.internal/portfolio")
     with pytest.raises(ValidationError) as caught:
         Settings(_env_file=None)  # type: ignore[call-arg]
     line = describe_validation_error(caught.value)
     assert "DATABASE_URL" in line
     assert "hunter2-secret" not in line
+
+
+@pytest.mark.parametrize(
+    ("url", "postgres"),
+    [
+        ("sqlite:///./data/portfolio-stream.db", False),
+        ("postgresql://app:pw@db.internal:5432/portfolio", True),
+        ("postgres://db.internal/portfolio", True),
+    ],
+)
+def test_database_url_selects_sqlite_or_postgresql(
+    clean_env: pytest.MonkeyPatch, url: str, postgres: bool
+) -> None:
+    clean_env.setenv("DATABASE_URL", url)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.database_is_postgres is postgres
 
 
 def test_dotenv_file_is_read_and_the_environment_wins(
