@@ -107,6 +107,13 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(settings, run))
 
 
+# The CLI's admin session lives only as long as one request; it is revoked right after, and
+# expires on its own if the command is killed mid-request.
+TRADE_SESSION_TTL_S = 300
+# Above the service's own bound on the broker (BROKER_REST_TIMEOUT_S) so its 503 arrives first.
+TRADE_REQUEST_SLACK_S = 20
+
+
 def cmd_trade(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
@@ -127,9 +134,12 @@ def cmd_trade(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        token = await store.create_session(admins[0].id, 300)
+        token = await store.create_session(admins[0].id, TRADE_SESSION_TTL_S)
         try:
-            return await _post_trade(base, token, args.username, args.symbol, args.side, qty)
+            timeout_s = settings.broker_rest_timeout_s + TRADE_REQUEST_SLACK_S
+            return await _post_trade(
+                base, token, args.username, args.symbol, args.side, qty, timeout_s
+            )
         finally:
             await store.revoke_session(token)
 
@@ -137,14 +147,22 @@ def cmd_trade(args: argparse.Namespace) -> int:
 
 
 async def _post_trade(
-    base: str, token: str, username: str, symbol: str, side: str, qty: Decimal
+    base: str,
+    token: str,
+    username: str,
+    symbol: str,
+    side: str,
+    qty: Decimal,
+    timeout_s: float,
 ) -> int:
     body = {"username": username, "symbol": symbol.upper(), "side": side, "qty": str(qty)}
     try:
         async with (
             aiohttp.ClientSession(cookies={"session": token}) as http,
             http.post(
-                f"{base}/api/admin/test-trade", json=body, timeout=aiohttp.ClientTimeout(total=30)
+                f"{base}/api/admin/test-trade",
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response,
         ):
             payload: dict[str, Any] = await response.json(content_type=None)
