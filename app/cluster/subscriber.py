@@ -1,0 +1,350 @@
+"""The node's one pub/sub connection: users' change notices in, events and resync calls out.
+
+- ``acquire``/``release`` reference-count a user's channel; subscribes leave in batches (one
+  command for all the users acquired in a loop turn), unsubscribes after a grace period.
+- The reader never blocks the loop and survives anything one message can do; the connection is
+  replaced (backoff with full jitter) when it fails or when two probes in a row went unanswered.
+- Notices pass a per-user gate (``app.cluster.gate``): in order they become events; on a gap,
+  a new epoch or a replaced connection the caller's ``on_resync(user_id)`` is called instead,
+  and the caller re-reads the state and calls ``set_position``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
+
+from app.cluster.client import backoff_delay
+from app.cluster.gate import NoticeGate, Verdict
+from app.cluster.keys import probe_channel, user_channel, user_of_channel
+from app.cluster.notices import BadNotice, Notice, decode_notice
+from app.cluster.probe import ProbeTracker
+from app.cluster.subscriptions import SubscriptionBook
+from app.events import Event
+from config.logging import get_logger
+
+log = get_logger()
+
+# Channels per SUBSCRIBE/UNSUBSCRIBE command: a resubscribe after a reconnect goes out in
+# commands of this size rather than one huge one (centrifuge's redisSubscribeBatchLimit).
+COMMAND_BATCH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberStatus:
+    connected: bool
+    subscribed_users: int
+    wanted_users: int
+    probe_rtt_s: float | None
+    lag_s: float | None
+    reconnects: int
+    resyncs: int
+    gaps: int
+    stale_notices: int
+    bad_notices: int
+
+
+class NoticeSubscriber:
+    """One per node; ``start`` it once, ``close`` it on the way out."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        publisher: Redis,
+        *,
+        node_id: str,
+        on_event: Callable[[Event], None],
+        on_resync: Callable[[str], None],
+        unsubscribe_delay_s: float,
+        probe_interval_s: float,
+        backoff_initial_s: float,
+        backoff_max_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._on_event = on_event
+        self._on_resync = on_resync
+        self._probe_interval = probe_interval_s
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._clock = clock
+        self._probe_channel = probe_channel(node_id)
+        self._book = SubscriptionBook(unsubscribe_delay_s)
+        self._gate = NoticeGate()
+        self._probe = ProbeTracker()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._broken: asyncio.Future[str] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connected = False
+        self._reconnects = self._resyncs = self._bad = 0
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name="redis-pubsub"),
+            asyncio.create_task(self._probe_loop(), name="redis-pubsub-probe"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # -- the caller's side -------------------------------------------------------------------
+
+    async def acquire(self, user_id: str, timeout_s: float | None = None) -> bool:
+        """Hold the user's channel. True once Redis confirmed the subscription (read the snapshot
+        only then); False when that did not happen within ``timeout_s``. The hold stands either
+        way, and a user whose subscription arrives later gets an ``on_resync`` call."""
+        self._book.acquire(user_id)
+        self._gate.track(user_id)
+        if self._book.is_live(user_id):
+            return True
+        self._wake.set()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(user_id, []).append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except TimeoutError:
+            return False
+        finally:
+            waiting = self._waiters.get(user_id)
+            if waiting is not None and waiter in waiting:
+                waiting.remove(waiter)
+        return True
+
+    def release(self, user_id: str) -> None:
+        self._book.release(user_id, self._clock())
+        self._arm_timer()
+
+    def set_position(self, user_id: str, epoch: str | None, offset: int) -> None:
+        """Tell the gate what the snapshot just read held. Notices buffered meanwhile are
+        delivered (through ``on_event``) before this returns; a user whose notices already
+        flow keeps its position."""
+        deliver, resync = self._gate.set_position(user_id, epoch, offset)
+        for notice in deliver:
+            self._deliver(notice)
+        if resync:
+            self._call_resync(user_id)
+
+    def request_resync(self, user_id: str) -> None:
+        """Forget the user's position and get an ``on_resync`` call (e.g. a failed re-read)."""
+        if self._book.is_wanted(user_id):
+            self._gate.begin_resync(user_id)
+            self._call_resync(user_id)
+
+    def position(self, user_id: str) -> tuple[str | None, int] | None:
+        return self._gate.position(user_id)
+
+    def is_subscribed(self, user_id: str) -> bool:
+        return self._book.is_live(user_id)
+
+    @property
+    def status(self) -> SubscriberStatus:
+        now = self._clock()
+        return SubscriberStatus(
+            connected=self._connected,
+            subscribed_users=self._book.live_count,
+            wanted_users=self._book.wanted_count,
+            probe_rtt_s=self._probe.rtt_s,
+            lag_s=self._probe.lag_s(now) if self._connected else None,
+            reconnects=self._reconnects,
+            resyncs=self._resyncs,
+            gaps=self._gate.gaps + self._gate.epoch_changes,
+            stale_notices=self._gate.stale,
+            bad_notices=self._bad,
+        )
+
+    # -- the connection ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            reason = await self._session()
+            if self._connected:
+                attempt = 0
+                self._reconnects += 1
+                log.warning("[Cluster] Redis pub/sub connection lost; reconnecting", reason=reason)
+            elif attempt == 0:
+                log.warning("[Cluster] Redis pub/sub unavailable; retrying", reason=reason)
+            self._connected = False
+            await asyncio.sleep(backoff_delay(attempt, *self._backoff))
+            attempt += 1
+
+    async def _session(self) -> str:
+        """Run one connection until it fails; returns why it ended."""
+        # redis-py leaves these two untyped.
+        connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        broken: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._broken = broken
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await connection.connect()  # type: ignore[no-untyped-call]
+            for user_id in self._book.connection_reset():
+                self._gate.forget(user_id)
+            self._probe.reset()
+            self._wake.set()
+            tasks = [
+                asyncio.create_task(self._read(connection), name="redis-pubsub-read"),
+                asyncio.create_task(self._write(connection), name="redis-pubsub-write"),
+            ]
+            watched: list[asyncio.Future[Any]] = [*tasks, broken]
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if broken.done():
+                return broken.result()
+            ended = next(task for task in tasks if task.done())
+            return repr(ended.exception())
+        except (RedisError, OSError) as error:
+            return repr(error)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                    await task
+            self._broken = None
+            with contextlib.suppress(RedisError, OSError):
+                await connection.disconnect(nowait=True)
+
+    def _break(self, reason: str) -> None:
+        if self._broken is not None and not self._broken.done():
+            self._broken.set_result(reason)
+
+    async def _read(self, connection: AbstractConnection) -> None:
+        while True:
+            # No read timeout: a quiet channel is normal, and a silent dead one is the probe's
+            # to find. (A timeout here would also cut replies in half.)
+            response = await connection.read_response(timeout=math.inf)
+            try:
+                self._handle(response)
+            except Exception:
+                log.exception(
+                    "[Cluster] Redis pub/sub message failed", response=repr(response)[:200]
+                )
+
+    async def _write(self, connection: AbstractConnection) -> None:
+        await connection.send_command("SUBSCRIBE", self._probe_channel)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for user_id in self._book.due(self._clock()):
+                self._gate.forget(user_id)
+            subscribe, unsubscribe = self._book.take_commands()
+            for batch in _batches(unsubscribe):
+                await connection.send_command("UNSUBSCRIBE", *map(user_channel, batch))
+            for batch in _batches(subscribe):
+                await connection.send_command("SUBSCRIBE", *map(user_channel, batch))
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self._book.next_deadline()
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._wake.set)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _handle(self, response: Any) -> None:
+        if not isinstance(response, list) or len(response) < 3:
+            return
+        kind, channel = bytes(response[0]), bytes(response[1]).decode()
+        if kind == b"message":
+            self._on_message(channel, bytes(response[2]))
+        elif kind in (b"subscribe", b"unsubscribe"):
+            if channel == self._probe_channel:
+                if kind == b"subscribe":
+                    self._connected = True
+                    log.info("[Cluster] Redis pub/sub connected", channel=channel)
+                return
+            user_id = user_of_channel(channel)
+            if user_id is not None:
+                self._on_confirmed(user_id, kind == b"subscribe")
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        if channel == self._probe_channel:
+            with contextlib.suppress(ValueError):
+                self._probe.received(int(data), self._clock())
+            return
+        user_id = user_of_channel(channel)
+        if user_id is None:
+            return
+        try:
+            notice = decode_notice(data, user_id)
+        except BadNotice as error:
+            self._bad += 1
+            log.warning("[Cluster] Ignored a malformed notice", userId=user_id, error=str(error))
+            return
+        verdict = self._gate.offer(user_id, notice)
+        if verdict is Verdict.DELIVER:
+            self._deliver(notice)
+        elif verdict is Verdict.RESYNC:
+            self._call_resync(user_id)
+
+    def _on_confirmed(self, user_id: str, subscribed: bool) -> None:
+        if not self._book.confirmed(user_id, subscribed):
+            return
+        waiters = self._waiters.pop(user_id, [])
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        was_live = self._book.take_resync_flag(user_id)
+        if was_live or (not waiters and self._gate.position(user_id) is None):
+            self._gate.begin_resync(user_id)
+            self._call_resync(user_id)
+
+    def _deliver(self, notice: Notice) -> None:
+        try:
+            self._on_event(notice.event)
+        except Exception:
+            log.exception("[Cluster] Event handler failed", eventType=notice.event.type)
+
+    def _call_resync(self, user_id: str) -> None:
+        self._resyncs += 1
+        try:
+            self._on_resync(user_id)
+        except Exception:
+            log.exception("[Cluster] Resync handler failed", userId=user_id)
+
+    # -- the probe ---------------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        seq = 0
+        while True:
+            await asyncio.sleep(self._probe_interval)
+            if not self._connected:
+                continue
+            if self._probe.tick():
+                log.warning(
+                    "[Cluster] Redis pub/sub probe unanswered; reconnecting",
+                    intervals=self._probe_interval,
+                )
+                self._break("probe unanswered")
+                continue
+            seq += 1
+            self._probe.sent(seq, self._clock())
+            # A failed publish stays unanswered: the next ticks count it.
+            with contextlib.suppress(RedisError, OSError):
+                await self._publisher.publish(self._probe_channel, str(seq))
+
+
+def _batches(users: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(users), COMMAND_BATCH):
+        yield users[start : start + COMMAND_BATCH]
