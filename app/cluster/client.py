@@ -56,6 +56,9 @@ def pubsub_pool(settings: Settings, node_id: str) -> ConnectionPool:
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         retry=Retry(NoBackoff(), 0),
+        # RESP2: on a subscribed connection every frame is then a plain array read in order;
+        # under RESP3 (redis-py 8's default) they are pushes, routed through push handlers.
+        protocol=2,
         client_name=f"portfolio-stream:{node_id}:pubsub",
     )
 

@@ -17,6 +17,7 @@ class ProbeTracker:
         self._outstanding: dict[int, float] = {}
         self._missed = 0
         self.rtt_s: float | None = None
+        self.answered = 0
 
     def tick(self) -> bool:
         """Called once per interval before the next probe; True: too many went unanswered."""
@@ -33,6 +34,7 @@ class ProbeTracker:
             return None
         self._outstanding = {s: t for s, t in self._outstanding.items() if s > seq}
         self._missed = 0
+        self.answered += 1
         self.rtt_s = now - sent_at
         return self.rtt_s
 

@@ -45,6 +45,7 @@ class SubscriberStatus:
     subscribed_users: int
     wanted_users: int
     probe_rtt_s: float | None
+    probes_answered: int
     lag_s: float | None
     reconnects: int
     resyncs: int
@@ -162,6 +163,7 @@ class NoticeSubscriber:
             subscribed_users=self._book.live_count,
             wanted_users=self._book.wanted_count,
             probe_rtt_s=self._probe.rtt_s,
+            probes_answered=self._probe.answered,
             lag_s=self._probe.lag_s(now) if self._connected else None,
             reconnects=self._reconnects,
             resyncs=self._resyncs,
