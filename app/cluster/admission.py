@@ -16,6 +16,7 @@ from typing import Literal, cast
 
 from redis.asyncio import Redis
 
+from app.cluster.client import bounded
 from app.cluster.keys import CONN_ALL, conn_node_key, conn_user_key
 from app.cluster.scripts import Arg, script
 
@@ -67,8 +68,10 @@ class ClusterAdmission:
         ttl_s: float,
         max_per_user: int,
         max_total: int,
+        timeout_s: float,
     ) -> None:
         self._redis = redis
+        self._timeout = timeout_s
         self._node_key = conn_node_key(node_id)
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._limits = (max_per_user, max_total)
@@ -85,7 +88,9 @@ class ClusterAdmission:
     async def _admit(self, slot: Slot, *, restore: bool) -> Admission:
         keys = [conn_user_key(slot.user_id), CONN_ALL, self._node_key]
         args = [slot.member, self._ttl_ms, *self._limits, "1" if restore else "0"]
-        admitted, reason, users, total = await script("admit").run(self._redis, keys, args)
+        async with bounded(self._timeout):
+            answer = await script("admit").run(self._redis, keys, args)
+        admitted, reason, users, total = answer
         refused: Literal["user", "total"] | None = None
         if not int(admitted):
             refused = "user" if reason == b"user" else "total"
@@ -97,45 +102,48 @@ class ClusterAdmission:
         for batch in _batches(slots):
             keys = [CONN_ALL, self._node_key, *(conn_user_key(s.user_id) for s in batch)]
             args: list[Arg] = [self._ttl_ms, *(s.member for s in batch)]
-            answer = await script("refresh").run(self._redis, keys, args)
+            async with bounded(self._timeout):
+                answer = await script("refresh").run(self._redis, keys, args)
             missing.extend(Slot.from_member(member) for member in answer)
         return missing
 
     async def release(self, slots: Sequence[Slot]) -> int:
         """Give slots back (connections closed); returns how many were still held."""
-        return await _release(self._redis, self._node_key, slots)
+        return await self._release(slots)
 
     async def release_node(self) -> int:
         """Give back every slot this node holds (graceful stop, or a restart under the same
         NODE_ID clearing what its previous run left)."""
         released = 0
         while True:
-            members = cast(
-                "list[bytes]", await self._redis.zrange(self._node_key, 0, CALL_BATCH - 1)
-            )
+            async with bounded(self._timeout):
+                members = cast(
+                    "list[bytes]", await self._redis.zrange(self._node_key, 0, CALL_BATCH - 1)
+                )
             if not members:
                 return released
-            released += await _release(
-                self._redis, self._node_key, [Slot.from_member(m) for m in members]
-            )
+            released += await self._release([Slot.from_member(m) for m in members])
 
     async def census(self) -> dict[str, int]:
         """Live connections per user, cluster-wide."""
-        members = await script("census").run(self._redis, [CONN_ALL], [])
+        async with bounded(self._timeout):
+            members = await script("census").run(self._redis, [CONN_ALL], [])
         return dict(Counter(Slot.from_member(m).user_id for m in members))
 
     async def node_slots(self) -> list[Slot]:
         """This node's live slots."""
-        members = await script("census").run(self._redis, [self._node_key], [])
+        async with bounded(self._timeout):
+            members = await script("census").run(self._redis, [self._node_key], [])
         return [Slot.from_member(m) for m in members]
 
-
-async def _release(redis: Redis, node_key: str, slots: Sequence[Slot]) -> int:
-    released = 0
-    for batch in _batches(slots):
-        keys = [CONN_ALL, node_key, *(conn_user_key(s.user_id) for s in batch)]
-        released += int(await script("release").run(redis, keys, [s.member for s in batch]))
-    return released
+    async def _release(self, slots: Sequence[Slot]) -> int:
+        released = 0
+        for batch in _batches(slots):
+            keys = [CONN_ALL, self._node_key, *(conn_user_key(s.user_id) for s in batch)]
+            async with bounded(self._timeout):
+                answer = await script("release").run(self._redis, keys, [s.member for s in batch])
+            released += int(answer)
+        return released
 
 
 def _batches(slots: Sequence[Slot]) -> Iterable[Sequence[Slot]]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from app.cluster.client import bounded
 from app.cluster.keys import counter_key
 from app.cluster.scripts import script
 
@@ -35,30 +36,33 @@ def _seconds(pttl: int) -> float:
 class ExpiringCounters:
     """Counters in one namespace (e.g. ``login:user``, ``login:addr``)."""
 
-    def __init__(self, redis: Redis, namespace: str) -> None:
+    def __init__(self, redis: Redis, namespace: str, *, timeout_s: float) -> None:
         self._redis = redis
         self._namespace = namespace
+        self._timeout = timeout_s
 
     def _key(self, key: str) -> str:
         return counter_key(self._namespace, key)
 
     async def add(self, key: str, window_s: float) -> Count:
         """Count one hit; the first hit opens a window of ``window_s``."""
-        count, pttl = await script("counter_add").run(
-            self._redis, [self._key(key)], [max(1, round(window_s * 1000))]
-        )
+        async with bounded(self._timeout):
+            count, pttl = await script("counter_add").run(
+                self._redis, [self._key(key)], [max(1, round(window_s * 1000))]
+            )
         return Count(int(count), _seconds(pttl))
 
     async def reserve(self, key: str, limit: int, window_s: float) -> Reservation:
         """Take one unit if fewer than ``limit`` were taken in the open window, atomically."""
-        granted, count, pttl = await script("counter_reserve").run(
-            self._redis, [self._key(key)], [limit, max(1, round(window_s * 1000))]
-        )
+        async with bounded(self._timeout):
+            granted, count, pttl = await script("counter_reserve").run(
+                self._redis, [self._key(key)], [limit, max(1, round(window_s * 1000))]
+            )
         ok = bool(int(granted))
         return Reservation(ok, int(count), 0.0 if ok else _seconds(pttl))
 
     async def peek(self, *keys: str) -> list[Count]:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.get(self._key(key))
                 pipe.pttl(self._key(key))
@@ -69,4 +73,5 @@ class ExpiringCounters:
         ]
 
     async def reset(self, key: str) -> None:
-        await self._redis.delete(self._key(key))
+        async with bounded(self._timeout):
+            await self._redis.delete(self._key(key))

@@ -16,6 +16,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.cluster.client import bounded
 from app.cluster.keys import NODES_INDEX, NODES_ROWS, NODES_SEEN
 from app.cluster.scripts import script
 from config.logging import get_logger
@@ -65,22 +66,25 @@ class NodeRow:
 
 
 class NodeRegistry:
-    def __init__(self, redis: Redis, *, report_interval_s: float) -> None:
+    def __init__(self, redis: Redis, *, report_interval_s: float, timeout_s: float) -> None:
         self._redis = redis
+        self._timeout = timeout_s
         self.report_interval_s = report_interval_s
         self._ttl_ms = max(1, round(report_interval_s * ROW_LIFETIME_INTERVALS * 1000))
 
     async def report(self, figures: NodeFigures) -> float:
         """Write this node's row; returns the call's round trip in seconds (the Redis RTT)."""
         started = time.perf_counter()
-        await script("node_report").run(
-            self._redis, _KEYS, [figures.node_id, figures.to_json(), self._ttl_ms]
-        )
+        async with bounded(self._timeout):
+            await script("node_report").run(
+                self._redis, _KEYS, [figures.node_id, figures.to_json(), self._ttl_ms]
+            )
         return time.perf_counter() - started
 
     async def live(self) -> list[NodeRow]:
         """Every live node's row, ordered by node id."""
-        now, ids, rows, seen = await script("node_rows").run(self._redis, _KEYS, [])
+        async with bounded(self._timeout):
+            now, ids, rows, seen = await script("node_rows").run(self._redis, _KEYS, [])
         result = []
         for node_id, row, seen_ms in zip(ids, rows, seen, strict=True):
             if row is None or seen_ms is None:
@@ -102,7 +106,7 @@ class NodeRegistry:
 
     async def remove(self, node_id: str) -> None:
         """Drop this node's row at once (graceful stop) instead of letting it lapse."""
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with bounded(self._timeout), self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(NODES_INDEX, node_id)
             pipe.hdel(NODES_ROWS, node_id)
             pipe.hdel(NODES_SEEN, node_id)

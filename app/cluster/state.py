@@ -16,6 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from app.cluster.client import bounded
 from app.cluster.keys import UserKeys
 from app.cluster.notices import decode_json_object, script_args
 from app.cluster.scripts import Arg, script
@@ -53,9 +54,10 @@ class UserState:
 class SharedPortfolio:
     """Apply events to, and read, the state that every node shares."""
 
-    def __init__(self, redis: Redis, *, recent_orders_limit: int) -> None:
+    def __init__(self, redis: Redis, *, recent_orders_limit: int, timeout_s: float) -> None:
         self._redis = redis
         self._recent_limit = recent_orders_limit
+        self._timeout = timeout_s
         self._apply = script("apply_event")
         self._read = script("read_state")
 
@@ -81,7 +83,9 @@ class SharedPortfolio:
     async def apply(self, event: Event, *, epoch: int) -> WriteResult:
         """Write one event as the holder of account epoch ``epoch``."""
         keys, args = self._call(event, epoch)
-        return _write_result(await self._apply.run(self._redis, keys, args), epoch)
+        async with bounded(self._timeout):
+            answer = await self._apply.run(self._redis, keys, args)
+        return _write_result(answer, epoch)
 
     async def apply_many(self, events: Sequence[Event], *, epoch: int) -> list[WriteResult]:
         """Write events in order in one round trip; results in the same order.
@@ -91,9 +95,9 @@ class SharedPortfolio:
         """
         if not events:
             return []
-        answers = await self._apply.run_many(
-            self._redis, [self._call(event, epoch) for event in events]
-        )
+        calls = [self._call(event, epoch) for event in events]
+        async with bounded(self._timeout):
+            answers = await self._apply.run_many(self._redis, calls)
         for answer in answers:
             if isinstance(answer, Exception):
                 raise answer
@@ -102,7 +106,8 @@ class SharedPortfolio:
     async def read(self, user_id: str) -> UserState:
         """The user's whole state and the offset it is at, read atomically."""
         keys = UserKeys.of(user_id)
-        answer = await self._read.run(self._redis, keys.state_keys, [])
+        async with bounded(self._timeout):
+            answer = await self._read.run(self._redis, keys.state_keys, [])
         epoch, offset, fencing, flat_positions, orders, account = answer
         portfolio = UserPortfolio()
         for i in range(0, len(flat_positions), 2):

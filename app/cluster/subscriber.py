@@ -23,7 +23,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from app.cluster.client import backoff_delay
+from app.cluster.client import backoff_delay, bounded
 from app.cluster.gate import NoticeGate, Verdict
 from app.cluster.keys import probe_channel, user_channel, user_of_channel
 from app.cluster.notices import BadNotice, Notice, decode_notice
@@ -69,8 +69,10 @@ class NoticeSubscriber:
         probe_interval_s: float,
         backoff_initial_s: float,
         backoff_max_s: float,
+        timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._timeout = timeout_s
         self._pool = pool
         self._publisher = publisher
         self._on_event = on_event
@@ -99,9 +101,9 @@ class NoticeSubscriber:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            # wait(), not awaiting each: suppressing their CancelledError could swallow ours.
+            await asyncio.wait(self._tasks)
         self._tasks = []
         if self._timer is not None:
             self._timer.cancel()
@@ -196,7 +198,8 @@ class NoticeSubscriber:
         self._broken = broken
         tasks: list[asyncio.Task[None]] = []
         try:
-            await connection.connect()  # type: ignore[no-untyped-call]
+            async with bounded(self._timeout):
+                await connection.connect()  # type: ignore[no-untyped-call]
             for user_id in self._book.connection_reset():
                 self._gate.forget(user_id)
             self._probe.reset()
@@ -216,9 +219,8 @@ class NoticeSubscriber:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                    await task
+            if tasks:
+                await asyncio.wait(tasks)
             self._broken = None
             with contextlib.suppress(RedisError, OSError):
                 await connection.disconnect(nowait=True)
@@ -344,7 +346,8 @@ class NoticeSubscriber:
             self._probe.sent(seq, self._clock())
             # A failed publish stays unanswered: the next ticks count it.
             with contextlib.suppress(RedisError, OSError):
-                await self._publisher.publish(self._probe_channel, str(seq))
+                async with bounded(min(self._timeout, self._probe_interval)):
+                    await self._publisher.publish(self._probe_channel, str(seq))
 
 
 def _batches(users: list[str]) -> Iterator[list[str]]:

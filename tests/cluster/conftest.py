@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from app.cluster.client import command_client
 from tests.cluster.redis_server import RedisServer
+from tests.cluster.support import cluster_settings
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +33,8 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def redis(shared_redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(shared_redis_server.url)
+    """A node's command client (its timeouts, retries and cancellation behaviour)."""
+    client = command_client(cluster_settings(shared_redis_server.url), "test")
     await client.flushall()
     await client.config_resetstat()
     yield client

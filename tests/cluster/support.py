@@ -17,6 +17,7 @@ from config.settings import Settings
 from tests.app.support import account, closed, order, position, trade
 
 __all__ = [
+    "REDIS_TIMEOUT_S",
     "Recorder",
     "account",
     "closed",
@@ -28,6 +29,9 @@ __all__ = [
     "running_subscriber",
     "trade",
 ]
+
+# Every exchange with the test's Redis (on loopback) is bounded by this.
+REDIS_TIMEOUT_S = 2.0
 
 
 def event(kind: str, payload: dict[str, Any], *, quiet: bool = False) -> Event:
@@ -106,6 +110,7 @@ async def running_subscriber(
         probe_interval_s=settings.redis_probe_interval_s,
         backoff_initial_s=settings.redis_backoff_initial_s,
         backoff_max_s=settings.redis_backoff_max_s,
+        timeout_s=settings.redis_timeout_s,
     )
     await subscriber.start()
     try:

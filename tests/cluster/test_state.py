@@ -22,14 +22,14 @@ from app.events import (
     TRADE_EXECUTED,
 )
 from app.portfolio import PortfolioStore
-from tests.cluster.support import account, closed, event, order, position, trade
+from tests.cluster.support import REDIS_TIMEOUT_S, account, closed, event, order, position, trade
 
 ALL = frozenset({"positions", "orders", "account"})
 
 
 @pytest.fixture
 def shared(redis: Redis) -> SharedPortfolio:
-    return SharedPortfolio(redis, recent_orders_limit=3)
+    return SharedPortfolio(redis, recent_orders_limit=3, timeout_s=REDIS_TIMEOUT_S)
 
 
 async def subscribed(redis: Redis, user: str) -> PubSub:

@@ -16,6 +16,7 @@ from app.cluster.state import SharedPortfolio
 from app.cluster.subscriber import NoticeSubscriber
 from app.events import POSITION_UPDATED, Event
 from tests.cluster.support import (
+    REDIS_TIMEOUT_S,
     Recorder,
     cluster_settings,
     event,
@@ -32,7 +33,7 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 def shared(redis: Redis) -> SharedPortfolio:
-    return SharedPortfolio(redis, recent_orders_limit=50)
+    return SharedPortfolio(redis, recent_orders_limit=50, timeout_s=REDIS_TIMEOUT_S)
 
 
 @pytest.fixture
