@@ -2,8 +2,8 @@
 
 - ``acquire``/``release`` reference-count a user's channel; subscribes leave in batches (one
   command for all the users acquired in a loop turn), unsubscribes after a grace period.
-- The reader never blocks the loop and survives anything one message can do; the connection is
-  replaced (backoff with full jitter) when it fails or when two probes in a row went unanswered.
+- The connection (``app.cluster.link``) is replaced when it fails, and also when two probes in
+  a row went unanswered: it may look healthy and deliver nothing.
 - Notices pass a per-user gate (``app.cluster.gate``): in order they become events; on a gap,
   a new epoch or a replaced connection the caller's ``on_resync(user_id)`` is called instead,
   and the caller re-reads the state and calls ``set_position``.
@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from app.cluster.client import backoff_delay, bounded
+from app.cluster.client import bounded
 from app.cluster.gate import NoticeGate, Verdict
 from app.cluster.keys import probe_channel, user_channel, user_of_channel
+from app.cluster.link import PubSubLink
 from app.cluster.notices import BadNotice, Notice, decode_notice
 from app.cluster.probe import ProbeTracker
 from app.cluster.subscriptions import SubscriptionBook
@@ -33,10 +32,6 @@ from app.events import Event
 from config.logging import get_logger
 
 log = get_logger()
-
-# Channels per SUBSCRIBE/UNSUBSCRIBE command: a resubscribe after a reconnect goes out in
-# commands of this size rather than one huge one (centrifuge's redisSubscribeBatchLimit).
-COMMAND_BATCH = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,28 +68,33 @@ class NoticeSubscriber:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._timeout = timeout_s
-        self._pool = pool
         self._publisher = publisher
         self._on_event = on_event
         self._on_resync = on_resync
         self._probe_interval = probe_interval_s
-        self._backoff = (backoff_initial_s, backoff_max_s)
         self._clock = clock
         self._probe_channel = probe_channel(node_id)
         self._book = SubscriptionBook(unsubscribe_delay_s)
         self._gate = NoticeGate()
         self._probe = ProbeTracker()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
-        self._broken: asyncio.Future[str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._connected = False
-        self._reconnects = self._resyncs = self._bad = 0
+        self._resyncs = self._bad = 0
+        self._link = PubSubLink(
+            pool,
+            greeting=self._probe_channel,
+            on_connect=self._connection_reset,
+            on_frame=self._handle,
+            take_commands=self._take_commands,
+            timeout_s=timeout_s,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+        )
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._run(), name="redis-pubsub"),
+            asyncio.create_task(self._link.run(), name="redis-pubsub"),
             asyncio.create_task(self._probe_loop(), name="redis-pubsub-probe"),
         ]
 
@@ -118,7 +118,7 @@ class NoticeSubscriber:
         self._gate.track(user_id)
         if self._book.is_live(user_id):
             return True
-        self._wake.set()
+        self._link.wake()
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(user_id, []).append(waiter)
         try:
@@ -161,13 +161,13 @@ class NoticeSubscriber:
     def status(self) -> SubscriberStatus:
         now = self._clock()
         return SubscriberStatus(
-            connected=self._connected,
+            connected=self._link.connected,
             subscribed_users=self._book.live_count,
             wanted_users=self._book.wanted_count,
             probe_rtt_s=self._probe.rtt_s,
             probes_answered=self._probe.answered,
-            lag_s=self._probe.lag_s(now) if self._connected else None,
-            reconnects=self._reconnects,
+            lag_s=self._probe.lag_s(now) if self._link.connected else None,
+            reconnects=self._link.losses,
             resyncs=self._resyncs,
             gaps=self._gate.gaps + self._gate.epoch_changes,
             stale_notices=self._gate.stale,
@@ -176,84 +176,18 @@ class NoticeSubscriber:
 
     # -- the connection ----------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        attempt = 0
-        while True:
-            reason = await self._session()
-            if self._connected:
-                attempt = 0
-                self._reconnects += 1
-                log.warning("[Cluster] Redis pub/sub connection lost; reconnecting", reason=reason)
-            elif attempt == 0:
-                log.warning("[Cluster] Redis pub/sub unavailable; retrying", reason=reason)
-            self._connected = False
-            await asyncio.sleep(backoff_delay(attempt, *self._backoff))
-            attempt += 1
+    def _connection_reset(self) -> None:
+        """A new connection holds no subscription: every wanted user is subscribed again."""
+        for user_id in self._book.connection_reset():
+            self._gate.forget(user_id)
+        self._probe.reset()
 
-    async def _session(self) -> str:
-        """Run one connection until it fails; returns why it ended."""
-        # redis-py leaves these two untyped.
-        connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-        broken: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._broken = broken
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            async with bounded(self._timeout):
-                await connection.connect()  # type: ignore[no-untyped-call]
-            for user_id in self._book.connection_reset():
-                self._gate.forget(user_id)
-            self._probe.reset()
-            self._wake.set()
-            tasks = [
-                asyncio.create_task(self._read(connection), name="redis-pubsub-read"),
-                asyncio.create_task(self._write(connection), name="redis-pubsub-write"),
-            ]
-            watched: list[asyncio.Future[Any]] = [*tasks, broken]
-            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-            if broken.done():
-                return broken.result()
-            ended = next(task for task in tasks if task.done())
-            return repr(ended.exception())
-        except (RedisError, OSError) as error:
-            return repr(error)
-        finally:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
-            self._broken = None
-            with contextlib.suppress(RedisError, OSError):
-                await connection.disconnect(nowait=True)
-
-    def _break(self, reason: str) -> None:
-        if self._broken is not None and not self._broken.done():
-            self._broken.set_result(reason)
-
-    async def _read(self, connection: AbstractConnection) -> None:
-        while True:
-            # No read timeout: a quiet channel is normal, and a silent dead one is the probe's
-            # to find. (A timeout here would also cut replies in half.)
-            response = await connection.read_response(timeout=math.inf)
-            try:
-                self._handle(response)
-            except Exception:
-                log.exception(
-                    "[Cluster] Redis pub/sub message failed", response=repr(response)[:200]
-                )
-
-    async def _write(self, connection: AbstractConnection) -> None:
-        await connection.send_command("SUBSCRIBE", self._probe_channel)
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            for user_id in self._book.due(self._clock()):
-                self._gate.forget(user_id)
-            subscribe, unsubscribe = self._book.take_commands()
-            for batch in _batches(unsubscribe):
-                await connection.send_command("UNSUBSCRIBE", *map(user_channel, batch))
-            for batch in _batches(subscribe):
-                await connection.send_command("SUBSCRIBE", *map(user_channel, batch))
-            self._arm_timer()
+    def _take_commands(self) -> tuple[list[str], list[str]]:
+        for user_id in self._book.due(self._clock()):
+            self._gate.forget(user_id)
+        subscribe, unsubscribe = self._book.take_commands()
+        self._arm_timer()
+        return [user_channel(u) for u in subscribe], [user_channel(u) for u in unsubscribe]
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
@@ -262,22 +196,15 @@ class NoticeSubscriber:
         deadline = self._book.next_deadline()
         if deadline is not None:
             delay = max(0.0, deadline - self._clock())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._wake.set)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._link.wake)
 
     # -- messages ----------------------------------------------------------------------------
 
-    def _handle(self, response: Any) -> None:
-        if not isinstance(response, list) or len(response) < 3:
-            return
-        kind, channel = bytes(response[0]), bytes(response[1]).decode()
+    def _handle(self, frame: list[Any]) -> None:
+        kind, channel = bytes(frame[0]), bytes(frame[1]).decode()
         if kind == b"message":
-            self._on_message(channel, bytes(response[2]))
-        elif kind in (b"subscribe", b"unsubscribe"):
-            if channel == self._probe_channel:
-                if kind == b"subscribe":
-                    self._connected = True
-                    log.info("[Cluster] Redis pub/sub connected", channel=channel)
-                return
+            self._on_message(channel, bytes(frame[2]))
+        elif kind in (b"subscribe", b"unsubscribe") and channel != self._probe_channel:
             user_id = user_of_channel(channel)
             if user_id is not None:
                 self._on_confirmed(user_id, kind == b"subscribe")
@@ -333,14 +260,14 @@ class NoticeSubscriber:
         seq = 0
         while True:
             await asyncio.sleep(self._probe_interval)
-            if not self._connected:
+            if not self._link.connected:
                 continue
             if self._probe.tick():
                 log.warning(
                     "[Cluster] Redis pub/sub probe unanswered; reconnecting",
                     intervals=self._probe_interval,
                 )
-                self._break("probe unanswered")
+                self._link.replace("probe unanswered")
                 continue
             seq += 1
             self._probe.sent(seq, self._clock())
@@ -348,8 +275,3 @@ class NoticeSubscriber:
             with contextlib.suppress(RedisError, OSError):
                 async with bounded(min(self._timeout, self._probe_interval)):
                     await self._publisher.publish(self._probe_channel, str(seq))
-
-
-def _batches(users: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(users), COMMAND_BATCH):
-        yield users[start : start + COMMAND_BATCH]

@@ -204,3 +204,23 @@ async def test_status_reports_the_probe_round_trip(subscriber: NoticeSubscriber)
     status = subscriber.status
     assert status.connected and status.probe_rtt_s is not None and status.probe_rtt_s < 1
     assert status.lag_s is not None and status.lag_s < 1 and status.reconnects == 0
+
+
+async def test_every_node_holding_the_user_gets_every_event(
+    redis_url: str, redis: Redis, shared: SharedPortfolio
+) -> None:
+    recorders = [Recorder(), Recorder()]
+    async with (
+        running_subscriber(cluster_settings(redis_url, node_id="a"), recorders[0], redis) as a,
+        running_subscriber(cluster_settings(redis_url, node_id="b"), recorders[1], redis) as b,
+    ):
+        await follow(a, shared, "user-1")
+        await shared.apply(tick("user-1", 1), epoch=1)
+        await follow(b, shared, "user-1")  # joins later: its snapshot already has qty 1
+        await shared.apply(tick("user-1", 2), epoch=1)
+
+        await recorders[0].wait(lambda: len(recorders[0].events) == 2)
+        await recorders[1].wait(lambda: len(recorders[1].events) == 1)
+        assert [e.payload["qty"] for e in recorders[0].events] == ["1", "2"]
+        assert [e.payload["qty"] for e in recorders[1].events] == ["2"]
+        assert a.position("user-1") == b.position("user-1")
