@@ -81,6 +81,7 @@ class NoticeSubscriber:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._resyncs = self._bad = 0
+        self._closed = False
         self._link = PubSubLink(
             pool,
             greeting=self._probe_channel,
@@ -99,6 +100,11 @@ class NoticeSubscriber:
         ]
 
     async def close(self) -> None:
+        self._closed = True
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -129,7 +135,7 @@ class NoticeSubscriber:
             waiting = self._waiters.get(user_id)
             if waiting is not None and waiter in waiting:
                 waiting.remove(waiter)
-        return True
+        return not self._closed
 
     def release(self, user_id: str) -> None:
         self._book.release(user_id, self._clock())
