@@ -271,7 +271,7 @@ class NoticeSubscriber:
             if self._probe.tick():
                 log.warning(
                     "[Cluster] Redis pub/sub probe unanswered; reconnecting",
-                    intervals=self._probe_interval,
+                    probeIntervalS=self._probe_interval,
                 )
                 self._link.replace("probe unanswered")
                 continue
