@@ -93,7 +93,6 @@ class Settings(BaseSettings):
 
     # Storage, sessions, login
     database_url: str = "sqlite:///./data/portfolio-stream.db"
-    redis_url: str | None = None
     session_ttl_hours: float = Field(24 * 7, gt=0)
     cookie_secure: bool = False
     login_max_failures: int = Field(5, ge=1)
@@ -110,7 +109,25 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     # gc.set_threshold(gen0, gen1, gen2) once serving; "700,10,10" is CPython's default.
     gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = (100_000, 50, 1_000)
-    node_id: str | None = None
+
+    # Scale-out: several nodes sharing one Redis (read only when REDIS_URL is set)
+    redis_url: str | None = None
+    # This node's name in Redis (stats rows, admission slots, its probe channel); unset:
+    # <hostname>:<PORT>.
+    node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")
+    # Connect and command timeout for Redis: beyond it a node acts on its local view.
+    redis_timeout_s: float = Field(2.0, gt=0, le=60)
+    redis_backoff_initial_s: float = Field(0.25, gt=0, le=60)
+    redis_backoff_max_s: float = Field(10.0, gt=0, le=600)
+    # A user's channel stays subscribed this long after its last connection here closed.
+    redis_unsubscribe_delay_s: float = Field(5.0, ge=0, le=600)
+    # End-to-end pub/sub probe cadence; two unanswered probes replace the connection.
+    redis_probe_interval_s: float = Field(5.0, gt=0, le=300)
+    # Lifetime of a connection's admission slot unless refreshed by the heartbeat: what a
+    # crashed node can leak, for at most this long.
+    cluster_entry_ttl_s: float = Field(30.0, ge=1, le=3600)
+    # How often a node writes its stats row; a row three intervals old is a dead node's.
+    cluster_node_report_interval_s: float = Field(3.0, gt=0, le=60)
 
     # HTTP API and health rules
     # ``pollIntervalMs`` of /api/realtime/config: how often a browser without a live socket polls.
@@ -153,6 +170,20 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("redis_url", "node_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
     @field_validator("gc_thresholds", mode="before")
@@ -198,6 +229,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MAX_CONNECTIONS_PER_USER must not exceed MAX_TOTAL_CONNECTIONS "
                 f"({self.max_connections_per_user} > {self.max_total_connections})"
+            )
+        if self.redis_url and self.cluster_entry_ttl_s * 1000 <= self.heartbeat_interval_ms:
+            raise ValueError(
+                "CLUSTER_ENTRY_TTL_S must exceed HEARTBEAT_INTERVAL_MS, which refreshes it "
+                f"({self.cluster_entry_ttl_s * 1000:g} ms <= {self.heartbeat_interval_ms} ms)"
             )
         if (self.alpaca_api_key is None) != (self.alpaca_secret_key is None):
             raise ValueError("ALPACA_API_KEY and ALPACA_SECRET_KEY must be set together")

@@ -1,0 +1,107 @@
+"""Every Redis key and channel name the cluster uses, in one place (docs/scaling.md lists them).
+
+Names share the prefix ``pf``. Keys whose scripts touch several of them at once carry one hash
+tag (``{<userId>}``, ``{conn}``, ``{nodes}``) so that all keys of one script live in one Redis
+Cluster slot: today one Redis serves everything, and the tags keep a later move to Cluster open.
+Channels are not keys, but a user's channel carries the same tag so a sharded publish from the
+write script would stay in the user's slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+PREFIX: Final = "pf"
+USER_CHANNEL_PREFIX: Final = f"{PREFIX}.u."
+
+
+@dataclass(frozen=True, slots=True)
+class UserKeys:
+    """A user's latest-value state and its change channel.
+
+    - ``meta``: HASH ``e`` state epoch (a random token made when the state is first written, so
+      a Redis that lost its data is told apart from one that did not), ``o`` offset (one per
+      applied event), ``fe`` fencing epoch (the newest writer's account epoch).
+    - ``positions``: HASH symbol -> ``position:updated`` payload (JSON).
+    - ``orders``: HASH order id -> ``order:updated`` payload (JSON).
+    - ``order_recency``: ZSET order id -> offset of its last update (snapshot order).
+    - ``orders_done``: ZSET terminal order id -> offset (which closed orders to evict first).
+    - ``account``: STRING, the latest ``account:updated`` payload (JSON).
+    - ``channel``: where the write script publishes each change notice.
+    """
+
+    meta: str
+    positions: str
+    orders: str
+    order_recency: str
+    orders_done: str
+    account: str
+    channel: str
+
+    @classmethod
+    def of(cls, user_id: str) -> UserKeys:
+        base = f"{PREFIX}:{{{user_id}}}"
+        return cls(
+            meta=f"{base}:meta",
+            positions=f"{base}:pos",
+            orders=f"{base}:ord",
+            order_recency=f"{base}:ord:recent",
+            orders_done=f"{base}:ord:done",
+            account=f"{base}:acct",
+            channel=user_channel(user_id),
+        )
+
+    @property
+    def state_keys(self) -> list[str]:
+        """The keys the write and read scripts take, in the order the scripts expect."""
+        return [
+            self.meta,
+            self.positions,
+            self.orders,
+            self.order_recency,
+            self.orders_done,
+            self.account,
+        ]
+
+
+def user_channel(user_id: str) -> str:
+    return f"{USER_CHANNEL_PREFIX}{{{user_id}}}"
+
+
+def user_of_channel(channel: str) -> str | None:
+    """The user id a user channel belongs to, or None for any other channel."""
+    if not channel.startswith(USER_CHANNEL_PREFIX + "{") or not channel.endswith("}"):
+        return None
+    return channel[len(USER_CHANNEL_PREFIX) + 1 : -1]
+
+
+def probe_channel(node_id: str) -> str:
+    """A node's own pub/sub liveness probe: only that node publishes and subscribes here."""
+    return f"{PREFIX}.probe.{node_id}"
+
+
+# Admission: ZSETs of connection slots scored by expiry (Redis TIME, ms). Members are
+# "<connectionId> <userId>" everywhere, so the cluster-wide set alone yields per-user counts.
+CONN_TAG: Final = "{conn}"
+CONN_ALL: Final = f"{PREFIX}:{CONN_TAG}:all"
+
+
+def conn_user_key(user_id: str) -> str:
+    return f"{PREFIX}:{CONN_TAG}:u:{user_id}"
+
+
+def conn_node_key(node_id: str) -> str:
+    return f"{PREFIX}:{CONN_TAG}:n:{node_id}"
+
+
+# Node registry: a ZSET of node id -> expiry (ms), and two HASHes: id -> row (JSON) and
+# id -> last seen (ms, Redis TIME).
+NODES_INDEX: Final = f"{PREFIX}:{{nodes}}"
+NODES_ROWS: Final = f"{PREFIX}:{{nodes}}:rows"
+NODES_SEEN: Final = f"{PREFIX}:{{nodes}}:seen"
+
+
+def counter_key(namespace: str, key: str) -> str:
+    """An expiring counter (login throttle and similar): STRING count with a PX expiry."""
+    return f"{PREFIX}:count:{namespace}:{key}"

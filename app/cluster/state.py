@@ -1,0 +1,136 @@
+"""Users' latest-value portfolio state in Redis, written and published atomically.
+
+The node that consumes a broker account applies each of its events here: one script checks the
+writer's account epoch (fencing), writes the state, counts the user's offset and publishes the
+change notice. Any node reads a user's whole state with its epoch and offset in one step, for
+snapshots. Keys and the notice format: ``app.cluster.keys``, ``app.cluster.notices``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.cluster.client import bounded
+from app.cluster.keys import UserKeys
+from app.cluster.notices import decode_json_object, script_args
+from app.cluster.scripts import Arg, script
+from app.events import Event, validate_payload
+from app.portfolio import UserPortfolio
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """``applied``: the event is in the state and its notice was published at ``offset``.
+    Refused (an older writer): ``fencing_epoch`` is the newer epoch that Redis holds."""
+
+    applied: bool
+    epoch: str | None
+    offset: int | None
+    fencing_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """A user's state at one offset. ``epoch`` is None when nothing was ever written (or Redis
+    lost it); the first notice then has offset 1."""
+
+    user_id: str
+    epoch: str | None
+    offset: int
+    fencing_epoch: int
+    portfolio: UserPortfolio
+
+    def snapshot(self, channels: frozenset[str] | set[str]) -> dict[str, Any]:
+        """The body of a ``snapshot`` message, exactly as the in-process store builds it."""
+        return self.portfolio.snapshot(channels)
+
+
+class SharedPortfolio:
+    """Apply events to, and read, the state that every node shares."""
+
+    def __init__(self, redis: Redis, *, recent_orders_limit: int, timeout_s: float) -> None:
+        self._redis = redis
+        self._recent_limit = recent_orders_limit
+        self._timeout = timeout_s
+        self._apply = script("apply_event")
+        self._read = script("read_state")
+
+    def _call(self, event: Event, epoch: int) -> tuple[list[str], list[Arg]]:
+        validate_payload(event.type, event.payload)
+        keys = UserKeys.of(event.user_id)
+        kind, payload, field, terminal, emitted_at, quiet = script_args(event)
+        args: list[Arg] = [
+            epoch,
+            # Used only if the user has no state yet: a fresh epoch per state lifetime.
+            secrets.token_hex(6),
+            kind,
+            payload,
+            field,
+            terminal,
+            self._recent_limit,
+            keys.channel,
+            emitted_at,
+            quiet,
+        ]
+        return keys.state_keys, args
+
+    async def apply(self, event: Event, *, epoch: int) -> WriteResult:
+        """Write one event as the holder of account epoch ``epoch``."""
+        keys, args = self._call(event, epoch)
+        async with bounded(self._timeout):
+            answer = await self._apply.run(self._redis, keys, args)
+        return _write_result(answer, epoch)
+
+    async def apply_many(self, events: Sequence[Event], *, epoch: int) -> list[WriteResult]:
+        """Write events in order in one round trip; results in the same order.
+
+        A call that failed in Redis raises after the others were applied: the caller learns
+        which by the exception, and everything before it is written.
+        """
+        if not events:
+            return []
+        calls = [self._call(event, epoch) for event in events]
+        async with bounded(self._timeout):
+            answers = await self._apply.run_many(self._redis, calls)
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return [_write_result(answer, epoch) for answer in answers]
+
+    async def read(self, user_id: str) -> UserState:
+        """The user's whole state and the offset it is at, read atomically."""
+        keys = UserKeys.of(user_id)
+        async with bounded(self._timeout):
+            answer = await self._read.run(self._redis, keys.state_keys, [])
+        epoch, offset, fencing, flat_positions, orders, account = answer
+        portfolio = UserPortfolio()
+        for i in range(0, len(flat_positions), 2):
+            portfolio.positions[flat_positions[i].decode()] = decode_json_object(
+                flat_positions[i + 1]
+            )
+        # The script returns the newest first; UserPortfolio keeps the oldest first.
+        recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        for raw in reversed(orders):
+            order = decode_json_object(raw)
+            recent[str(order["orderId"])] = order
+        portfolio.orders = recent
+        portfolio.account = decode_json_object(account) if account else None
+        return UserState(
+            user_id=user_id,
+            epoch=epoch.decode() or None,
+            offset=int(offset),
+            fencing_epoch=int(fencing),
+            portfolio=portfolio,
+        )
+
+
+def _write_result(answer: list[Any], epoch: int) -> WriteResult:
+    if int(answer[0]) == 1:
+        return WriteResult(True, answer[1].decode(), int(answer[2]), epoch)
+    return WriteResult(False, None, None, int(answer[1]))
