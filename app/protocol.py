@@ -82,8 +82,9 @@ def parse_client_message(text: str) -> ClientMessage:
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Message must be a JSON object")
     kind = data.get("type")
-    if kind not in CLIENT_TYPES:
-        shown = kind if isinstance(kind, str) else repr(kind)
+    # Checked as a string first: a list or an object cannot even be looked up in a set.
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
+        shown = kind if isinstance(kind, str) else orjson.dumps(kind).decode()
         raise ProtocolError(
             ErrorCode.UNKNOWN_TYPE, f"Unknown message type: {shown[:MAX_ECHOED_CHARS]}"
         )
