@@ -99,7 +99,7 @@ async def _create_demo_users(store: Store, logins: Sequence[DemoLogin]) -> tuple
 
 async def stream_ctx(app: web.Application) -> AsyncIterator[None]:
     manager = app[STREAM_KEY]
-    await manager.start()
+    await manager.start(app[STORE_KEY].revocations)  # a session's end closes its sockets
     yield
     await manager.shutdown()  # a no-op once Lifecycle.shutdown ran it
 

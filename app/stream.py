@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from app.batch_scheduler import Timers
 from app.bus import EventBus, Unsubscribe
@@ -26,7 +26,8 @@ from app.fanout import FanOut
 from app.heartbeat import Heartbeat
 from app.metrics import Metrics
 from app.portfolio import PortfolioStore
-from app.protocol import CloseCode, CloseReason, connected_message
+from app.protocol import SESSION_END_REASONS, CloseCode, CloseReason, connected_message
+from app.sessions import Revocations, SessionRevoked
 from app.stats import StreamStats
 from app.tasks import TaskSet
 from app.transport import AiohttpSocket, ClientConnection
@@ -46,6 +47,11 @@ MIN_SHUTDOWN_STEP_S: Final = 0.5
 # socket is dropped, so one dead client cannot use the whole shutdown budget.
 CLOSE_GRACE_SHARE: Final = 0.25
 MIN_CLOSE_GRACE_S: Final = 0.25
+
+
+def close_grace_s(settings: Settings) -> float:
+    """How long a close frame waits for the client's answer before the socket is dropped."""
+    return max(settings.shutdown_timeout_s * CLOSE_GRACE_SHARE, MIN_CLOSE_GRACE_S)
 
 
 class PortfolioStreamManager:
@@ -93,12 +99,14 @@ class PortfolioStreamManager:
             wall_clock=wall_clock,
             tasks=self._writers,
             max_queued_frames=settings.ws_max_queued_frames,
-            close_grace_s=max(settings.shutdown_timeout_s * CLOSE_GRACE_SHARE, MIN_CLOSE_GRACE_S),
+            close_grace_s=close_grace_s(settings),
             abort_above_bytes=settings.ws_send_buffer_bytes,
         )
         self._messages = ClientMessages(
             rate_limit_messages=settings.ws_rate_limit_messages,
+            rate_limit_control_frames=settings.ws_rate_limit_control_frames,
             rate_limit_window_s=settings.ws_rate_limit_window_s,
+            max_message_bytes=settings.ws_max_message_bytes,
             clock=self._clock,
             wall_clock=wall_clock,
         )
@@ -109,9 +117,13 @@ class PortfolioStreamManager:
 
     # Lifecycle
 
-    async def start(self) -> None:
+    async def start(self, revocations: Revocations | None = None) -> None:
+        """Listen to the bus and start the heartbeat; with ``revocations``, close the sockets
+        of every session that ends."""
         for event_type in EVENT_TYPES:
             self._unsubscribers.append(self._bus.subscribe(event_type, self._fanout.on_event))
+        if revocations is not None:
+            self._unsubscribers.append(revocations.subscribe(self._on_revoked))
         self._accepting = True
         self._background.spawn(self._heartbeat.run(), "ws-heartbeat")
         log.info(
@@ -169,15 +181,22 @@ class PortfolioStreamManager:
     # Admission
 
     def admit(
-        self, user_id: str, ws: web.WebSocketResponse, request: web.Request
+        self, user_id: str, ws: web.WebSocketResponse, request: web.Request, token_hash: str = ""
     ) -> Connection | None:
         """Register an upgraded socket, or None when a connection limit is reached."""
-        return self.attach(
-            user_id, AiohttpSocket(ws, request.transport, raw_writes=self._raw_writes)
+        socket = AiohttpSocket(
+            ws,
+            request.transport,
+            raw_writes=self._raw_writes,
+            unsent_limit=self._settings.ws_send_buffer_bytes,
         )
+        return self.attach(user_id, socket, token_hash=token_hash)
 
-    def attach(self, user_id: str, socket: ClientConnection) -> Connection | None:
-        """Register a client socket (any implementation of the seam), or None at a limit."""
+    def attach(
+        self, user_id: str, socket: ClientConnection, *, token_hash: str = ""
+    ) -> Connection | None:
+        """Register a client socket (any implementation of the seam), or None at a limit;
+        ``token_hash`` names the session it was opened with, so its end closes it."""
         user_conns = self._by_user.get(user_id)
         if len(self._connections) >= self._settings.max_total_connections or (
             user_conns is not None and len(user_conns) >= self._settings.max_connections_per_user
@@ -186,7 +205,7 @@ class PortfolioStreamManager:
         started, _ = self._stats.connection_opened(user_id)
         conn_id = new_connection_id()
         writer = ConnectionWriter(socket, self._writer_context, conn_id, user_id)
-        conn = Connection(conn_id, user_id, socket, writer, started)
+        conn = Connection(conn_id, user_id, socket, writer, started, token_hash)
         conn.next_ping = self._heartbeat.first_ping_at(started)
         self._connections[conn_id] = conn
         self._by_user.setdefault(user_id, {})[conn_id] = conn
@@ -214,30 +233,37 @@ class PortfolioStreamManager:
     async def serve(self, conn: Connection) -> None:
         """Read client frames until the socket closes, then release the connection."""
         socket = conn.socket
+        on_frame = self._messages.on_frame
         try:
-            while True:
-                msg = await socket.receive()
-                kind = msg.type
-                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                    if not await self._messages.handle(
-                        conn, msg.data, binary=kind is WSMsgType.BINARY
-                    ):
-                        break
-                elif kind is WSMsgType.PING:
-                    conn.last_heard = self._clock()
-                    await socket.send_pong(msg.data)
-                elif kind is WSMsgType.PONG:
-                    conn.last_heard = self._clock()
-                elif kind is WSMsgType.CLOSE:
-                    code = int(msg.data) if msg.data else None
-                    conn.writer.note_close(code, msg.extra or "Client disconnect")
-                    break
-                else:  # CLOSING, CLOSED, ERROR (e.g. a frame over the size limit: 1009)
-                    if kind is WSMsgType.ERROR:
-                        conn.writer.note_close(None, str(msg.data) or "Protocol error")
-                    break
+            while on_frame(conn, await socket.receive()):
+                pass
+        except Exception:
+            # A bug while answering this client: it alone is closed, with one traceback.
+            log.exception(
+                "[PortfolioStream] Unexpected error on a connection",
+                userId=conn.user_id,
+                connectionId=conn.id,
+            )
+            conn.writer.hang_up(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL)
         finally:
             self._release(conn)
+
+    def _on_revoked(self, event: SessionRevoked) -> None:
+        """A session ended (logout, expiry, its user removed): close the sockets opened with
+        it, with a code the browser takes as "sign in again", not "reconnect"."""
+        user_conns = self._by_user.get(event.user_id)
+        if not user_conns:
+            return
+        reason = SESSION_END_REASONS[event.reason]
+        for conn in list(user_conns.values()):
+            if event.covers(conn.user_id, conn.token_hash) and not conn.writer.closing:
+                log.info(
+                    "[PortfolioStream] Closing connection: session ended",
+                    userId=conn.user_id,
+                    connectionId=conn.id,
+                    reason=reason,
+                )
+                conn.writer.start_close(CloseCode.SESSION_ENDED, reason)
 
     def _release(self, conn: Connection) -> None:
         if self._connections.pop(conn.id, None) is None:
