@@ -4,11 +4,15 @@ again, not reconnect); the user's other sessions keep their sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import Collection
 
 import aiohttp
 
 from app.keys import STORE_KEY
+from app.session_watch import SessionWatch
+from app.sessions import Revocations, SessionRevoked
 from tests.app.support import (
     PASSWORD,
     Session,
@@ -71,3 +75,58 @@ async def test_removing_the_user_closes_every_one_of_its_sockets_4001(
     await bob_ws.send_json({"type": "ping"})
     assert (await receive(bob_ws))["type"] == "pong"
     await bob_ws.close()
+
+
+async def test_a_session_watched_while_a_check_is_running_is_not_taken_for_revoked() -> None:
+    """A check asks the store about the sessions watched when it started; one whose socket
+    opened meanwhile was not asked about, so it must not be published as gone."""
+    revocations = Revocations()
+    published: list[SessionRevoked] = []
+    revocations.subscribe(published.append)
+    asked = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def live_sessions(hashes: Collection[str]) -> set[str]:
+        asked.set()
+        await answer.wait()
+        return set(hashes)  # every session it was asked about is alive
+
+    watch = SessionWatch(live_sessions, revocations, interval_s=30.0, clock=lambda: 100.0)
+    watch.watch("first", "alice", expires_at=1000.0)
+    checking = asyncio.ensure_future(watch.check())
+    await asked.wait()
+    watch.watch("second", "bob", expires_at=1000.0)  # a socket opens during the lookup
+    answer.set()
+    await checking
+    assert published == []
+
+
+async def test_opening_sockets_does_not_make_the_watch_ask_the_store_again() -> None:
+    """A socket's session was looked up as it was admitted: watching it only moves the next
+    check earlier if it expires sooner. (A full check per new socket made a reconnect storm
+    of N sockets cost N queries of N sessions each.)"""
+    revocations = Revocations()
+    expired = asyncio.Event()
+    revocations.subscribe(lambda event: expired.set())
+    queries = 0
+
+    async def live_sessions(hashes: Collection[str]) -> set[str]:
+        nonlocal queries
+        queries += 1
+        return set(hashes)
+
+    clock = asyncio.get_running_loop().time
+    watch = SessionWatch(live_sessions, revocations, interval_s=30.0, clock=clock)
+    running = asyncio.ensure_future(watch.run())
+    try:
+        await asyncio.sleep(0)  # the first check, with nothing watched yet
+        for n in range(20):  # sockets opening one after another, as in a reconnect storm
+            watch.watch(f"long-{n}", "alice", expires_at=clock() + 3600)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        watch.watch("brief", "bob", expires_at=clock() + 0.05)
+        await asyncio.wait_for(expired.wait(), 2)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert queries == 1  # at bob's expiry only; none for the twenty-one new watches
