@@ -25,6 +25,8 @@ MASK_KEY_BYTES: Final = 4
 class MaskedFramesOnly(asyncio.Protocol):
     """Stands between the transport and aiohttp's protocol; forwards everything else as is."""
 
+    __slots__ = ("_head", "_inner", "_refused", "_skip", "on_unmasked")
+
     def __init__(self, inner: asyncio.Protocol, on_unmasked: Callable[[], None]) -> None:
         self._inner = inner
         self.on_unmasked = on_unmasked

@@ -12,6 +12,8 @@ expiry, the user removed) the socket is closed with 4001.
 
 from __future__ import annotations
 
+from functools import partial
+
 from aiohttp import web
 
 from app.auth import current_session, origin_allowed
@@ -94,8 +96,9 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=CloseReason.LIMIT.encode())
         return ws
     if guard is not None:
-        writer = conn.writer
-        guard.on_unmasked = lambda: writer.hang_up(CloseCode.PROTOCOL_ERROR, CloseReason.UNMASKED)
+        guard.on_unmasked = partial(
+            conn.writer.hang_up, CloseCode.PROTOCOL_ERROR, CloseReason.UNMASKED
+        )
     unwatch = request.app[STORE_KEY].watch_session(session)
     try:
         await manager.serve(conn)
