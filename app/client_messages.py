@@ -58,14 +58,14 @@ class ClientMessages:
 
     def on_frame(self, conn: Connection, msg: WSMessage) -> bool:
         """React to one frame from the client; False once the connection is over (closed by
-        the client, by the server for a broken limit, or lost): stop reading it."""
+        the client, being closed by the server, or lost): stop reading it."""
         kind = msg.type
         if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
             return self.handle(conn, msg.data, binary=kind is WSMsgType.BINARY)
         if kind is WSMsgType.PING or kind is WSMsgType.PONG:
             conn.last_heard = now = self._clock()
             if conn.control_rate_exceeded(now, self._control_limit, self._window):
-                conn.writer.hang_up(CloseCode.POLICY_VIOLATION, CloseReason.RATE)
+                conn.writer.start_close(CloseCode.POLICY_VIOLATION, CloseReason.RATE)
                 return False
             if kind is WSMsgType.PING:
                 conn.writer.send(Pong(msg.data))
@@ -82,14 +82,14 @@ class ClientMessages:
         return False  # CLOSE, CLOSING, CLOSED, ERROR
 
     def handle(self, conn: Connection, data: str | bytes, *, binary: bool = False) -> bool:
-        """React to one client data frame; False when it broke a limit and the connection
-        was closed (1008 for the rate, 1009 for a message inflated past the size limit)."""
+        """React to one client data frame; False when it broke a limit and the connection is
+        being closed (1008 for the rate, 1009 for a message inflated past the size limit)."""
         conn.last_heard = now = self._clock()
         if conn.rate_exceeded(now, self._limit, self._window):
-            conn.writer.hang_up(CloseCode.POLICY_VIOLATION, CloseReason.RATE)
+            conn.writer.start_close(CloseCode.POLICY_VIOLATION, CloseReason.RATE)
             return False
         if len(data) > self._max_bytes:
-            conn.writer.hang_up(CloseCode.MESSAGE_TOO_BIG, CloseReason.TOO_BIG)
+            conn.writer.start_close(CloseCode.MESSAGE_TOO_BIG, CloseReason.TOO_BIG)
             return False
         if binary:
             self._send_error(conn, UNSUPPORTED_FRAME)

@@ -1,7 +1,7 @@
 """RFC 6455 frames as a server writes them straight to the transport (pure).
 
-Only what the raw-write fast path needs: unfragmented text frames, pings, pongs and the close
-frame sent when the server hangs up, unmasked as every server-to-client frame must be (§5.1).
+Only what the server writes itself: unfragmented text frames, pings and pongs (the raw-write
+fast path) and its close frame, unmasked as every server-to-client frame must be (§5.1).
 Everything else goes through aiohttp.
 """
 

@@ -23,6 +23,7 @@ from app.client_messages import ClientMessages
 from app.connection import Connection, new_connection_id
 from app.events import EVENT_TYPES
 from app.fanout import FanOut
+from app.frame_guard import FrameGuard
 from app.heartbeat import Heartbeat
 from app.metrics import Metrics
 from app.portfolio import PortfolioStore
@@ -153,8 +154,9 @@ class PortfolioStreamManager:
         step_s = max(self._settings.shutdown_timeout_s * SHUTDOWN_STEP_SHARE, MIN_SHUTDOWN_STEP_S)
         await self._writers.wait(step_s)
         closing = [
-            conn.writer.start_close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
+            task
             for conn in list(self._connections.values())
+            if (task := conn.writer.start_close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN))
         ]
         if closing:
             await asyncio.wait(closing, timeout=step_s)
@@ -181,14 +183,25 @@ class PortfolioStreamManager:
     # Admission
 
     def admit(
-        self, user_id: str, ws: web.WebSocketResponse, request: web.Request, token_hash: str = ""
+        self,
+        user_id: str,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        token_hash: str = "",
+        guard: FrameGuard | None = None,
     ) -> Connection | None:
         """Register an upgraded socket, or None when a connection limit is reached."""
+        settings = self._settings
         socket = AiohttpSocket(
             ws,
             request.transport,
             raw_writes=self._raw_writes,
-            unsent_limit=self._settings.ws_send_buffer_bytes,
+            unsent_limit=settings.ws_send_buffer_bytes,
+            guard=guard,
+            close_grace_s=close_grace_s(settings),
+            # A client still sending after the server's close frame (a flood) is given this
+            # long to stop and read it.
+            linger_max_s=settings.heartbeat_timeout_s,
         )
         return self.attach(user_id, socket, token_hash=token_hash)
 
@@ -244,9 +257,12 @@ class PortfolioStreamManager:
                 userId=conn.user_id,
                 connectionId=conn.id,
             )
-            conn.writer.hang_up(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL)
+            conn.writer.start_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL)
         finally:
             self._release(conn)
+        # The handler outlives the connection until its close is through: aiohttp drops the
+        # socket as the handler returns, which would cut the closing handshake short.
+        await conn.writer.wait_closed()
 
     def _on_revoked(self, event: SessionRevoked) -> None:
         """A session ended (logout, expiry, its user removed): close the sockets opened with

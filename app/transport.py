@@ -11,6 +11,10 @@ unwritable) once it holds WS_SEND_BUFFER_BYTES not yet sent, so the excess stays
 transport, where it pauses the writer and later batches coalesce. Unlike a small ``SO_SNDBUF``
 it does not count bytes in flight, so a healthy client on a long link keeps its full rate; and
 it costs no system call per message (only a close asks the kernel, with ``SIOCOUTQNSD``).
+
+Closing: where the socket has a ``FrameGuard`` in front of it, the server's close frame is
+written whole, followed by its FIN, and the guard sees the rest through (see there); otherwise
+aiohttp's closing handshake is used.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Final, Protocol
 
 from aiohttp import WSMessage, WSMsgType, web
 
+from app.frame_guard import FrameGuard
 from app.frames import PING_FRAME, close_frame, pong_frame, text_frame
 
 # Linux's ioctl for the bytes of a socket's send queue not yet sent (<linux/sockios.h>).
@@ -62,12 +67,12 @@ class ClientSocket(Protocol):
         ...
 
     def close(self, code: int, reason: str) -> Awaitable[None]:
-        """The closing handshake: a close frame, then wait for the client's."""
+        """Start the closing handshake: send the close frame."""
         ...
 
-    def hang_up(self, code: int, reason: str) -> None:
-        """A close frame if it can leave at once (else none), then the end of the connection,
-        without waiting for the client's close frame."""
+    def linger(self) -> Awaitable[None]:
+        """After ``close``: until the client has ended the connection too, or is given up on
+        (then the connection is dropped); never longer than the socket's own bound."""
         ...
 
     def abort(self) -> None:
@@ -94,7 +99,7 @@ class AiohttpSocket:
     frame goes through aiohttp's compressor.
     """
 
-    __slots__ = ("_raw", "_transport", "_ws")
+    __slots__ = ("_grace_s", "_guard", "_linger_s", "_raw", "_transport", "_ws")
 
     def __init__(
         self,
@@ -103,10 +108,16 @@ class AiohttpSocket:
         *,
         raw_writes: bool,
         unsent_limit: int,
+        guard: FrameGuard | None = None,
+        close_grace_s: float = 1.0,
+        linger_max_s: float = 1.0,
     ) -> None:
         self._ws = ws
         self._transport = transport
         self._raw = raw_writes and transport is not None
+        self._guard = guard
+        self._grace_s = close_grace_s
+        self._linger_s = linger_max_s
         if transport is not None:
             bound_unsent(transport, unsent_limit)
 
@@ -161,19 +172,17 @@ class AiohttpSocket:
         return transport.get_write_buffer_size() + kernel_unsent(transport)
 
     async def close(self, code: int, reason: str) -> None:
-        await self._ws.close(code=code, message=reason.encode())
-
-    def hang_up(self, code: int, reason: str) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if transport.get_write_buffer_size():
-            transport.abort()  # a close frame would wait behind what the client is not reading
-            return
-        # Written whole in one call, so it cannot land inside a frame of aiohttp's; the FIN
-        # follows once the kernel has it.
-        transport.write(close_frame(code, reason))
-        transport.close()
+        if self._guard is None or transport is None:
+            await self._ws.close(code=code, message=reason.encode())
+        elif not transport.is_closing():
+            # One write, so it cannot land inside a frame of aiohttp's; the FIN follows it.
+            transport.write(close_frame(code, reason))
+            transport.write_eof()
+
+    async def linger(self) -> None:
+        if self._guard is not None and self._transport is not None:
+            await self._guard.linger(self._transport, self._grace_s, self._linger_s)
 
     def abort(self) -> None:
         if self._transport is not None:

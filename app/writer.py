@@ -41,6 +41,7 @@ class ConnectionWriter:
 
     __slots__ = (
         "_busy_since",
+        "_closing_task",
         "_context",
         "_control",
         "_pending",
@@ -72,6 +73,7 @@ class ConnectionWriter:
         self._control: deque[Outgoing] | None = None  # None while idle (memory per connection)
         self._sending = False
         self._busy_since = 0.0
+        self._closing_task: asyncio.Task[None] | None = None
 
     # Offering frames
 
@@ -123,6 +125,9 @@ class ConnectionWriter:
         if self.closing:
             return
         self._mark_closed(code, reason)
+        await self._close(code, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
         if self.socket.unsent_bytes() > self._context.abort_above_bytes:
             self.socket.abort()
             return
@@ -132,27 +137,29 @@ class ConnectionWriter:
             )
         except (TimeoutError, ConnectionError, RuntimeError):
             self.socket.abort()
+            return
+        await self.socket.linger()
 
-    def start_close(self, code: int, reason: str) -> asyncio.Task[None]:
-        return self._context.tasks.spawn(self.close(code, reason), "ws-close")
+    def start_close(self, code: int, reason: str) -> asyncio.Task[None] | None:
+        """Close in the background (from a timer, another connection's event, or the receive
+        loop, which then waits for it); None when a close was already decided."""
+        if self.closing:
+            return None
+        self._mark_closed(code, reason)  # decided now: the disconnect line names this code
+        task = self._context.tasks.spawn(self._close(code, reason), "ws-close")
+        self._closing_task = task
+        return task
+
+    async def wait_closed(self) -> None:
+        """Until a close started in the background has finished (it is bounded by the close
+        grace): the receive loop waits for it, so the handshake is not cut short."""
+        task = self._closing_task
+        if task is not None and not task.done():
+            await asyncio.wait([task])
 
     def abort(self, code: int, reason: str) -> None:
         self._mark_closed(code, reason)
         self.socket.abort()
-
-    def hang_up(self, code: int, reason: str) -> None:
-        """End the connection now: a close frame if it can leave at once, but no waiting for
-        the client's answer (a client flooding the server would go on meanwhile)."""
-        if self.closing:
-            return
-        self._mark_closed(code, reason)
-        self.socket.hang_up(code, reason)
-        # A close frame that could not get out at once keeps the socket open until it does.
-        asyncio.get_running_loop().call_later(self._context.close_grace_s, self._drop_if_open)
-
-    def _drop_if_open(self) -> None:
-        if not self.socket.closed:
-            self.socket.abort()
 
     def note_close(self, code: int | None, reason: str) -> None:
         """Record how the client ended the connection, unless the server already decided."""

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from app.auth import current_session, origin_allowed
 from app.errors import ApiError
-from app.frame_guard import guard_masking
+from app.frame_guard import guard_frames
 from app.keys import LIFECYCLE_KEY, SETTINGS_KEY, STORE_KEY, STREAM_KEY
 from app.protocol import CloseCode, CloseReason
 from app.store import Session
@@ -84,9 +84,9 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     guard = None
     if transport is not None and ws.can_prepare(request).ok:
-        guard = guard_masking(transport, transport.abort)
+        guard = guard_frames(transport, transport.abort)
     await ws.prepare(request)
-    conn = manager.admit(user.id, ws, request, session.token_hash)
+    conn = manager.admit(user.id, ws, request, session.token_hash, guard)
     if conn is None:
         log.warning(
             "[PortfolioStream] Connection rejected: Maximum connections exceeded",
@@ -97,7 +97,7 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
         return ws
     if guard is not None:
         guard.on_unmasked = partial(
-            conn.writer.hang_up, CloseCode.PROTOCOL_ERROR, CloseReason.UNMASKED
+            conn.writer.start_close, CloseCode.PROTOCOL_ERROR, CloseReason.UNMASKED
         )
     unwatch = request.app[STORE_KEY].watch_session(session)
     try:

@@ -132,15 +132,8 @@ class FakeSocket:
         self.close_frame = (code, reason)
         self._gone(code)
 
-    def hang_up(self, code: int, reason: str) -> None:
-        """The close frame if it can go at once (else none), and the connection ends."""
-        if self.closed:
-            return
-        if self.can_write_now():
-            self.close_frame = (code, reason)
-        else:
-            self.aborted = True
-        self._gone(code)
+    async def linger(self) -> None:
+        """Gone with its close: nothing to wait for."""
 
     def abort(self) -> None:
         self.aborted = True

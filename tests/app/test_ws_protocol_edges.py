@@ -132,6 +132,28 @@ async def test_a_ping_frame_flood_closes_1008_like_a_message_flood(
     ws.abort()
 
 
+async def test_a_flooder_that_reads_only_after_the_close_grace_still_gets_its_close_frame(
+    app_client: ClientFactory,
+) -> None:
+    """Closing a socket the client is still sending on makes the kernel reset it, and a reset
+    throws away the close frame the client has not read yet: the server keeps reading (and
+    dropping) until the client stops, so the 1008 reaches it."""
+    client = await app_client(shutdown_timeout_s=1)  # a close grace of a quarter second
+    alice = await session_for(client, "alice")
+    ws = await raw_connection(client, alice)
+    loop = asyncio.get_running_loop()
+    flooding_until = loop.time() + 1.0  # four times the grace
+    burst = frame_bytes(PING, b"flood") * 200
+    while loop.time() < flooding_until:
+        await ws.write_raw(burst)
+    async with asyncio.timeout(5):
+        while (frame := await ws.receive()).opcode == PONG:
+            pass
+    assert (frame.opcode, frame.close_code) == (CLOSE, 1008)
+    await ws.close()
+    await released(client)
+
+
 async def test_a_peer_that_vanishes_mid_ping_flood_is_released_without_a_traceback(
     app_client: ClientFactory, log_lines: io.StringIO
 ) -> None:
