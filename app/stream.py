@@ -2,10 +2,11 @@
 lifecycle, and each connection's receive loop.
 
 Its parts, each in its own module: the wire contract (``protocol``), the reactions to client
-messages (``client_messages``), the per-user batch window (``batch_scheduler``) and the
+frames (``client_messages``), the per-user batch window (``batch_scheduler``) and the
 fan-out of what it flushes (``fanout``), each connection's writer and its slow-client policy
-(``writer``, behind the ``transport`` seam), and the ``heartbeat``. A connection is admitted,
-served and released here; everything sent to it goes through its writer.
+(``writer``, behind the ``transport`` seam, with ``frame_guard`` in front of the socket), the
+``heartbeat``, and the closing of sockets whose session ended (``session_ends``). A connection
+is admitted, served and released here; everything sent to it goes through its writer.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from app.frame_guard import FrameGuard
 from app.heartbeat import Heartbeat
 from app.metrics import Metrics
 from app.portfolio import PortfolioStore
-from app.protocol import SESSION_END_REASONS, CloseCode, CloseReason, connected_message
-from app.sessions import Revocations, SessionRevoked
+from app.protocol import CloseCode, CloseReason, connected_message
+from app.session_ends import SessionEnds
+from app.sessions import Revocations
 from app.stats import StreamStats
 from app.tasks import TaskSet
 from app.transport import AiohttpSocket, ClientConnection
@@ -111,6 +113,7 @@ class PortfolioStreamManager:
             clock=self._clock,
             wall_clock=wall_clock,
         )
+        self._session_ends = SessionEnds(self._by_user)
         self._background = TaskSet()  # the heartbeat
         self._unsubscribers: list[Unsubscribe] = []
         self._accepting = False
@@ -124,7 +127,7 @@ class PortfolioStreamManager:
         for event_type in EVENT_TYPES:
             self._unsubscribers.append(self._bus.subscribe(event_type, self._fanout.on_event))
         if revocations is not None:
-            self._unsubscribers.append(revocations.subscribe(self._on_revoked))
+            self._unsubscribers.append(revocations.subscribe(self._session_ends.on_revoked))
         self._accepting = True
         self._background.spawn(self._heartbeat.run(), "ws-heartbeat")
         log.info(
@@ -263,23 +266,6 @@ class PortfolioStreamManager:
         # The handler outlives the connection until its close is through: aiohttp drops the
         # socket as the handler returns, which would cut the closing handshake short.
         await conn.writer.wait_closed()
-
-    def _on_revoked(self, event: SessionRevoked) -> None:
-        """A session ended (logout, expiry, its user removed): close the sockets opened with
-        it, with a code the browser takes as "sign in again", not "reconnect"."""
-        user_conns = self._by_user.get(event.user_id)
-        if not user_conns:
-            return
-        reason = SESSION_END_REASONS[event.reason]
-        for conn in list(user_conns.values()):
-            if event.covers(conn.user_id, conn.token_hash) and not conn.writer.closing:
-                log.info(
-                    "[PortfolioStream] Closing connection: session ended",
-                    userId=conn.user_id,
-                    connectionId=conn.id,
-                    reason=reason,
-                )
-                conn.writer.start_close(CloseCode.SESSION_ENDED, reason)
 
     def _release(self, conn: Connection) -> None:
         if self._connections.pop(conn.id, None) is None:
