@@ -17,10 +17,12 @@ from alpaca_bridge.service import BrokerBridge
 from app import api, pages
 from app.broker import Broker, DemoLogin, NullBroker, UserLookup
 from app.bus import InProcessBus
+from app.connection_budget import ConnectionBudget
 from app.csrf import csrf_middleware
 from app.errors import error_middleware
 from app.keys import (
     BROKER_KEY,
+    BUDGET_KEY,
     BUS_KEY,
     DEMO_LOGINS_KEY,
     LIFECYCLE_KEY,
@@ -37,11 +39,13 @@ from app.login_throttle import LoginThrottle
 from app.metrics import Metrics
 from app.migrations import report
 from app.portfolio import PortfolioStore
+from app.process_tuning import client_socket_capacity
 from app.stats import StatsRules, StreamStats
 from app.store_select import store_for
 from app.stream import WS_PATH, PortfolioStreamManager
 from app.user_store import UserStore
 from app.ws import portfolio_ws
+from config.logging import dropped_log_lines
 from config.settings import Settings
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
@@ -93,7 +97,7 @@ async def _create_demo_users(
 
 async def stream_ctx(app: web.Application) -> AsyncIterator[None]:
     manager = app[STREAM_KEY]
-    await manager.start()
+    await manager.start(app[STORE_KEY].revocations)  # a session's end closes its sockets
     yield
     await manager.shutdown()  # a no-op once Lifecycle.shutdown ran it
 
@@ -125,6 +129,8 @@ def _wire_metrics(app: web.Application) -> None:
     sources.draining = lambda: app[LIFECYCLE_KEY].draining
     sources.max_total_connections = lambda: settings.max_total_connections
     sources.max_connections_per_user = lambda: settings.max_connections_per_user
+    sources.connections_shed = lambda: app[BUDGET_KEY].shed
+    sources.log_lines_dropped = dropped_log_lines
     sources.broker_streams = lambda: [
         (a["username"], a["mode"], a["status"] == "connected")
         for a in app[BROKER_KEY].accounts_status()
@@ -136,11 +142,17 @@ def create_app(
 ) -> web.Application:
     """Build the service. ``with_bridge=False`` puts a ``NullBroker`` in the bridge's place
     (events then come from the tests or from ``extra_contexts``)."""
+    budget = ConnectionBudget(client_socket_capacity())
     app = web.Application(
-        middlewares=[error_middleware({WS_PATH}), csrf_middleware(settings.allowed_origins)],
+        middlewares=[
+            budget.middleware,
+            error_middleware({WS_PATH}),
+            csrf_middleware(settings.allowed_origins),
+        ],
         client_max_size=settings.http_max_body_bytes,
     )
     app[SETTINGS_KEY] = settings
+    app[BUDGET_KEY] = budget
     app[BUS_KEY] = InProcessBus()
     app[PORTFOLIO_KEY] = PortfolioStore(settings.recent_orders_limit)
     app[STATS_KEY] = StreamStats(StatsRules.from_settings(settings))

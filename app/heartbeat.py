@@ -1,17 +1,19 @@
 """The heartbeat (SPEC §4): ping each connection every interval, close the silent and the stuck.
 
 "Silent": nothing (pong or message) heard for the timeout; closed with 4000 and a close frame.
-"Stuck": one frame has not left its writer for the timeout; a close frame would queue behind
-it, so the socket is dropped. Each connection has its own ping phase, drawn when it is
-admitted, so a sweep pings only the slice that is due: pinging thousands of sockets in one
-loop turn would stall every batch timer behind it.
+"Stuck": one frame has not left its writer for the timeout (the socket holds more unsent than
+WS_SEND_BUFFER_BYTES and does not drain, whether or not the client keeps talking); a close
+frame would queue behind it, so the socket is dropped. Each connection has its own ping phase,
+drawn when it is admitted, so a sweep pings only the slice that is due: pinging thousands of
+sockets in one loop turn would stall every batch timer behind it. A sweep that fails is logged
+with its traceback once, and sweeping goes on: a heartbeat that stopped would close nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 from app.connection import Connection
@@ -42,6 +44,7 @@ class Heartbeat:
         rate_window_s: float,
         clock: Callable[[], float],
         phase: Callable[[float, float], float] = random.uniform,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._connections = connections
         self._interval = interval_s
@@ -49,15 +52,24 @@ class Heartbeat:
         self._rate_window = rate_window_s
         self._clock = clock
         self._phase = phase
+        self._sleep = sleep
 
     def first_ping_at(self, started_at: float) -> float:
         return started_at + self._interval * self._phase(*FIRST_PING_PHASE)
 
     async def run(self) -> None:
         period = min(self._interval / SWEEPS_PER_INTERVAL, MAX_SWEEP_PERIOD_S)
+        failing = False
         while True:
-            await asyncio.sleep(period)
-            self.sweep(self._clock())
+            await self._sleep(period)
+            try:
+                self.sweep(self._clock())
+            except Exception:
+                if not failing:  # once per run of failures, not once a second
+                    log.exception("[PortfolioStream] Heartbeat sweep failed; still sweeping")
+                failing = True
+            else:
+                failing = False
 
     def sweep(self, now: float) -> None:
         timeout = self._timeout

@@ -13,6 +13,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from app.broker import Broker, DemoLogin
     from app.bus import EventBus
+    from app.connection_budget import ConnectionBudget
     from app.lifecycle import Lifecycle
     from app.login_throttle import LoginThrottle
     from app.metrics import Metrics
@@ -36,3 +37,5 @@ BROKER_KEY: web.AppKey[Broker] = web.AppKey("broker")
 DEMO_LOGINS_KEY: web.AppKey[tuple[DemoLogin, ...]] = web.AppKey("demo_logins")
 # Draining from the moment shutdown begins: readiness turns 503 and upgrades are refused.
 LIFECYCLE_KEY: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
+# The listener's connections, kept within the descriptors the reserve leaves.
+BUDGET_KEY: web.AppKey[ConnectionBudget] = web.AppKey("connection_budget")

@@ -23,11 +23,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 KNOWN_CLOSE_CODES = (
     CloseCode.NORMAL,
     CloseCode.GOING_AWAY,
+    CloseCode.PROTOCOL_ERROR,
     CloseCode.ABNORMAL,
     CloseCode.POLICY_VIOLATION,
     CloseCode.MESSAGE_TOO_BIG,
+    CloseCode.INTERNAL_ERROR,
     CloseCode.TRY_AGAIN_LATER,
     CloseCode.HEARTBEAT_TIMEOUT,
+    CloseCode.SESSION_ENDED,
 )
 
 LATENCY_BUCKETS = (
@@ -69,6 +72,8 @@ class Sources:
     draining: Callable[[], bool] = lambda: False
     max_total_connections: Callable[[], int] = lambda: 0
     max_connections_per_user: Callable[[], int] = lambda: 0
+    connections_shed: Callable[[], int] = lambda: 0
+    log_lines_dropped: Callable[[], int] = lambda: 0
     # (account username, mode, up?) per broker account
     broker_streams: Callable[[], Iterable[tuple[str, str, bool]]] = field(default=lambda: ())
 
@@ -134,6 +139,17 @@ class _SnapshotCollector(Collector):
         limits.add_metric(["total"], s.max_total_connections())
         limits.add_metric(["user"], s.max_connections_per_user())
         yield limits
+        yield CounterMetricFamily(
+            "portfolio_connections_shed",
+            "Client connections closed to keep the open-file reserve (idle ones evicted, "
+            "new ones refused with 503)",
+            value=s.connections_shed(),
+        )
+        yield CounterMetricFamily(
+            "portfolio_log_lines_dropped",
+            "Log lines dropped because stdout or LOG_FILE was not being read",
+            value=s.log_lines_dropped(),
+        )
         up = GaugeMetricFamily(
             "alpaca_stream_up", "Broker trade_updates stream connected", labels=["account", "mode"]
         )

@@ -6,7 +6,9 @@
   each pause is timed into the metrics.
 - Open files: every WebSocket is a descriptor. The soft RLIMIT_NOFILE is raised to the hard
   limit, and the service refuses to start when MAX_TOTAL_CONNECTIONS cannot fit under it —
-  at the ceiling even /healthz and the 1013 close could no longer be served.
+  at the ceiling even /healthz and the 1013 close could no longer be served. While it runs,
+  client connections of any kind keep within the limit less FD_RESERVE
+  (app/connection_budget.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ def ensure_file_limit(settings: Settings) -> int:
             f"files but the limit is {soft}; lower it or raise LimitNOFILE / ulimit -n"
         )
     return soft
+
+
+def client_socket_capacity() -> int:
+    """Client connections the open-file limit leaves room for, after the reserve."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(soft - FD_RESERVE, 1)
 
 
 def tune_gc(thresholds: tuple[int, int, int]) -> None:

@@ -37,14 +37,21 @@ class ErrorCode(StrEnum):
 class CloseCode:
     NORMAL: Final = 1000
     GOING_AWAY: Final = 1001
+    # A frame that breaks RFC 6455, e.g. one from the client that is not masked (§5.1).
+    PROTOCOL_ERROR: Final = 1002
     # Never sent on the wire (RFC 6455 §7.4.1): recorded when the peer vanished without a
     # close frame.
     ABNORMAL: Final = 1006
     POLICY_VIOLATION: Final = 1008
     MESSAGE_TOO_BIG: Final = 1009
+    # The server failed while answering this connection (a bug; the traceback is logged).
+    INTERNAL_ERROR: Final = 1011
     TRY_AGAIN_LATER: Final = 1013
     # Application range: nothing heard from the client within HEARTBEAT_TIMEOUT_MS.
     HEARTBEAT_TIMEOUT: Final = 4000
+    # Application range: the session the socket was opened with has ended (logged out,
+    # expired, its user removed); reconnecting cannot help until the user signs in again.
+    SESSION_ENDED: Final = 4001
 
 
 class CloseReason:
@@ -52,6 +59,18 @@ class CloseReason:
     RATE: Final = "Rate limit exceeded"
     SHUTDOWN: Final = "Server shutting down"
     HEARTBEAT: Final = "Heartbeat timeout"
+    UNMASKED: Final = "Client frames must be masked"
+    TOO_BIG: Final = "Message too big"
+    INTERNAL: Final = "Internal error"
+
+
+# The reason sent with SESSION_ENDED, by why the session ended (``app.sessions.RevokedBecause``).
+SESSION_END_REASONS: Final = {
+    "logout": "Session ended: logged out",
+    "expired": "Session expired",
+    "user_removed": "User removed",
+    "revoked": "Session revoked",
+}
 
 
 CLIENT_TYPES: Final = frozenset({"subscribe", "unsubscribe", "ping", "resync"})
@@ -82,8 +101,9 @@ def parse_client_message(text: str) -> ClientMessage:
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Message must be a JSON object")
     kind = data.get("type")
-    if kind not in CLIENT_TYPES:
-        shown = kind if isinstance(kind, str) else repr(kind)
+    # Checked as a string first: a list or an object cannot even be looked up in a set.
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
+        shown = kind if isinstance(kind, str) else orjson.dumps(kind).decode()
         raise ProtocolError(
             ErrorCode.UNKNOWN_TYPE, f"Unknown message type: {shown[:MAX_ECHOED_CHARS]}"
         )

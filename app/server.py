@@ -25,8 +25,16 @@ from collections.abc import Callable, MutableMapping
 
 from aiohttp import web
 
+from app.connection_budget import BudgetedSockSite, BudgetedTCPSite, ConnectionBudget
 from app.factory import create_app
-from app.keys import BROKER_KEY, DEMO_LOGINS_KEY, LIFECYCLE_KEY, METRICS_KEY, STREAM_KEY
+from app.keys import (
+    BROKER_KEY,
+    BUDGET_KEY,
+    DEMO_LOGINS_KEY,
+    LIFECYCLE_KEY,
+    METRICS_KEY,
+    STREAM_KEY,
+)
 from app.process_tuning import ensure_file_limit, freeze_startup_heap, timed_gc, tune_gc
 from app.store import StoreUnavailable
 from app.systemd import Notifier, describe_address, inherited_sockets, supervise, watchdog_interval
@@ -62,20 +70,23 @@ def service_status(app: web.Application) -> str:
 
 
 def _sites(
-    runner: web.AppRunner, settings: Settings, inherited: list[socket.socket]
+    runner: web.AppRunner,
+    settings: Settings,
+    inherited: list[socket.socket],
+    budget: ConnectionBudget,
 ) -> list[tuple[web.BaseSite, str]]:
     """The listeners with their log line: systemd's sockets if it passed any, else HOST:PORT."""
     if inherited:
         return [
             (
-                web.SockSite(runner, sock),
+                BudgetedSockSite(runner, sock, budget=budget),
                 f"[STARTUP] Listening on inherited socket http://{describe_address(sock)} "
                 "(socket activation; HOST/PORT ignored)",
             )
             for sock in inherited
         ]
-    site = web.TCPSite(
-        runner, settings.host, settings.port, backlog=LISTEN_BACKLOG, reuse_address=True
+    site = BudgetedTCPSite(
+        runner, settings.host, settings.port, budget=budget, backlog=LISTEN_BACKLOG
     )
     return [(site, f"[STARTUP] Listening on http://{settings.host}:{settings.port}")]
 
@@ -105,12 +116,14 @@ async def run_service(
         handle_signals=False,
         access_log=None,
         shutdown_timeout=settings.shutdown_timeout_s * HANDLER_SHARE_OF_SHUTDOWN,
+        # Runs from a connection's start too: one that never completes a request is closed.
+        keepalive_timeout=settings.http_header_timeout_s,
     )
     supervisor: asyncio.Task[None] | None = None
     gc_timing = contextlib.ExitStack()
     try:
         await _set_up(runner)
-        for site, listening in _sites(runner, settings, inherited):
+        for site, listening in _sites(runner, settings, inherited, app[BUDGET_KEY]):
             await site.start()
             log.info(
                 listening, _mode=settings.broker_mode, _enabled=settings.enable_realtime_portfolio

@@ -85,11 +85,13 @@ class SessionWatch:
                 self._publish(token_hash, entry, RevokedBecause.EXPIRED)
         if not self._watched:
             return
+        # Only the sessions asked about: one watched while the store answers was not.
+        asked = list(self._watched.items())
         try:
-            live = await self._live_sessions(list(self._watched))
+            live = await self._live_sessions([token_hash for token_hash, _ in asked])
         except StoreUnavailable:
             return  # cannot tell now; the sockets keep their sessions until the next check
-        for token_hash, entry in list(self._watched.items()):
+        for token_hash, entry in asked:
             if token_hash not in live:
                 self._publish(token_hash, entry, RevokedBecause.REVOKED)
 
@@ -105,12 +107,17 @@ class SessionWatch:
                 await self.check()
             except Exception:
                 log.exception("[Auth] Session check failed", watched=len(self._watched))
-            self._wakeup = wakeup = loop.create_future()
-            timer = loop.call_later(self.next_check_in(), _wake, wakeup)
-            try:
-                await wakeup
-            finally:
-                timer.cancel()
+            # A new watch wakes this only to move the next check earlier (its session was
+            # just looked up): checking at every wake cost a query of all N sessions for
+            # each of N sockets opening in a reconnect storm.
+            periodic_at = loop.time() + self._interval
+            while (delay := min(periodic_at - loop.time(), self.next_check_in())) > 0:
+                self._wakeup = wakeup = loop.create_future()
+                timer = loop.call_later(delay, _wake, wakeup)
+                try:
+                    await wakeup
+                finally:
+                    timer.cancel()
 
     def _forget(self, event: SessionRevoked) -> None:
         """Announced already (logout, a removal here, or this watch): never publish it again."""

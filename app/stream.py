@@ -2,10 +2,11 @@
 lifecycle, and each connection's receive loop.
 
 Its parts, each in its own module: the wire contract (``protocol``), the reactions to client
-messages (``client_messages``), the per-user batch window (``batch_scheduler``) and the
+frames (``client_messages``), the per-user batch window (``batch_scheduler``) and the
 fan-out of what it flushes (``fanout``), each connection's writer and its slow-client policy
-(``writer``, behind the ``transport`` seam), and the ``heartbeat``. A connection is admitted,
-served and released here; everything sent to it goes through its writer.
+(``writer``, behind the ``transport`` seam, with ``frame_guard`` in front of the socket), the
+``heartbeat``, and the closing of sockets whose session ended (``session_ends``). A connection
+is admitted, served and released here; everything sent to it goes through its writer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from app.batch_scheduler import Timers
 from app.bus import EventBus, Unsubscribe
@@ -23,10 +24,13 @@ from app.client_messages import ClientMessages
 from app.connection import Connection, new_connection_id
 from app.events import EVENT_TYPES
 from app.fanout import FanOut
+from app.frame_guard import FrameGuard
 from app.heartbeat import Heartbeat
 from app.metrics import Metrics
 from app.portfolio import PortfolioStore
 from app.protocol import CloseCode, CloseReason, connected_message
+from app.session_ends import SessionEnds
+from app.sessions import Revocations
 from app.stats import StreamStats
 from app.tasks import TaskSet
 from app.transport import AiohttpSocket, ClientConnection
@@ -46,6 +50,11 @@ MIN_SHUTDOWN_STEP_S: Final = 0.5
 # socket is dropped, so one dead client cannot use the whole shutdown budget.
 CLOSE_GRACE_SHARE: Final = 0.25
 MIN_CLOSE_GRACE_S: Final = 0.25
+
+
+def close_grace_s(settings: Settings) -> float:
+    """How long a close frame waits for the client's answer before the socket is dropped."""
+    return max(settings.shutdown_timeout_s * CLOSE_GRACE_SHARE, MIN_CLOSE_GRACE_S)
 
 
 class PortfolioStreamManager:
@@ -93,15 +102,18 @@ class PortfolioStreamManager:
             wall_clock=wall_clock,
             tasks=self._writers,
             max_queued_frames=settings.ws_max_queued_frames,
-            close_grace_s=max(settings.shutdown_timeout_s * CLOSE_GRACE_SHARE, MIN_CLOSE_GRACE_S),
+            close_grace_s=close_grace_s(settings),
             abort_above_bytes=settings.ws_send_buffer_bytes,
         )
         self._messages = ClientMessages(
             rate_limit_messages=settings.ws_rate_limit_messages,
+            rate_limit_control_frames=settings.ws_rate_limit_control_frames,
             rate_limit_window_s=settings.ws_rate_limit_window_s,
+            max_message_bytes=settings.ws_max_message_bytes,
             clock=self._clock,
             wall_clock=wall_clock,
         )
+        self._session_ends = SessionEnds(self._by_user)
         self._background = TaskSet()  # the heartbeat
         self._unsubscribers: list[Unsubscribe] = []
         self._accepting = False
@@ -109,9 +121,13 @@ class PortfolioStreamManager:
 
     # Lifecycle
 
-    async def start(self) -> None:
+    async def start(self, revocations: Revocations | None = None) -> None:
+        """Listen to the bus and start the heartbeat; with ``revocations``, close the sockets
+        of every session that ends."""
         for event_type in EVENT_TYPES:
             self._unsubscribers.append(self._bus.subscribe(event_type, self._fanout.on_event))
+        if revocations is not None:
+            self._unsubscribers.append(revocations.subscribe(self._session_ends.on_revoked))
         self._accepting = True
         self._background.spawn(self._heartbeat.run(), "ws-heartbeat")
         log.info(
@@ -141,8 +157,9 @@ class PortfolioStreamManager:
         step_s = max(self._settings.shutdown_timeout_s * SHUTDOWN_STEP_SHARE, MIN_SHUTDOWN_STEP_S)
         await self._writers.wait(step_s)
         closing = [
-            conn.writer.start_close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
+            task
             for conn in list(self._connections.values())
+            if (task := conn.writer.start_close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN))
         ]
         if closing:
             await asyncio.wait(closing, timeout=step_s)
@@ -169,15 +186,33 @@ class PortfolioStreamManager:
     # Admission
 
     def admit(
-        self, user_id: str, ws: web.WebSocketResponse, request: web.Request
+        self,
+        user_id: str,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        token_hash: str = "",
+        guard: FrameGuard | None = None,
     ) -> Connection | None:
         """Register an upgraded socket, or None when a connection limit is reached."""
-        return self.attach(
-            user_id, AiohttpSocket(ws, request.transport, raw_writes=self._raw_writes)
+        settings = self._settings
+        socket = AiohttpSocket(
+            ws,
+            request.transport,
+            raw_writes=self._raw_writes,
+            unsent_limit=settings.ws_send_buffer_bytes,
+            guard=guard,
+            close_grace_s=close_grace_s(settings),
+            # A client still sending after the server's close frame (a flood) is given this
+            # long to stop and read it.
+            linger_max_s=settings.heartbeat_timeout_s,
         )
+        return self.attach(user_id, socket, token_hash=token_hash)
 
-    def attach(self, user_id: str, socket: ClientConnection) -> Connection | None:
-        """Register a client socket (any implementation of the seam), or None at a limit."""
+    def attach(
+        self, user_id: str, socket: ClientConnection, *, token_hash: str = ""
+    ) -> Connection | None:
+        """Register a client socket (any implementation of the seam), or None at a limit;
+        ``token_hash`` names the session it was opened with, so its end closes it."""
         user_conns = self._by_user.get(user_id)
         if len(self._connections) >= self._settings.max_total_connections or (
             user_conns is not None and len(user_conns) >= self._settings.max_connections_per_user
@@ -186,7 +221,7 @@ class PortfolioStreamManager:
         started, _ = self._stats.connection_opened(user_id)
         conn_id = new_connection_id()
         writer = ConnectionWriter(socket, self._writer_context, conn_id, user_id)
-        conn = Connection(conn_id, user_id, socket, writer, started)
+        conn = Connection(conn_id, user_id, socket, writer, started, token_hash)
         conn.next_ping = self._heartbeat.first_ping_at(started)
         self._connections[conn_id] = conn
         self._by_user.setdefault(user_id, {})[conn_id] = conn
@@ -214,30 +249,23 @@ class PortfolioStreamManager:
     async def serve(self, conn: Connection) -> None:
         """Read client frames until the socket closes, then release the connection."""
         socket = conn.socket
+        on_frame = self._messages.on_frame
         try:
-            while True:
-                msg = await socket.receive()
-                kind = msg.type
-                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                    if not await self._messages.handle(
-                        conn, msg.data, binary=kind is WSMsgType.BINARY
-                    ):
-                        break
-                elif kind is WSMsgType.PING:
-                    conn.last_heard = self._clock()
-                    await socket.send_pong(msg.data)
-                elif kind is WSMsgType.PONG:
-                    conn.last_heard = self._clock()
-                elif kind is WSMsgType.CLOSE:
-                    code = int(msg.data) if msg.data else None
-                    conn.writer.note_close(code, msg.extra or "Client disconnect")
-                    break
-                else:  # CLOSING, CLOSED, ERROR (e.g. a frame over the size limit: 1009)
-                    if kind is WSMsgType.ERROR:
-                        conn.writer.note_close(None, str(msg.data) or "Protocol error")
-                    break
+            while on_frame(conn, await socket.receive()):
+                pass
+        except Exception:
+            # A bug while answering this client: it alone is closed, with one traceback.
+            log.exception(
+                "[PortfolioStream] Unexpected error on a connection",
+                userId=conn.user_id,
+                connectionId=conn.id,
+            )
+            conn.writer.start_close(CloseCode.INTERNAL_ERROR, CloseReason.INTERNAL)
         finally:
             self._release(conn)
+        # The handler outlives the connection until its close is through: aiohttp drops the
+        # socket as the handler returns, which would cut the closing handshake short.
+        await conn.writer.wait_closed()
 
     def _release(self, conn: Connection) -> None:
         if self._connections.pop(conn.id, None) is None:

@@ -2,9 +2,10 @@
 
 Frames leave in the order they were offered, through one path per connection, so ``seq``
 rises by one per snapshot/batch in send order. While the socket has taken every byte so far
-(the common case) a frame is written at once, without a task; otherwise one short-lived writer
-task per burst sends what is queued. Control frames (replies, snapshots, pings) queue in order,
-up to a limit past which the client is judged to have stopped reading and is dropped. Batches
+(the common case; the kernel takes at most WS_SEND_BUFFER_BYTES unsent, see ``transport``) a
+frame is written at once, without a task; otherwise one short-lived writer task per burst
+sends what is queued. Control frames (replies, snapshots, pings, pongs) queue in order, up to
+a limit past which the client is judged to have stopped reading and is dropped. Batches
 offered while frames are still on their way fold into ``pending`` — the coalesced latest state,
 bounded by the user's portfolio, never by the event rate — which follows the control frames
 once the socket drains. Memory per connection stays flat however long the socket stalls.
@@ -14,56 +15,25 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final
 
 from app.batching import Batch
+from app.outgoing import (
+    INTERNAL_ERROR,
+    NOT_READING,
+    PING,
+    Outgoing,
+    Pong,
+    Rendered,
+    SnapshotRequest,
+    WriterContext,
+)
 from app.protocol import CloseCode, PreparedBatch, batch_message, snapshot_message
-from app.tasks import TaskSet
 from app.transport import ClientSocket
 from config.logging import get_logger, utc_timestamp
 
 log = get_logger()
 
-# Why a connection was dropped without a close frame; logged, never sent.
-NOT_READING: Final = "Client is not reading"
-INTERNAL_ERROR: Final = "Internal error"
-
-
-class _Ping:
-    """Marker for a protocol-level ping among the queued frames."""
-
-
-PING: Final = _Ping()
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotRequest:
-    """A snapshot of ``channels``, built when it is sent so it is never stale."""
-
-    channels: frozenset[str]
-
-
-Outgoing = bytes | SnapshotRequest | _Ping | PreparedBatch
-
-
-@dataclass(frozen=True, slots=True)
-class WriterContext:
-    """What every connection's writer shares: where snapshots come from, where sends are
-    counted, the clocks and the limits."""
-
-    snapshot: Callable[[str, frozenset[str]], dict[str, Any]]
-    message_sent: Callable[[int], None]
-    observe_latency: Callable[[float], None] | None
-    clock: Callable[[], float]  # monotonic, for "stuck"
-    wall_clock: Callable[[], float]  # for ``ts`` and emit-to-send latency
-    tasks: TaskSet
-    max_queued_frames: int
-    close_grace_s: float
-    # Closing a connection with more than this unsent drops it: a close frame would queue
-    # behind all of it.
-    abort_above_bytes: int
+__all__ = ["PING", "ConnectionWriter", "Pong", "SnapshotRequest", "WriterContext"]
 
 
 class ConnectionWriter:
@@ -71,6 +41,7 @@ class ConnectionWriter:
 
     __slots__ = (
         "_busy_since",
+        "_closing_task",
         "_context",
         "_control",
         "_pending",
@@ -102,6 +73,7 @@ class ConnectionWriter:
         self._control: deque[Outgoing] | None = None  # None while idle (memory per connection)
         self._sending = False
         self._busy_since = 0.0
+        self._closing_task: asyncio.Task[None] | None = None
 
     # Offering frames
 
@@ -153,6 +125,9 @@ class ConnectionWriter:
         if self.closing:
             return
         self._mark_closed(code, reason)
+        await self._close(code, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
         if self.socket.unsent_bytes() > self._context.abort_above_bytes:
             self.socket.abort()
             return
@@ -162,9 +137,25 @@ class ConnectionWriter:
             )
         except (TimeoutError, ConnectionError, RuntimeError):
             self.socket.abort()
+            return
+        await self.socket.linger()
 
-    def start_close(self, code: int, reason: str) -> asyncio.Task[None]:
-        return self._context.tasks.spawn(self.close(code, reason), "ws-close")
+    def start_close(self, code: int, reason: str) -> asyncio.Task[None] | None:
+        """Close in the background (from a timer, another connection's event, or the receive
+        loop, which then waits for it); None when a close was already decided."""
+        if self.closing:
+            return None
+        self._mark_closed(code, reason)  # decided now: the disconnect line names this code
+        task = self._context.tasks.spawn(self._close(code, reason), "ws-close")
+        self._closing_task = task
+        return task
+
+    async def wait_closed(self) -> None:
+        """Until a close started in the background has finished (it is bounded by the close
+        grace): the receive loop waits for it, so the handshake is not cut short."""
+        task = self._closing_task
+        if task is not None and not task.done():
+            await asyncio.wait([task])
 
     def abort(self, code: int, reason: str) -> None:
         self._mark_closed(code, reason)
@@ -184,11 +175,13 @@ class ConnectionWriter:
     # Sending
 
     def _write_now(self, item: Outgoing) -> None:
-        payload, deliveries, _ = self._render(item)
-        if payload is None:
-            self.socket.write_ping()
+        frame, deliveries, _ = self._render(item)
+        if type(frame) is bytes:
+            self.socket.write_text(frame)
+        elif isinstance(frame, Pong):
+            self.socket.write_pong(frame.payload)
         else:
-            self.socket.write_text(payload)
+            self.socket.write_ping()
         if deliveries >= 0:
             self._context.message_sent(deliveries)
 
@@ -210,18 +203,23 @@ class ConnectionWriter:
         try:
             while not self.closing and not socket.closed:
                 if self._control:
-                    payload, deliveries, oldest = self._render(self._pop_control())
+                    frame, deliveries, oldest = self._render(self._pop_control())
                 elif self._pending is not None and not self._pending.is_empty():
-                    payload, deliveries, oldest = self._render_pending()
-                    if payload is None:
+                    rendered = self._render_pending()
+                    if rendered is None:
                         continue
+                    frame, deliveries, oldest = rendered
                 else:
                     break
                 self._busy_since = context.clock()
-                if payload is None:
-                    await socket.send_ping()
+                if type(frame) is not bytes:
+                    await (
+                        socket.send_pong(frame.payload)
+                        if isinstance(frame, Pong)
+                        else socket.send_ping()
+                    )
                     continue
-                await socket.send_text(payload)
+                await socket.send_text(frame)
                 if deliveries >= 0:
                     context.message_sent(deliveries)
                     if oldest is not None and context.observe_latency is not None:
@@ -254,8 +252,8 @@ class ConnectionWriter:
         self._seq += 1
         return self._seq
 
-    def _render(self, item: Outgoing) -> tuple[bytes | None, int, float | None]:
-        """(text payload, or None for a ping; event deliveries, or -1 when it is not a data
+    def _render(self, item: Outgoing) -> tuple[Rendered, int, float | None]:
+        """(text payload, or the control frame; event deliveries, or -1 when it is not a data
         message; emit time to observe latency from)."""
         if isinstance(item, PreparedBatch):
             # Its latency was observed once for all of the user's tabs when it was flushed.
@@ -263,15 +261,13 @@ class ConnectionWriter:
         if isinstance(item, SnapshotRequest):
             body = self._context.snapshot(self.user_id, item.channels & self.channels)
             return snapshot_message(self._next_seq(), body), 0, None
-        if isinstance(item, bytes):
-            return item, -1, None
-        return None, -1, None
+        return item, -1, None
 
-    def _render_pending(self) -> tuple[bytes | None, int, float | None]:
+    def _render_pending(self) -> tuple[bytes, int, float | None] | None:
         pending = self._pending
         assert pending is not None
         self._pending = None
         body = pending.body(self.channels, utc_timestamp(self._context.wall_clock()))
         if body is None:
-            return None, -1, None
+            return None
         return batch_message(self._next_seq(), body), body["eventCount"], pending.oldest_emit

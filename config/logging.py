@@ -256,6 +256,11 @@ def _flush_at_exit() -> None:
         sink.flush(EXIT_FLUSH_S)
 
 
+def dropped_log_lines() -> int:
+    """Log lines lost since start because an output was not being read (for /metrics)."""
+    return sum(sink.dropped_lines for sink in _SINKS)
+
+
 def get_logger() -> ServiceLogger:
     """The service's logger; follows the latest ``configure_logging``."""
     return _LOG

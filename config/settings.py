@@ -51,13 +51,22 @@ class Settings(BaseSettings):
     recent_orders_limit: int = Field(50, ge=1)
 
     # Stream writer limits (slow clients)
-    # A connection being closed with more than this still unsent is dropped at once: its
-    # close frame would queue behind all of it.
-    ws_send_buffer_bytes: int = Field(256 * 1024, ge=4096)
+    # Unsent bytes a WebSocket may hold, the kernel's send queue included: past it nothing new
+    # is written (batches coalesce) until it drains, and a connection being closed with more
+    # than this still unsent is dropped at once (its close frame would queue behind it all).
+    ws_send_buffer_bytes: int = Field(16 * 1024, ge=4096)
     # Frames (replies, snapshots, pings) one connection may have waiting while its socket does
     # not drain; one more and the client is judged to have stopped reading and is dropped.
     # Batches never count: they fold into the coalesced latest state.
     ws_max_queued_frames: int = Field(64, ge=8)
+
+    # Hostile clients: idle sockets and control-frame floods
+    # A connection that has not sent a request's complete headers within this long is closed:
+    # before its first request, or idle between keep-alive requests.
+    http_header_timeout_s: float = Field(10.0, gt=0, le=600)
+    # WebSocket ping and pong frames a client may send per WS_RATE_LIMIT_WINDOW_S, counted
+    # apart from its messages; one more closes it with 1008 like the message limit.
+    ws_rate_limit_control_frames: int = Field(50, ge=1)
 
     # Broker
     broker: Literal["auto", "alpaca", "simulated"] = "auto"

@@ -17,7 +17,9 @@
  *   silent for two intervals;
  * - reconnects with exponential backoff and full jitter (ceiling 1000 ms, 2000 ms, 4000 ms, ...),
  *   at most 10 attempts in a row; a close with 1013 (server at its connection limit) backs off
- *   longer and never retries almost at once;
+ *   longer and never retries almost at once; a close with 4001 (the session ended: logged out,
+ *   expired, user removed) is not retried at all: the stream stops and says `unauthorized`,
+ *   and the page sends the user to sign in;
  * - when the WebSocket is disabled by the feature flag or cannot be reached, it falls back
  *   within 5 s to polling `/api/portfolio` every 5 s, keeps trying the WebSocket, and switches
  *   back (stopping the polling) as soon as the socket is live again.
@@ -39,6 +41,8 @@ export const CLOSE_NORMAL = 1000;
 export const CLOSE_TRY_AGAIN_LATER = 1013;
 /** Close code this client uses when it gives up on a silent socket. */
 export const CLOSE_HEARTBEAT_TIMEOUT = 4000;
+/** Close code the server uses when the session behind the socket has ended: sign in again. */
+export const CLOSE_SESSION_ENDED = 4001;
 
 /**
  * Connection states, as shown by the page's indicator (`data-state`).
@@ -134,7 +138,8 @@ export function reconnectDelay(attempt, closeCode, options = DEFAULTS) {
  * - `change` — `{ source: "snapshot"|"batch"|"poll", reset, positions, closed, orders, account }`:
  *   `reset` is true when whole channels were replaced; otherwise the lists name what changed
  * - `reconnecting` — `{ attempt, maxAttempts, delayMs, code }` before each scheduled attempt
- * - `unauthorized` — the session is gone (the REST fallback answered 401)
+ * - `unauthorized` — `{ reason }`: the session is gone (a 4001 close, or the REST fallback
+ *   answered 401)
  * - `servererror` — `{ code, message }` of a protocol `error` frame
  */
 export class PortfolioStream extends EventTarget {
@@ -315,6 +320,13 @@ export class PortfolioStream extends EventTarget {
     if (wasLive) {
       const why = reason ? `, reason=${reason}` : "";
       this.options.logger.warn(`${TAG} Connection closed: code=${code}${why}`);
+    }
+    if (code === CLOSE_SESSION_ENDED) {
+      // Reconnecting would only be refused with 401: the user has to sign in again.
+      this.options.logger.warn(`${TAG} Session ended; not reconnecting`);
+      this.stop();
+      this._emit("unauthorized", { reason });
+      return;
     }
     this._armFallback();
     this._scheduleReconnect(code);
@@ -575,7 +587,7 @@ export class PortfolioStream extends EventTarget {
         headers: { Accept: "application/json" },
       });
       if (response.status === 401) {
-        this._emit("unauthorized", {});
+        this._emit("unauthorized", { reason: "session expired" });
         throw new Error("session expired");
       }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);

@@ -22,6 +22,7 @@ from app.tasks import TaskSet
 from app.writer import WriterContext
 
 PING = "PING"  # how a ping shows in ``FakeSocket.received``
+PONG = "PONG"  # and a pong (its payload follows: "PONG:<payload>")
 
 
 class FakeSocket:
@@ -62,8 +63,8 @@ class FakeSocket:
         return await asyncio.wait_for(self._arrivals.get(), timeout_s)
 
     async def next_message(self, timeout_s: float = 2.0) -> dict[str, Any]:
-        """The next text frame that reaches the client, parsed; pings are skipped."""
-        while (frame := await self.next_frame(timeout_s)) == PING:
+        """The next text frame that reaches the client, parsed; pings and pongs are skipped."""
+        while isinstance(frame := await self.next_frame(timeout_s), str):
             pass
         assert isinstance(frame, bytes)
         message: dict[str, Any] = orjson.loads(frame)
@@ -84,6 +85,14 @@ class FakeSocket:
 
     def client_pong(self) -> None:
         self._inbox.put_nowait(WSMessage(WSMsgType.PONG, b"", None))
+
+    def client_ping(self, payload: bytes = b"") -> None:
+        self._inbox.put_nowait(WSMessage(WSMsgType.PING, payload, None))
+
+    def client_error(self, error: Exception) -> None:
+        """What aiohttp's reader hands over for a bad frame (it has closed the socket)."""
+        self._gone(getattr(error, "code", None), announce=False)
+        self._inbox.put_nowait(WSMessage(WSMsgType.ERROR, error, None))
 
     def client_close(self, code: int, reason: str = "") -> None:
         self._inbox.put_nowait(WSMessage(WSMsgType.CLOSE, code, reason))
@@ -107,8 +116,12 @@ class FakeSocket:
     async def send_ping(self) -> None:
         await self._send(PING, 2)
 
+    def write_pong(self, data: bytes) -> None:
+        assert self.can_write_now()
+        self._arrive(f"{PONG}:{data.decode()}")
+
     async def send_pong(self, data: bytes) -> None:
-        await self._send("PONG", 2 + len(data))
+        await self._send(f"{PONG}:{data.decode()}", 2 + len(data))
 
     def unsent_bytes(self) -> int:
         return 0 if self.closed else self._unsent
@@ -118,6 +131,9 @@ class FakeSocket:
         await self._send(None, 4 + len(reason))
         self.close_frame = (code, reason)
         self._gone(code)
+
+    async def linger(self) -> None:
+        """Gone with its close: nothing to wait for."""
 
     def abort(self) -> None:
         self.aborted = True
@@ -161,12 +177,13 @@ class FakeSocket:
         self.received.append(frame)
         self._arrivals.put_nowait(frame)
 
-    def _gone(self, code: int | None) -> None:
+    def _gone(self, code: int | None, *, announce: bool = True) -> None:
         if not self.closed:
             self.closed = True
             self._dropped.set()
             self.close_code = code
-            self._inbox.put_nowait(WSMessage(WSMsgType.CLOSED, None, None))
+            if announce:
+                self._inbox.put_nowait(WSMessage(WSMsgType.CLOSED, None, None))
 
 
 class Clock:

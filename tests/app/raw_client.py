@@ -49,6 +49,24 @@ def small_buffer_listener(host: str, port: int, family: socket.AddressFamily) ->
     return sock
 
 
+def frame_bytes(opcode: int, payload: bytes, *, masked: bool = True) -> bytes:
+    """A client frame as it goes on the wire (masked, as RFC 6455 requires, unless told)."""
+    size = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        head = bytes((0x80 | opcode, mask_bit | size))
+    elif size < 1 << 16:
+        head = bytes((0x80 | opcode, mask_bit | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, mask_bit | 127)) + size.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    # XOR as one big integer: a 64 KiB frame is masked at once, not byte by byte.
+    key = int.from_bytes((mask * (size // 4 + 1))[:size], "big")
+    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(size, "big")
+
+
 class RawClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
@@ -93,15 +111,14 @@ class RawClient:
             await self.send(PONG, frame.payload)
         return frame.json()
 
-    async def send(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        size = len(payload)
-        if size < 126:
-            head = bytes((0x80 | opcode, 0x80 | size))
-        else:
-            head = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self._writer.write(head + mask + masked)
+    async def send(self, opcode: int, payload: bytes, *, masked: bool = True) -> None:
+        """One frame; ``masked=False`` breaks RFC 6455 §5.1 as a broken client would."""
+        self._writer.write(frame_bytes(opcode, payload, masked=masked))
+        await self._writer.drain()
+
+    async def write_raw(self, data: bytes) -> None:
+        """Bytes as they are: several frames at once, or part of one."""
+        self._writer.write(data)
         await self._writer.drain()
 
     async def send_json(self, message: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.frames import PING_FRAME, text_frame
+from app.frames import PING_FRAME, close_frame, pong_frame, text_frame
 
 
 def parse(frame: bytes) -> tuple[int, int, int, bool, bytes]:
@@ -50,3 +50,14 @@ def test_extended_lengths_are_big_endian() -> None:
 def test_the_ping_is_a_final_unmasked_control_frame_without_payload() -> None:
     assert parse(PING_FRAME) == (1, 0, 0x9, False, b"")
     assert len(PING_FRAME) == 2
+
+
+def test_a_pong_echoes_the_pings_payload() -> None:
+    assert parse(pong_frame(b"are you there")) == (1, 0, 0xA, False, b"are you there")
+
+
+def test_a_close_frame_carries_the_code_then_the_reason_cut_to_a_control_frame() -> None:
+    fin, rsv, opcode, masked, body = parse(close_frame(1008, "Rate limit exceeded"))
+    assert (fin, rsv, opcode, masked) == (1, 0, 0x8, False)
+    assert (int.from_bytes(body[:2], "big"), body[2:]) == (1008, b"Rate limit exceeded")
+    assert len(parse(close_frame(1002, "x" * 500))[4]) == 125  # never over §5.5's limit

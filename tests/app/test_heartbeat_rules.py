@@ -3,7 +3,9 @@ are closed with 4000, the stuck are dropped, and a due ping is queued behind a b
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import ValuesView
 
 from app.batching import Batch, channel_set
 from app.connection import Connection
@@ -149,3 +151,59 @@ async def test_an_idle_connection_forgets_its_rate_history() -> None:
     conn.last_heard = 11.0
     sweep.at(11.0)
     assert conn.remembered_messages() == 0
+
+
+class FlakyRegistry(dict[str, Connection]):
+    """The hub's registry, broken for a while: listing its connections raises."""
+
+    broken = True
+
+    def values(self) -> ValuesView[Connection]:
+        if self.broken:
+            raise RuntimeError("the registry is in a bad state")
+        return super().values()
+
+
+async def test_a_failing_sweep_is_logged_once_and_sweeping_goes_on(
+    log_lines: io.StringIO,
+) -> None:
+    clock = Clock(now=0.0)
+    registry = FlakyRegistry()
+    sweeps = 0
+    recovered = asyncio.Event()
+
+    async def tick(_: float) -> None:
+        nonlocal sweeps
+        sweeps += 1
+        clock.now += 1.0
+        if sweeps == 4:  # three failing sweeps, then it heals
+            registry.broken = False
+        if sweeps == 5:  # four sweeps done: stop here until cancelled
+            recovered.set()
+            await asyncio.get_running_loop().create_future()
+        await asyncio.sleep(0)
+
+    heartbeat = Heartbeat(
+        registry,
+        interval_s=2.0,  # a sweep every second
+        timeout_s=TIMEOUT_S,
+        rate_window_s=RATE_WINDOW_S,
+        clock=clock,
+        phase=lambda low, high: low,
+        sleep=tick,
+    )
+    socket = FakeSocket()
+    writer = ConnectionWriter(socket, writer_context(clock=clock), "c", "alice")
+    conn = Connection("c", "alice", socket, writer, started_at=0.0)
+    conn.next_ping = heartbeat.first_ping_at(0.0)  # due at 1.0
+    registry["c"] = conn
+    running = asyncio.ensure_future(heartbeat.run())
+    try:
+        await asyncio.wait_for(recovered.wait(), 2)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert socket.received == [PING]  # the sweeps after the failures did their work
+    output = log_lines.getvalue()
+    assert output.count("Heartbeat sweep failed") == 1
+    assert output.count("Traceback") == 1

@@ -16,7 +16,7 @@ from app.protocol import PreparedBatch
 from app.writer import PING, ConnectionWriter, SnapshotRequest, WriterContext
 from tests.app.fake_socket import PING as PING_SEEN
 from tests.app.fake_socket import Clock, FakeSocket, stream_stats, writer_context
-from tests.app.support import account, position
+from tests.app.support import account, order, position
 
 SYMBOLS = [f"SYM{i}" for i in range(20)]
 SUBSCRIBED = channel_set(frozenset({"positions", "account"}))
@@ -109,6 +109,32 @@ async def test_a_socket_that_stops_draining_gets_only_the_coalesced_latest_state
     }
     assert coalesced["account"]["equity"] == "300.00"
     assert not setup.writer.fold_if_busy(round_of_ticks(301))  # idle again: sent directly
+
+
+def order_update(order_id: str, status: str, filled: str) -> Batch:
+    batch = Batch()
+    batch.add(Event("order:updated", order("alice", order_id, status=status, filled=filled), 0.0))
+    return batch
+
+
+async def test_a_stalled_clients_pending_state_keeps_each_orders_newest_state() -> None:
+    """Orders coalesce like positions: the newest state of each wins, whatever came before."""
+    setup = Setup()
+    setup.writer.channels = channel_set(frozenset({"orders"}))
+    await setup.park()
+    for order_id, status, filled in [
+        ("o-1", "new", "0"),
+        ("o-2", "new", "0"),
+        ("o-1", "partially_filled", "4"),
+        ("o-1", "filled", "10"),
+    ]:
+        assert setup.writer.fold_if_busy(order_update(order_id, status, filled))
+    setup.socket.resume()
+    await settled(setup)
+    coalesced = setup.socket.messages()[-1]
+    states = {o["orderId"]: (o["status"], o["filledQty"]) for o in coalesced["orders"]}
+    assert states == {"o-1": ("filled", "10"), "o-2": ("new", "0")}
+    assert coalesced["eventCount"] == 4
 
 
 async def test_queued_frames_go_out_in_order_before_the_coalesced_batch() -> None:

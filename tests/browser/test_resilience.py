@@ -146,6 +146,27 @@ async def test_close_1013_backs_off_longer(
     assert (int(found[0][1]), int(found[0][2])) == (2500, 1)
 
 
+async def test_logging_out_elsewhere_ends_the_stream_and_sends_the_page_to_sign_in(
+    live_server: ServerFactory, new_page: PageFactory
+) -> None:
+    """The server closes the socket of a logged-out session with 4001: the client does not
+    reconnect (it would only be refused) and the page goes to the login form."""
+    server = await live_server()
+    await server.user("admin", admin=True)
+    page, console = await open_positions(new_page, server)
+    await page.goto("/admin/positions")
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    # Another tab of the same browser logs out: same cookie, same origin, JSON.
+    await page.evaluate(
+        """() => fetch("/api/auth/logout", {method: "POST", credentials: "same-origin",
+                 headers: {"Content-Type": "application/json"}, body: "{}"})"""
+    )
+    await console.wait_for(r"^\[PortfolioStream\] Session ended; not reconnecting$")
+    await page.wait_for_url("**/login?next=*", timeout=5000)
+    assert not any(line.startswith("[PortfolioStream] Reconnecting") for line in console.lines)
+    assert "code=4001, reason=Session ended: logged out" in "\n".join(console.lines)
+
+
 async def test_sequence_gap_asks_for_resync(
     live_server: ServerFactory, new_page: PageFactory
 ) -> None:
