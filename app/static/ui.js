@@ -84,8 +84,13 @@ export function safeNext(next, fallback = "/admin/positions") {
   return next;
 }
 
+// Set by this tab's logout button, which goes to /login itself: the server then ends the
+// page's live socket (4001) too, and that must not send the page elsewhere meanwhile.
+let signingOut = false;
+
 /** Send the browser to the login page, asking it to come back here. */
 export function redirectToLogin() {
+  if (signingOut) return;
   const here = location.pathname + location.search;
   location.assign(`/login?next=${encodeURIComponent(here)}`);
 }
@@ -118,6 +123,7 @@ export function setupHeader(user) {
   if (logout) {
     logout.addEventListener("click", async () => {
       logout.disabled = true;
+      signingOut = true;
       await api("/api/auth/logout", { method: "POST" }).catch(() => {});
       location.assign("/login");
     });
