@@ -10,7 +10,7 @@ from collections import Counter
 
 import aiohttp
 
-from tests.faults.clients import OP_PING, Closed, RawWebSocket
+from tests.faults.clients import OP_CLOSE, OP_PING, RawWebSocket
 from tests.faults.harness import Live
 
 
@@ -33,9 +33,10 @@ def ping_flood(
         ws.sock.settimeout(5)
         try:
             while True:
-                ws.frame()
-        except Closed as closed:
-            return sent, closed.code
+                opcode, payload = ws.frame()
+                if opcode == OP_CLOSE:
+                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                    return sent, code
         except (TimeoutError, OSError):
             return sent, None
     finally:

@@ -32,11 +32,6 @@ MAX_TOTAL_CONNECTIONS = 100
 IDLE_CONNECTIONS = 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 8: idle TCP connections take every descriptor and /healthz stops "
-    "answering (fix in flight: ws)",
-)
 def test_healthz_answers_while_idle_connections_exhaust_descriptors(tmp_path: Path) -> None:
     with live_service(
         tmp_path,

@@ -81,10 +81,6 @@ def test_a_message_flood_closes_every_flooder_1008_and_spares_the_neighbour(live
     live.server.assert_no_traceback(mark)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 (degraded): protocol ping frames are not rate limited (fix in flight: ws)",
-)
 def test_a_ping_frame_flood_is_limited_like_messages(live: Live) -> None:
     mark = live.server.log_mark()
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -79,12 +79,6 @@ def test_every_fuzzed_frame_gets_its_documented_answer_and_the_neighbour_keeps_r
 hostile_types = s.json_values.filter(lambda v: not isinstance(v, str))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 10 item 1: a non-string `type` drops the socket without a close frame "
-    "(fix in flight: ws)",
-)
 def test_a_non_string_type_is_answered_unknown_type_without_a_traceback(live: Live) -> None:
     mark = live.server.log_mark()
     fuzz = FuzzSession(live)

@@ -8,7 +8,6 @@ import os
 from typing import Any
 from unittest import mock
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -67,11 +66,6 @@ def test_client_frames_without_a_hostile_type_get_a_message_or_a_documented_erro
     assert_documented(outcome(text))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="issue 10 item 1: a non-string `type` raises TypeError (fix in flight: ws)",
-)
 @given(s.client_texts)
 @example('{"type": {}}')
 @example('{"type": []}')
@@ -79,11 +73,6 @@ def test_every_client_frame_gets_a_message_or_a_documented_error(text: str) -> N
     assert_documented(outcome(text))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="issue 10 item 1: a non-string `type` raises TypeError (fix in flight: ws)",
-)
 @given(s.json_values.filter(lambda v: not isinstance(v, str) or v not in s.CLIENT_TYPES))
 @example({})
 @example([])

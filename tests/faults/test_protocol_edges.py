@@ -62,10 +62,6 @@ def close_code(ws: RawWebSocket, within: float = 5) -> int | None:
     return -1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: unmasked client frames are accepted (fix in flight: ws)",
-)
 def test_an_unmasked_client_frame_closes_1002(live: Live) -> None:
     ws = connect(live)
     try:
@@ -75,11 +71,6 @@ def test_an_unmasked_client_frame_closes_1002(live: Live) -> None:
         ws.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a frame of exactly 65,536 bytes is refused although documented as "
-    "accepted (fix in flight: ws)",
-)
 def test_a_frame_of_exactly_64_kib_is_accepted(live: Live) -> None:
     ws = connect(live)
     try:
@@ -100,10 +91,6 @@ def test_a_frame_one_byte_over_64_kib_closes_1009(live: Live) -> None:
         ws.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: a 1009 close is logged and counted as 1006 (fix in flight: ws)",
-)
 def test_a_1009_close_is_logged_as_1009(live: Live) -> None:
     mark = live.server.log_mark()
     ws = connect(live)
@@ -141,11 +128,6 @@ def post(live: Live, path: str, body: bytes, headers: dict[str, str]) -> int:
             return error.code
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: an open WebSocket keeps streaming after its session is logged out "
-    "(fix in flight: ws)",
-)
 def test_logging_out_closes_the_sessions_open_socket(live: Live) -> None:
     cookie = login_cookie(live)
     ws = connect(live, cookie)
@@ -157,11 +139,6 @@ def test_logging_out_closes_the_sessions_open_socket(live: Live) -> None:
         ws.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: an open WebSocket keeps streaming after its session expired "
-    "(fix in flight: ws)",
-)
 def test_an_expired_session_closes_its_open_socket(live: Live) -> None:
     ws = connect(live, login_cookie(live))
     try:

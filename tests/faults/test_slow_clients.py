@@ -108,11 +108,6 @@ def test_paused_readers_are_closed_after_the_heartbeat_timeout_with_memory_bound
     server.assert_no_traceback(mark)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 9: a paused reader that keeps pinging is never closed and its "
-    "kernel send queue is not counted (fix in flight: ws)",
-)
 def test_a_paused_reader_that_keeps_talking_is_bounded_and_closed(live: Live) -> None:
     server = live.server
     [ws] = open_paused(live, "nina", 1)
