@@ -18,6 +18,10 @@ from pydantic import SecretStr
 
 from alpaca_bridge.wire_parser import decode_frame
 
+# RFC 6455's "abnormal closure": never sent on the wire; aiohttp reports it when the broker's
+# connection ended without a close frame.
+ABNORMAL_CLOSURE = int(aiohttp.WSCloseCode.ABNORMAL_CLOSURE)
+
 LISTEN_FRAME = '{"action": "listen", "data": {"streams": ["trade_updates"]}}'
 
 
@@ -81,6 +85,6 @@ async def receive_objects(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str,
     code = ws.close_code if ws.close_code is not None else message.data
     closing = message.type is aiohttp.WSMsgType.CLOSE and message.extra
     detail = f" {message.extra}" if closing else ""
-    if code in (None, 1006):
+    if code in (None, ABNORMAL_CLOSURE):
         raise SessionEnded("connection lost")
     raise SessionEnded(f"closed by server (code {code}){detail}")
