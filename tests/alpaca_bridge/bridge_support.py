@@ -3,6 +3,7 @@ pointing BROKER=alpaca at it, and the portfolio as the bus and as REST describe 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +17,9 @@ from app.store import Store
 from config.settings import Settings
 
 KEY, SECRET = "PKALICE", "alice-secret"
+
+AlpacaBridgeFor = Callable[..., BrokerBridge]
+"""Builds a bridge on the simulated broker from settings overrides (``alpaca_bridge_for``)."""
 
 
 def alpaca_settings(sim: SimulatedBroker, tmp_path: Path, **values: Any) -> Settings:
@@ -98,3 +102,10 @@ async def started(bridge: BrokerBridge, collected: Any) -> str:
 async def buy(bridge: BrokerBridge, collected: Any, symbol: str, qty: int) -> Event:
     order = await bridge.place_order("alice", symbol, "buy", Decimal(qty))
     return await collected.wait_for(is_("trade:executed", orderId=order["orderId"]))
+
+
+async def keep_stream_down(broker: SimulatedBroker) -> None:
+    """Cut the account's stream and leave it down (auth goes unanswered) until auth is "ok"."""
+    broker.set_auth_behaviour(KEY, "silent")
+    broker.drop_trading_streams(KEY, how="abort")
+    await asyncio.wait_for(broker.wait_trading_disconnected(KEY), 5)

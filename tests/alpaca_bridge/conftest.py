@@ -1,5 +1,6 @@
 """Fixtures for the broker bridge tests: captured log lines, a running in-process bus, a user
-store with alice in it, and bridges built on them (stopped after the test)."""
+store with alice in it, and bridges built on them (stopped after the test), also pointed at a
+module's simulated broker."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from bridge_support import users_in
+from bridge_support import AlpacaBridgeFor, alpaca_settings, users_in
 
 from alpaca_bridge.service import BrokerBridge
+from alpaca_bridge.simulator import SimulatedBroker
 from app.bus import InProcessBus
 from app.events import EVENT_TYPES, Event
 from app.store import Store
@@ -143,3 +145,14 @@ async def bridge_for(
     yield make
     for bridge in made:
         await bridge.stop()
+
+
+@pytest.fixture
+def alpaca_bridge_for(
+    broker: SimulatedBroker,
+    tmp_path: Path,
+    bridge_for: Callable[[Settings], BrokerBridge],
+) -> AlpacaBridgeFor:
+    """Bridges with BROKER=alpaca on the test module's simulated ``broker`` (its own fixture),
+    settings overridden by keyword; stopped after the test like every ``bridge_for`` one."""
+    return lambda **values: bridge_for(alpaca_settings(broker, tmp_path, **values))

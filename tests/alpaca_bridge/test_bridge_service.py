@@ -13,10 +13,11 @@ import pytest
 from bridge_support import (
     KEY,
     SECRET,
-    alpaca_settings,
+    AlpacaBridgeFor,
     bus_state,
     buy,
     is_,
+    keep_stream_down,
     rest_state,
     started,
     users_in,
@@ -42,12 +43,11 @@ async def broker() -> AsyncIterator[SimulatedBroker]:
 
 async def test_start_connects_reconciles_and_reports_status(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    bridge = alpaca_bridge_for()
     user_id = await started(bridge, collected)
     await asyncio.wait_for(bridge.wait_ready(), 5)
     assert bridge.ready
@@ -78,12 +78,11 @@ async def test_start_connects_reconciles_and_reports_status(
 
 async def test_place_order_round_trip_emits_the_trade(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    bridge = alpaca_bridge_for()
     user_id = await started(bridge, collected)
     order = await bridge.place_order("Alice", "aapl", "buy", Decimal("3"))
     assert (order["symbol"], order["side"], order["qty"], order["userId"]) == (
@@ -111,11 +110,10 @@ async def test_place_order_round_trip_emits_the_trade(
 
 async def test_place_order_errors_are_clear(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    bridge = alpaca_bridge_for()
     await started(bridge, collected)
     with pytest.raises(UnknownAccount, match="nobody"):
         await bridge.place_order("nobody", "AAPL", "buy", Decimal(1))
@@ -129,12 +127,11 @@ async def test_place_order_errors_are_clear(
 
 async def test_price_ticks_move_unrealized_pnl_and_equity(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    bridge = alpaca_bridge_for()
     await started(bridge, collected)
     trade = await buy(bridge, collected, "AAPL", 10)
     target = (Decimal(trade.payload["price"]) + Decimal("5.25")).quantize(Decimal("0.01"))
@@ -158,11 +155,10 @@ async def test_price_ticks_move_unrealized_pnl_and_equity(
 
 async def test_duplicate_executions_and_heartbeats_are_ignored(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    bridge = alpaca_bridge_for()
     user_id = await started(bridge, collected)
     first = await buy(bridge, collected, "AAPL", 2)
     broker.send_trading_heartbeat(KEY)
@@ -175,20 +171,16 @@ async def test_duplicate_executions_and_heartbeats_are_ignored(
 
 async def test_reconciliation_after_a_gap_restores_the_broker_truth(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path, alpaca_auth_timeout_s=0.3))
+    bridge = alpaca_bridge_for(alpaca_auth_timeout_s=0.3)
     user_id = await started(bridge, collected)
     await buy(bridge, collected, "AAPL", 5)
     await buy(bridge, collected, "TSLA", 2)
 
-    # Cut the stream and keep it down (auth goes unanswered) while orders fill.
-    broker.set_auth_behaviour(KEY, "silent")
-    broker.drop_trading_streams(KEY, how="abort")
-    await asyncio.wait_for(broker.wait_trading_disconnected(KEY), 5)
+    await keep_stream_down(broker)  # while orders fill
     fills_before = sum(u["data"]["event"] == "fill" for u in broker.trade_updates(KEY))
     gap_orders = [
         await broker.submit_order(KEY, symbol, side, Decimal(qty))
@@ -227,11 +219,10 @@ async def test_reconciliation_after_a_gap_restores_the_broker_truth(
 
 async def test_bad_credentials_are_reported_at_once(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path, alpaca_secret_key="wrong"))
+    bridge = alpaca_bridge_for(alpaca_secret_key="wrong")
     await bridge.start()
     await asyncio.wait_for(bridge.wait_ready(), 5)
     [status] = bridge.accounts_status()
@@ -243,11 +234,10 @@ async def test_bad_credentials_are_reported_at_once(
 
 async def test_an_account_without_a_user_is_reported(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path, alpaca_username="carol"))
+    bridge = alpaca_bridge_for(alpaca_username="carol")
     await bridge.start()
     assert bridge.ready
     [status] = bridge.accounts_status()
@@ -263,12 +253,11 @@ async def test_an_account_without_a_user_is_reported(
 
 async def test_stop_closes_everything_within_a_second(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    bridge = alpaca_bridge_for()
     await started(bridge, collected)
     await buy(bridge, collected, "AAPL", 1)  # so the price stream is running too
     loop = asyncio.get_running_loop()

@@ -15,7 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_support import KEY, alpaca_settings, bus_state, buy, is_, rest_state, started, users_in
+from bridge_support import (
+    KEY,
+    AlpacaBridgeFor,
+    alpaca_settings,
+    bus_state,
+    buy,
+    is_,
+    keep_stream_down,
+    rest_state,
+    started,
+    users_in,
+)
 
 from alpaca_bridge.service import BrokerBridge
 from alpaca_bridge.simulator import SimulatedBroker
@@ -24,7 +35,6 @@ from app.events import Event
 from app.factory import create_app
 from app.keys import BROKER_KEY, STORE_KEY
 from app.store import Store
-from config.settings import Settings
 
 
 @pytest.fixture
@@ -46,12 +56,11 @@ def quantities(events: list[Event], symbol: str) -> list[str]:
 
 async def test_fills_delivered_newest_first_converge_on_the_broker_truth(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    bridge = alpaca_bridge_for()
     user_id = await started(bridge, collected)
     broker.withhold_trade_updates(KEY)
     broker.set_price("AAPL", Decimal("100"))
@@ -83,12 +92,11 @@ async def test_fills_delivered_newest_first_converge_on_the_broker_truth(
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_partial_fills_scrambled_and_repeated_still_match_rest(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     seed: int,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    bridge = alpaca_bridge_for()
     user_id = await started(bridge, collected)
     broker.set_partial_fills(True)
     broker.withhold_trade_updates(KEY)
@@ -116,20 +124,12 @@ async def test_partial_fills_scrambled_and_repeated_still_match_rest(
     assert shown == truth
 
 
-async def keep_stream_down(broker: SimulatedBroker) -> None:
-    """Cut the account's stream and leave it down (auth goes unanswered) until auth is "ok"."""
-    broker.set_auth_behaviour(KEY, "silent")
-    broker.drop_trading_streams(KEY, how="abort")
-    await asyncio.wait_for(broker.wait_trading_disconnected(KEY), 5)
-
-
 async def test_an_order_placed_long_before_a_gap_and_filled_in_it_is_read_again(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path, alpaca_auth_timeout_s=0.3))
+    bridge = alpaca_bridge_for(alpaca_auth_timeout_s=0.3)
     user_id = await started(bridge, collected)
     broker.set_price("AAPL", Decimal(100))
     # Submitted "two minutes ago": GET /v2/orders?after=<gap start> does not list it.
@@ -184,12 +184,11 @@ def new_order_update(order_id: str) -> dict[str, Any]:
 
 async def test_an_order_id_that_is_not_a_uuid_is_skipped_once_and_gaps_still_heal(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path, alpaca_auth_timeout_s=0.3))
+    bridge = alpaca_bridge_for(alpaca_auth_timeout_s=0.3)
     user_id = await started(bridge, collected)
     broker.send_trading_frame(KEY, new_order_update("not-a-uuid"))
     await collected.wait_for(is_("order:updated", orderId="not-a-uuid", status="new"))
@@ -216,12 +215,11 @@ def with_rows(*extra: Any) -> Callable[[Any], Any]:
 
 async def test_poison_rest_records_are_skipped_with_one_warning_each(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path))
+    bridge = alpaca_bridge_for()
     user_id = await started(bridge, collected)
     await buy(bridge, collected, "TSLA", 2)
     poison_orders = with_rows(
@@ -264,12 +262,11 @@ async def test_poison_rest_records_are_skipped_with_one_warning_each(
 
 async def test_hung_rest_is_timed_out_logged_and_shown_while_fills_keep_flowing(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path, broker_rest_timeout_s=0.3))
+    bridge = alpaca_bridge_for(broker_rest_timeout_s=0.3)
     user_id = await started(bridge, collected)
     assert bridge.accounts_status()[0]["health"] == "ok"
     broker.hang_rest(api_key=KEY, method="GET")
@@ -293,11 +290,10 @@ async def test_hung_rest_is_timed_out_logged_and_shown_while_fills_keep_flowing(
 
 async def test_a_test_trade_against_hung_rest_is_unavailable_within_the_timeout(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path, broker_rest_timeout_s=0.3))
+    bridge = alpaca_bridge_for(broker_rest_timeout_s=0.3)
     await started(bridge, collected)
     broker.hang_rest(method="POST", path="/v2/orders")
     loop = asyncio.get_running_loop()
@@ -311,12 +307,11 @@ async def test_a_test_trade_against_hung_rest_is_unavailable_within_the_timeout(
 @pytest.mark.parametrize("status", [500, 503, 429])
 async def test_a_broker_error_on_an_order_is_unavailable_not_a_rejection(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     status: int,
 ) -> None:
-    bridge = bridge_for(alpaca_settings(broker, tmp_path, broker_rest_timeout_s=2))
+    bridge = alpaca_bridge_for(broker_rest_timeout_s=2)
     await started(bridge, collected)
     broker.fail_rest(status, method="POST", path="/v2/orders")
     loop = asyncio.get_running_loop()
@@ -331,12 +326,11 @@ async def test_a_broker_error_on_an_order_is_unavailable_not_a_rejection(
 
 async def test_health_reports_bad_credentials_and_failing_reconciliation(
     broker: SimulatedBroker,
-    tmp_path: Path,
-    bridge_for: Callable[[Settings], BrokerBridge],
+    alpaca_bridge_for: AlpacaBridgeFor,
     collected: Any,
     log_lines: Any,
 ) -> None:
-    unauthorized = bridge_for(alpaca_settings(broker, tmp_path, alpaca_secret_key="wrong"))
+    unauthorized = alpaca_bridge_for(alpaca_secret_key="wrong")
     await unauthorized.start()
     await asyncio.wait_for(unauthorized.wait_ready(), 5)
     assert unauthorized.accounts_status()[0]["health"] == "unauthorized"
@@ -344,7 +338,7 @@ async def test_health_reports_bad_credentials_and_failing_reconciliation(
     await unauthorized.stop()
 
     broker.fail_rest(500, path="/v2/account")
-    failing = bridge_for(alpaca_settings(broker, tmp_path))
+    failing = alpaca_bridge_for()
     await failing.start()
     # Settled (a node serving browsers stays in rotation), but the broker is not ready.
     await asyncio.wait_for(failing.wait_ready(), 5)

@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient
 from app.pg_store import PostgresStore
 from app.store import Store
 from app.user_store import UserStore
-from tests.app.support import PASSWORD
+from tests.app.support import PASSWORD, WallClock
 from tests.conftest import ClientFactory
 from tests.postgres import StoreFactory, TestDatabase, unreachable_reason
 
@@ -154,6 +154,17 @@ async def open_store(
     yield open_one
     for store in reversed(opened):
         await store.close()
+
+
+@pytest.fixture
+def clock() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+async def store(open_store: StoreFactory, clock: WallClock) -> UserStore:
+    """One store of this test's backend on ``clock``'s time."""
+    return await open_store(clock=clock)
 
 
 @pytest.fixture

@@ -9,13 +9,14 @@ instead of megabytes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import socket
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from tests.ws_handshake import upgrade_request
 
 SMALL_BUFFER = 4096
 READER_LIMIT = 1024  # the stream reader pauses its transport beyond twice this
@@ -79,17 +80,7 @@ class RawClient:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (host, port))
         reader, writer = await asyncio.open_connection(sock=sock, limit=READER_LIMIT)
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            f"GET {path} HTTP/1.1",
-            f"Host: {host}:{port}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-            *(f"{name}: {value}" for name, value in headers.items()),
-        ]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        writer.write(upgrade_request(host, port, path, headers))
         response = await reader.readuntil(b"\r\n\r\n")
         assert response.startswith(b"HTTP/1.1 101"), response
         return cls(reader, writer)

@@ -21,6 +21,16 @@ PASSWORD = "correct horse"  # every test user's
 Client = TestClient[Any, web.Application]
 
 
+class WallClock:
+    """Stands in for ``time.time`` in a store: time moves only when a test sets ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def position(user: str, symbol: str, pnl: str = "550.00", qty: str = "10") -> dict[str, str]:
     return {
         "userId": user,

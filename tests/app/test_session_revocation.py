@@ -5,36 +5,16 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from app.keys import STORE_KEY
 from app.session_watch import SessionWatch
 from app.sessions import Revocations, RevokedBecause, SessionRevoked
 from app.store import hash_token
 from app.user_store import UserStore
-from tests.app.support import TIMEOUT, session_for
+from tests.app.support import TIMEOUT, WallClock, session_for
 from tests.conftest import ClientFactory
 from tests.postgres import BACKENDS, StoreFactory
 
 STORE_BACKENDS = BACKENDS
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(open_store: StoreFactory, clock: Clock) -> UserStore:
-    return await open_store(clock=clock)
 
 
 def recorder(store: UserStore) -> list[SessionRevoked]:
@@ -86,7 +66,7 @@ async def test_removing_a_user_revokes_every_session_of_theirs(store: UserStore)
 
 
 async def test_a_watched_session_is_published_when_it_expires(
-    store: UserStore, clock: Clock
+    store: UserStore, clock: WallClock
 ) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 60)
@@ -102,7 +82,7 @@ async def test_a_watched_session_is_published_when_it_expires(
 
 
 async def test_a_session_ended_by_another_process_is_published(
-    store: UserStore, open_store: StoreFactory, clock: Clock, store_backend: str
+    store: UserStore, open_store: StoreFactory, clock: WallClock, store_backend: str
 ) -> None:
     """`portfolio-stream users remove` runs in a process of its own (or on another node):
     SQLite notices at the next check, PostgreSQL tells every node at once."""
@@ -126,7 +106,9 @@ async def test_a_session_ended_by_another_process_is_published(
     assert len(events) == 1  # the check does not announce it again
 
 
-async def test_a_session_no_longer_watched_is_not_published(store: UserStore, clock: Clock) -> None:
+async def test_a_session_no_longer_watched_is_not_published(
+    store: UserStore, clock: WallClock
+) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 60)
     session = await store.session(token)
@@ -141,7 +123,7 @@ async def test_a_session_no_longer_watched_is_not_published(store: UserStore, cl
     assert len(events) == 1  # the second socket still watches it
 
 
-async def test_checks_are_due_at_the_interval_or_the_soonest_expiry(clock: Clock) -> None:
+async def test_checks_are_due_at_the_interval_or_the_soonest_expiry(clock: WallClock) -> None:
     async def all_live(hashes: object) -> set[str]:
         return set()
 

@@ -12,28 +12,11 @@ import pytest
 
 from app.store import InvalidUsername, UserExists
 from app.user_store import UserStore
-from tests.postgres import BACKENDS, StoreFactory
+from tests.app.support import WallClock
+from tests.postgres import BACKENDS
 
 STORE_BACKENDS = BACKENDS
 Rows = Callable[[str], list[tuple[Any, ...]]]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(open_store: StoreFactory, clock: Clock) -> UserStore:
-    return await open_store(clock=clock)
 
 
 async def test_passwords_are_stored_as_argon2id_hashes(store: UserStore, stored_rows: Rows) -> None:
@@ -66,7 +49,7 @@ async def test_session_ids_are_256_bit_and_stored_only_as_sha256(
     assert await store.session_user(token) == user
 
 
-async def test_sessions_expire(store: UserStore, clock: Clock) -> None:
+async def test_sessions_expire(store: UserStore, clock: WallClock) -> None:
     user = await store.create_user("alice", "pw")
     token = await store.create_session(user.id, 60)
     clock.now += 59

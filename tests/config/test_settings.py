@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from config.settings import (
     ALPACA_DATA_STREAM_BASE,
@@ -17,8 +17,8 @@ from config.settings import (
     ALPACA_PAPER_API_URL,
     ALPACA_PAPER_STREAM_URL,
     Settings,
-    describe_validation_error,
 )
+from tests.config.refusal import failure
 
 CLI = str(Path(sys.executable).with_name("portfolio-stream"))
 
@@ -53,15 +53,6 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "WS_COMPRESSION": False,
     "METRICS_TOKEN": None,
 }
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """No setting comes from the test runner's environment or a stray `.env`."""
-    for name in Settings.model_fields:
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.chdir(tmp_path)
-    return monkeypatch
 
 
 def service_env(**overrides: str) -> dict[str, str]:
@@ -173,10 +164,7 @@ def test_secrets_never_appear_in_repr_str_or_dumps(clean_env: pytest.MonkeyPatch
 def test_a_bad_value_is_described_in_one_line_naming_the_variable(
     clean_env: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
-    clean_env.setenv(variable, value)
-    with pytest.raises(ValidationError) as caught:
-        Settings(_env_file=None)  # type: ignore[call-arg]
-    line = describe_validation_error(caught.value)
+    line = failure(clean_env, **{variable: value})
     assert "\n" not in line
     assert line.startswith("invalid configuration: ")
     assert variable in line
@@ -197,19 +185,12 @@ def test_a_bad_value_is_described_in_one_line_naming_the_variable(
 def test_incoherent_combinations_name_the_variables(
     clean_env: pytest.MonkeyPatch, env: dict[str, str], named: str
 ) -> None:
-    for name, value in env.items():
-        clean_env.setenv(name, value)
-    with pytest.raises(ValidationError) as caught:
-        Settings(_env_file=None)  # type: ignore[call-arg]
-    line = describe_validation_error(caught.value)
+    line = failure(clean_env, **env)
     assert "\n" not in line and named in line
 
 
 def test_a_rejected_url_does_not_echo_its_password(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("DATABASE_URL", "mysql://app:hunter2-secret@db.internal/portfolio")
-    with pytest.raises(ValidationError) as caught:
-        Settings(_env_file=None)  # type: ignore[call-arg]
-    line = describe_validation_error(caught.value)
+    line = failure(clean_env, DATABASE_URL="mysql://app:hunter2-secret@db.internal/portfolio")
     assert "DATABASE_URL" in line
     assert "hunter2-secret" not in line
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from pydantic import ValidationError
 
-from config.settings import Settings, describe_validation_error
+from config.settings import Settings
+from tests.config.refusal import failure
 
 DEFAULTS = {
     "REDIS_URL": None,
@@ -20,23 +18,6 @@ DEFAULTS = {
     "CLUSTER_ENTRY_TTL_S": 30.0,
     "CLUSTER_NODE_REPORT_INTERVAL_S": 3.0,
 }
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """No setting comes from the test runner's environment or a stray `.env`."""
-    for name in Settings.model_fields:
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.chdir(tmp_path)
-    return monkeypatch
-
-
-def failure(monkeypatch: pytest.MonkeyPatch, **variables: str) -> str:
-    for name, value in variables.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(ValidationError) as caught:
-        Settings(_env_file=None)  # type: ignore[call-arg]
-    return describe_validation_error(caught.value)
 
 
 @pytest.mark.usefixtures("clean_env")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from pydantic import ValidationError
 
-from config.settings import Settings, describe_validation_error
+from config.settings import Settings
+from tests.config.refusal import failure
 
 DEFAULTS = {
     "POLL_INTERVAL_MS": 5000,
@@ -17,15 +15,6 @@ DEFAULTS = {
     "DEGRADED_MIN_BATCH_EFFICIENCY": 0.5,
     "DEGRADED_MIN_DELIVERIES": 100,
 }
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """No setting comes from the test runner's environment or a stray `.env`."""
-    for name in Settings.model_fields:
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.chdir(tmp_path)
-    return monkeypatch
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -66,7 +55,5 @@ def test_each_is_read_from_its_variable(clean_env: pytest.MonkeyPatch) -> None:
 def test_an_out_of_range_value_names_the_variable(
     clean_env: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
-    clean_env.setenv(variable, value)
-    with pytest.raises(ValidationError) as caught:
-        Settings(_env_file=None)  # type: ignore[call-arg]
-    assert describe_validation_error(caught.value).startswith(f"invalid configuration: {variable}:")
+    line = failure(clean_env, **{variable: value})
+    assert line.startswith(f"invalid configuration: {variable}:")

@@ -10,7 +10,6 @@ latest state it was shown), so a test can measure its gaps and count what it saw
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import os
@@ -23,6 +22,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from tests.ws_handshake import upgrade_request
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 WS_PATH = "/ws/portfolio"
@@ -80,17 +81,7 @@ class RawWebSocket:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self.sock.settimeout(timeout)
         self.sock.connect((host, port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            f"GET {path} HTTP/1.1",
-            f"Host: {host}:{port}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-            *(f"{name}: {value}" for name, value in headers.items()),
-        ]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.sock.sendall(upgrade_request(host, port, path, headers))
         self._buffer = b""
         head = self._read_until(b"\r\n\r\n")
         self.status = int(head.split(b" ", 2)[1])
