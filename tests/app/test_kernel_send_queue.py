@@ -25,24 +25,16 @@ from tests.app.test_slow_consumer import (
     stalled_client,
 )
 from tests.conftest import ClientFactory
+from tests.kernel_sockets import established_sockets
 
 SEND_BUFFER = 16 * 1024
 # A frame written whole when the kernel still had room may take it past the bound.
 ONE_FRAME = 64 * 1024
-ESTABLISHED = "01"
 
 
 def kernel_send_queues(port: int) -> list[int]:
     """Bytes in the kernel's send queue of each established socket on local ``port``."""
-    queues = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                local, state, queue = fields[1], fields[3], fields[4]
-                if state == ESTABLISHED and int(local.rsplit(":", 1)[1], 16) == port:
-                    queues.append(int(queue.split(":")[0], 16))
-    return queues
+    return [s.send_queue for s in established_sockets() if s.local_port == port]
 
 
 pytestmark = pytest.mark.skipif(

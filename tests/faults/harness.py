@@ -27,6 +27,7 @@ from argon2 import PasswordHasher
 
 from app.store import Store
 from tests.faults.broker import FaultyBroker
+from tests.kernel_sockets import established_sockets
 from tests.ops.conftest import CLI, free_port, http_status, service_env, wait_until, workdir
 
 __all__ = [
@@ -188,11 +189,11 @@ class Server:
     def send_queues(self) -> list[int]:
         """Bytes each of the server's established sockets on its port holds in the kernel's
         send queue (written by the server, not yet acknowledged by the client)."""
-        return [queue for local, _, queue in _tcp_sockets() if local == self.port]
+        return [s.send_queue for s in established_sockets() if s.local_port == self.port]
 
     def client_ports(self) -> set[int]:
         """The client-side ports of the server's established connections."""
-        return {remote for local, remote, _ in _tcp_sockets() if local == self.port}
+        return {s.remote_port for s in established_sockets() if s.local_port == self.port}
 
     # ---- signals and the end ---------------------------------------------------------------
 
@@ -218,28 +219,6 @@ class Server:
             self.proc.kill()
         self.proc.wait()
         self._log.close()
-
-
-ESTABLISHED = "01"
-
-
-def _tcp_sockets() -> list[tuple[int, int, int]]:
-    """(local port, remote port, tx_queue bytes) of every established TCP socket."""
-    sockets: list[tuple[int, int, int]] = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] != ESTABLISHED:
-                continue
-            port = int(fields[1].rsplit(":", 1)[1], 16)
-            remote = int(fields[2].rsplit(":", 1)[1], 16)
-            tx_queue = int(fields[4].split(":", 1)[0], 16)
-            sockets.append((port, remote, tx_queue))
-    return sockets
 
 
 class Peaks:
