@@ -28,13 +28,13 @@ from typing import Literal
 
 from alpaca.trading.client import TradingClient
 
-from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.dedup import RecentKeys
 from alpaca_bridge.ledger import AccountLedger
 from alpaca_bridge.payloads import BusEvent
 from alpaca_bridge.reconcile import BrokerSnapshot, fetch_snapshot
 from alpaca_bridge.rest_client import RestTimeout
 from alpaca_bridge.wire_parser import TradeUpdate
+from app.backoff import Backoff
 from app.bus import BusClosed, EventBus
 from app.events import TRADE_EXECUTED
 from config.logging import get_logger

@@ -18,7 +18,6 @@ import aiohttp
 
 from alpaca_bridge.account_runtime import AccountRuntime
 from alpaca_bridge.account_sync import AccountSync
-from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.orders import submit_market_order
 from alpaca_bridge.plan import BridgePlan, demo_logins, plan_alpaca, plan_simulated
 from alpaca_bridge.prices import PriceFeed
@@ -26,6 +25,7 @@ from alpaca_bridge.reconcile import trading_client
 from alpaca_bridge.simulator import SimulatedBroker
 from alpaca_bridge.trade_stream import TradeUpdatesStream
 from alpaca_bridge.wire_parser import decimal_text
+from app.backoff import Backoff
 from app.broker import (
     AccountStatus,
     BrokerHealth,

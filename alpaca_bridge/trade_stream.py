@@ -26,7 +26,6 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.dedup import RecentKeys
 from alpaca_bridge.stream_protocol import (
     AuthenticationFailed,
@@ -35,6 +34,7 @@ from alpaca_bridge.stream_protocol import (
     receive_objects,
 )
 from alpaca_bridge.wire_parser import MalformedUpdate, TradeUpdate, parse_trade_update
+from app.backoff import Backoff
 from config.logging import get_logger
 
 log = get_logger()

@@ -3,7 +3,8 @@ those under ``TYPE_CHECKING`` and inside functions, since each is a dependency a
 
 - No cycle between modules.
 - The layering: ``config`` imports neither ``app`` nor ``alpaca_bridge``; ``alpaca_bridge``
-  reaches into ``app`` only through the broker seam, the bus and the event contract (never
+  reaches into ``app`` only through the broker seam, the bus, the event contract and the
+  shared retry backoff (never
   ``app.keys``); of ``app``, only the factory (the composition root) knows ``alpaca_bridge``.
 - Imports sit at module level: one inside a function hides a dependency from the reader. The
   one exception is an optional dependency imported where its absence is handled.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("app", "alpaca_bridge", "config")
-BRIDGE_MAY_IMPORT = frozenset({"app.broker", "app.bus", "app.events"})
+BRIDGE_MAY_IMPORT = frozenset({"app.backoff", "app.broker", "app.bus", "app.events"})
 KNOWS_THE_BRIDGE = frozenset({"app.factory"})
 OPTIONAL_DEPENDENCIES = frozenset({"uvloop"})
 

@@ -16,7 +16,6 @@ short disconnects its connection, so no half-read reply is left behind.
 from __future__ import annotations
 
 import asyncio
-import random
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -71,12 +70,6 @@ def pubsub_pool(settings: Settings, node_id: str) -> ConnectionPool:
         protocol=2,
         client_name=f"portfolio-stream:{node_id}:pubsub",
     )
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:
-    """Full jitter, uniform(0, min(max, initial * 2**attempt)): nodes that lost Redis together
-    do not all come back in the same instant (a resubscribe storm)."""
-    return random.uniform(0, min(max_s, initial_s * 2 ** min(attempt, 30)))
 
 
 @asynccontextmanager

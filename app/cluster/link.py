@@ -19,7 +19,8 @@ from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from app.cluster.client import backoff_delay, bounded
+from app.backoff import Backoff
+from app.cluster.client import bounded
 from config.logging import get_logger
 
 log = get_logger()
@@ -51,7 +52,7 @@ class PubSubLink:
         self._on_frame = on_frame
         self._take_commands = take_commands
         self._timeout = timeout_s
-        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._wake = asyncio.Event()
         self._broken: asyncio.Future[str] | None = None
         # True from the greeting's confirmation (Redis reads and answers) to the session's end.
@@ -68,18 +69,16 @@ class PubSubLink:
             self._broken.set_result(reason)
 
     async def run(self) -> None:
-        attempt = 0
         while True:
             reason = await self._session()
             if self.connected:
-                attempt = 0
+                self._backoff.reset()
                 self.losses += 1
                 log.warning("[Cluster] Redis pub/sub connection lost; reconnecting", reason=reason)
-            elif attempt == 0:
+            elif self._backoff.attempt == 0:
                 log.warning("[Cluster] Redis pub/sub unavailable; retrying", reason=reason)
             self.connected = False
-            await asyncio.sleep(backoff_delay(attempt, *self._backoff))
-            attempt += 1
+            await asyncio.sleep(self._backoff.next_delay())
 
     async def _session(self) -> str:
         """Run one connection until it fails; returns why it ended."""

@@ -13,10 +13,10 @@ from pydantic import SecretStr
 
 from alpaca_bridge.account_sync import AccountSync
 from alpaca_bridge.accounts import BrokerAccount
-from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.reconcile import trading_client
 from alpaca_bridge.simulator import SimulatedBroker
 from alpaca_bridge.wire_parser import parse_trade_update
+from app.backoff import Backoff
 from app.bus import InProcessBus
 
 KEY, SECRET = "PKSYNC", "sync-secret"

@@ -12,10 +12,10 @@ import pytest
 from fake_trading_stream import Behaviour, FakeTradingStream
 from pydantic import SecretStr
 
-from alpaca_bridge.backoff import Backoff
 from alpaca_bridge.dedup import RecentKeys
 from alpaca_bridge.trade_stream import StreamState, TradeUpdatesStream
 from alpaca_bridge.wire_parser import TradeUpdate
+from app.backoff import Backoff
 
 
 @pytest.fixture
