@@ -105,3 +105,8 @@ NODES_SEEN: Final = f"{PREFIX}:{{nodes}}:seen"
 def counter_key(namespace: str, key: str) -> str:
     """An expiring counter (login throttle and similar): STRING count with a PX expiry."""
     return f"{PREFIX}:count:{namespace}:{key}"
+
+
+def held_key(namespace: str, key: str) -> str:
+    """Attempts in flight against that counter: ZSET hold id -> expiry (ms, Redis TIME)."""
+    return f"{PREFIX}:held:{namespace}:{key}"
