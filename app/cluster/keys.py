@@ -102,11 +102,14 @@ NODES_ROWS: Final = f"{PREFIX}:{{nodes}}:rows"
 NODES_SEEN: Final = f"{PREFIX}:{{nodes}}:seen"
 
 
+# Expiring counters: the key is the hash tag, so a counter and its holds (one script takes
+# both) share a slot whatever the key holds (a tag ends at the first "}" after our "{", which
+# falls at the same place in both names).
 def counter_key(namespace: str, key: str) -> str:
     """An expiring counter (login throttle and similar): STRING count with a PX expiry."""
-    return f"{PREFIX}:count:{namespace}:{key}"
+    return f"{PREFIX}:count:{namespace}:{{{key}}}"
 
 
 def held_key(namespace: str, key: str) -> str:
     """Attempts in flight against that counter: ZSET hold id -> expiry (ms, Redis TIME)."""
-    return f"{PREFIX}:held:{namespace}:{key}"
+    return f"{PREFIX}:held:{namespace}:{{{key}}}"
