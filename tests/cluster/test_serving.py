@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from redis.asyncio import Redis
 
+from app.cluster.keys import UserKeys
 from app.events import ACCOUNT_UPDATED, POSITION_CLOSED, POSITION_UPDATED, Event
 from app.keys import BUS_KEY, CLUSTER_KEY
 from app.protocol import CloseCode
@@ -263,3 +265,27 @@ async def test_a_redis_that_comes_back_empty_is_rebuilt_before_anyone_is_shown_i
     assert rebuilt == ["rebuild"]
     assert [p["symbol"] for p in snapshot["positions"]] == ["AAPL", "TSLA"]
     assert snapshot["seq"] > first["seq"]
+
+
+async def test_a_gap_in_the_notices_re_snapshots_the_users_sockets(
+    nodes: Nodes, clean_redis: RedisServer
+) -> None:
+    a, b = await nodes(clean_redis)
+    alice = await session_for(a, "alice")
+    publish(a, POSITION_UPDATED, position(alice.user_id, "AAPL"))
+    watcher, _ = await connect(b, alice)
+    _, first = await subscribe(watcher, ALL_CHANNELS)
+    redis = Redis.from_url(clean_redis.url)
+    keys = UserKeys.of(alice.user_id)
+    epoch, offset = await redis.hmget(keys.meta, ["e", "o"])
+    assert epoch is not None and offset is not None
+    # A notice from further on: the ones between never arrived (pub/sub is at-most-once).
+    payload = orjson.dumps(position(alice.user_id, "ZZZZ")).decode()
+    gap = f'["{epoch.decode()}",{int(offset) + 5},"position:updated",{payload},0,0]'
+    await redis.publish(keys.channel, gap)
+    await redis.aclose()
+
+    snapshot = await receive_type(watcher, "snapshot")
+    assert snapshot["seq"] == first["seq"] + 1
+    # Re-read from Redis, which never held the notice that jumped ahead.
+    assert [p["symbol"] for p in snapshot["positions"]] == ["AAPL"]
