@@ -158,6 +158,9 @@ def _wire_metrics(app: web.Application) -> None:
     sources.max_connections_per_user = lambda: settings.max_connections_per_user
     sources.connections_shed = lambda: app[BUDGET_KEY].shed
     sources.log_lines_dropped = dropped_log_lines
+    cluster = app.get(CLUSTER_KEY)
+    if cluster is not None:
+        sources.cluster = cluster.gauges
     sources.broker_streams = lambda: [
         (a["username"], a["mode"], a["status"] == "connected")
         for a in app[BROKER_KEY].accounts_status()
