@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench soak install install-systemd clean
+.PHONY: run test lint bench soak cluster install install-systemd clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
+# Three nodes behind nginx on :5000, one shared simulated broker, the local Redis and
+# PostgreSQL (docs/scaling.md "make cluster"); Ctrl-C stops it all. Ports: CLUSTER_PORT,
+# CLUSTER_NODE_PORTS, CLUSTER_SIM_PORT.
+cluster: $(STAMP)
+	$(BIN)/python -m app.devcluster
+
 # The fault suite's scenarios at scale (docs/reliability.md); loopback only, bounded in clients
 # and time. SOAK_ARGS e.g. "--clients 5000 --seconds 300"; figures in tests/soak/results/.
 soak: $(STAMP)
@@ -51,7 +57,7 @@ install-systemd:
 	install -D -m 0644 systemd/portfolio-stream.sysusers /usr/lib/sysusers.d/portfolio-stream.conf
 	systemd-sysusers /usr/lib/sysusers.d/portfolio-stream.conf 2>/dev/null || getent passwd portfolio-stream >/dev/null || useradd --system --user-group --home-dir /var/lib/portfolio-stream --shell /usr/sbin/nologin portfolio-stream
 	install -d -m 0750 -o portfolio-stream -g portfolio-stream /var/lib/portfolio-stream /var/log/portfolio-stream
-	install -m 0644 systemd/portfolio-stream.service systemd/portfolio-stream.socket /etc/systemd/system/
+	install -m 0644 systemd/portfolio-stream.service systemd/portfolio-stream.socket 'systemd/portfolio-stream@.service' /etc/systemd/system/
 	install -d -m 0750 -o root -g portfolio-stream /etc/portfolio-stream
 	install -m 0640 -o root -g portfolio-stream systemd/portfolio-stream.env.example /etc/portfolio-stream/
 	test -e /etc/portfolio-stream/portfolio-stream.env || install -m 0640 -o root -g portfolio-stream systemd/portfolio-stream.env.example /etc/portfolio-stream/portfolio-stream.env
@@ -61,6 +67,7 @@ install-systemd:
 	@echo "installed. Next: edit /etc/portfolio-stream/portfolio-stream.env, then"
 	@echo "  systemctl enable --now portfolio-stream.socket portfolio-stream.service"
 	@echo "  (already running: systemctl restart portfolio-stream — zero downtime)"
+	@echo "  or several nodes: systemctl enable --now portfolio-stream@5001 portfolio-stream@5002"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -16,10 +16,12 @@ from app.broker import AccountStatus, AccountStreamStatus
 
 @dataclass(slots=True)
 class AccountRuntime:
-    """An account's REST client and, once its user is known, its ledger sync and stream."""
+    """An account's REST client and, once its user is known, its ledger sync and stream
+    (none of those on a ``standby`` node, where another node consumes the account)."""
 
     account: BrokerAccount
     client: TradingClient
+    standby: bool = False
     user_id: str | None = None
     sync: AccountSync | None = None
     stream: TradeUpdatesStream | None = None
@@ -41,6 +43,8 @@ class AccountRuntime:
         state: AccountStreamStatus = "unknown_user" if self.user_id is None else "stopped"
         if self.user_id is not None and stream is not None:
             state = stream.state.value
+        elif self.user_id is not None and self.standby:
+            state = "standby"
         last = stream.last_event_at if stream is not None else None
         reconciled = sync.reconciled_at if sync is not None else None
         return {
@@ -52,6 +56,6 @@ class AccountRuntime:
             "reconnects": stream.reconnects if stream is not None else 0,
             "mode": mode,
             "paper": self.account.paper,
-            "health": account_health(self.user_id, stream, sync),
+            "health": account_health(self.user_id, stream, sync, standby=self.standby),
             "lastError": sync.last_error if sync is not None else None,
         }

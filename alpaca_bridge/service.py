@@ -1,6 +1,10 @@
 """The broker bridge: every configured account's stream, ledger and reconciliation, one price
 feed, and (in simulated mode) the embedded broker with accounts for its demo users.
 
+With CONSUME_BROKER_STREAMS=false the node is a standby for every account: it keeps each
+account's REST client (test trades) but starts no stream, reconciliation or price feed, since
+another node of the cluster consumes them and publishes their events for all.
+
 ``BrokerBridge`` implements the app's ``Broker`` seam (``app/broker.py``); the app builds it,
 creates the users it reports in ``demo_logins``, starts it and stops it. It publishes on the
 bus it is given and finds an account's user through the lookup it is given.
@@ -49,6 +53,7 @@ class BrokerBridge:
 
     def __init__(self, settings: Settings, bus: EventBus, find_user_id: UserLookup) -> None:
         self.mode: Literal["alpaca", "simulated"] = settings.broker_mode
+        self.consumes_streams = settings.consume_broker_streams
         self._settings = settings
         self._bus = bus
         self._find_user_id = find_user_id
@@ -109,13 +114,20 @@ class BrokerBridge:
         except BaseException:
             await self.stop()
             raise
+        if not self.consumes_streams:
+            log.info(
+                "[AlpacaStream] This node consumes no broker streams "
+                "(CONSUME_BROKER_STREAMS=false): another node streams every account; "
+                "test trades still go to the broker",
+                accounts=len(self._accounts),
+            )
         log.info("[AlpacaStream] Bridge started", mode=self.mode, accounts=len(self._accounts))
 
     async def _start_accounts(self, plan: BridgePlan) -> None:
         for account in plan.accounts:
             api_url = plan.endpoints(account).api_url
             client = trading_client(account, api_url, self._settings.broker_rest_timeout_s)
-            entry = AccountRuntime(account, client)
+            entry = AccountRuntime(account, client, standby=not self.consumes_streams)
             self._accounts[account.username.lower()] = entry
             user_id = await self._find_user_id(account.username)
             if user_id is None:
@@ -126,7 +138,8 @@ class BrokerBridge:
                 )
                 continue
             entry.user_id = user_id
-            self._start_account(entry, plan)
+            if self.consumes_streams:
+                self._start_account(entry, plan)
         feeders = [e.account for e in self._accounts.values() if e.sync is not None]
         if feeders:
             # One market-data connection per key is the plan limit; the first account's will do.

@@ -18,7 +18,14 @@ from typing import Any, Final, Literal, Protocol, TypedDict
 UserLookup = Callable[[str], Awaitable[str | None]]
 
 AccountStreamStatus = Literal[
-    "connecting", "connected", "reconnecting", "unauthorized", "unknown_user", "stopped"
+    "connecting",
+    "connected",
+    "reconnecting",
+    "unauthorized",
+    "unknown_user",
+    "stopped",
+    # CONSUME_BROKER_STREAMS=false: another node consumes the account; this one only trades.
+    "standby",
 ]
 
 # The states in which this node consumes an account's stream (the stats' accountsConsumed).

@@ -1,4 +1,4 @@
-"""`portfolio-stream` — the one entry point: serve, users, sessions, db, trade.
+"""`portfolio-stream` — the one entry point: serve, simulate, users, sessions, db, trade.
 
 This is the only place that reads settings from the environment and configures logging.
 """
@@ -16,12 +16,14 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
+from alpaca_bridge.simulator.standalone import run_standalone, standalone_broker
 from app.broker import BrokerConfigError
 from app.process_tuning import FileLimitTooLow
 from app.server import serve
 from app.store import InvalidUsername, StoreUnavailable, UserExists
 from app.store_select import store_for
 from app.user_store import UserStore
+from config.logging import configure_logging
 from config.settings import Settings, describe_validation_error
 
 EXIT_USAGE = 2
@@ -206,6 +208,28 @@ def cmd_serve(_: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def cmd_simulate(_: argparse.Namespace) -> int:
+    """The simulated broker on its own, for several nodes to share (BROKER=alpaca there)."""
+    settings = load_settings()
+    try:
+        broker = standalone_broker(settings)
+    except BrokerConfigError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings)
+    try:
+        asyncio.run(run_standalone(broker))
+    except OSError as exc:
+        print(
+            f"error: cannot listen on {settings.sim_host}:{settings.sim_port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler was in place
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="portfolio-stream", description="Streams traders' live portfolios to their browsers."
@@ -214,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_command = commands.add_parser("serve", help="run the service (configured by environment)")
     serve_command.set_defaults(func=cmd_serve)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run the simulated broker alone on SIM_HOST:SIM_PORT for several nodes to share",
+    )
+    simulate.set_defaults(func=cmd_simulate)
 
     users = commands.add_parser("users", help="manage users")
     users.set_defaults(func=cmd_users)

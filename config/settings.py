@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     # This node's name in Redis (stats rows, admission slots, its probe channel); unset:
     # <hostname>:<PORT>.
     node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:@-]{1,100}$")
+    # false: this node starts no trade_updates stream, reconciliation or price feed (another
+    # node of the cluster consumes every account); it still places test trades over REST.
+    consume_broker_streams: bool = True
     # Connect and command timeout for Redis: beyond it a node acts on its local view.
     redis_timeout_s: float = Field(2.0, gt=0, le=60)
     redis_backoff_initial_s: float = Field(0.25, gt=0, le=60)

@@ -5,7 +5,8 @@ those under ``TYPE_CHECKING`` and inside functions, since each is a dependency a
 - The layering: ``config`` imports neither ``app`` nor ``alpaca_bridge``; ``alpaca_bridge``
   reaches into ``app`` only through the broker seam, the bus, the event contract and the
   shared retry backoff (never
-  ``app.keys``); of ``app``, only the factory (the composition root) knows ``alpaca_bridge``.
+  ``app.keys``); of ``app``, only the factory (the composition root) and the CLI (for
+  ``simulate``) know ``alpaca_bridge``.
 - Imports sit at module level: one inside a function hides a dependency from the reader. The
   one exception is an optional dependency imported where its absence is handled.
 """
@@ -19,7 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("app", "alpaca_bridge", "config")
 BRIDGE_MAY_IMPORT = frozenset({"app.backoff", "app.broker", "app.bus", "app.events"})
-KNOWS_THE_BRIDGE = frozenset({"app.factory"})
+# The factory composes the app with the bridge; the CLI also runs the simulated broker alone
+# (``portfolio-stream simulate``).
+KNOWS_THE_BRIDGE = frozenset({"app.factory", "app.cli"})
 OPTIONAL_DEPENDENCIES = frozenset({"uvloop"})
 
 
