@@ -161,9 +161,11 @@ def _wire_metrics(app: web.Application) -> None:
     cluster = app.get(CLUSTER_KEY)
     if cluster is not None:
         sources.cluster = cluster.gauges
+    # An account another node consumes (standby here) is not a stream of this node's.
     sources.broker_streams = lambda: [
         (a["username"], a["mode"], a["status"] == "connected")
         for a in app[BROKER_KEY].accounts_status()
+        if a["status"] != "standby"
     ]
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from app.devcluster import (
     render_site,
     write_nginx_prefix,
 )
+from tests.cluster.redis_server import RedisServer
 from tests.ops.conftest import (
     REPO,
     Service,
@@ -137,6 +139,12 @@ async def test_a_browser_logs_in_and_streams_through_nginx(
     assert node.stop() == 0
 
 
+def http_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback http
+        body: bytes = response.read()
+    return body.decode()
+
+
 def cluster_blockers() -> str | None:
     if NGINX is None:
         return "nginx is not installed (.ci/run installs Debian's)"
@@ -158,6 +166,9 @@ def test_make_cluster_starts_everything_and_stops_every_child(tmp_path: Path) ->
         pytest.skip(blocker)
     database = f"portfolio_stream_cluster_test_{os.getpid()}"
     ports = [free_port() for _ in range(3)]
+    # A Redis of its own: three real nodes write their shared state into it.
+    own_redis = RedisServer(tmp_path / "redis")
+    own_redis.start()
     env = {
         **os.environ,
         "CLUSTER_DIR": str(tmp_path / "cluster"),
@@ -166,7 +177,7 @@ def test_make_cluster_starts_everything_and_stops_every_child(tmp_path: Path) ->
         "CLUSTER_SIM_PORT": "0",
         "CLUSTER_POSTGRES_URL": ADMIN_URL,
         "CLUSTER_DATABASE": database,
-        "REDIS_URL": REDIS_URL,
+        "REDIS_URL": own_redis.url,
     }
     output = tmp_path / "cluster.out"
     with open(output, "wb") as out:
@@ -191,6 +202,12 @@ def test_make_cluster_starts_everything_and_stops_every_child(tmp_path: Path) ->
         assert http_status(f"http://127.0.0.1:{env['CLUSTER_PORT']}/healthz") == 200
         for port in ports:
             assert http_status(f"http://127.0.0.1:{port}/readyz") == 200
+            # Only node-1 consumes: the others' standby accounts are no stream of theirs and
+            # must not read as down (the BrokerStreamDown alert).
+            metrics = http_text(f"http://127.0.0.1:{port}/metrics")
+            down = [m for m in metrics.splitlines() if m.startswith("alpaca_stream_up{")]
+            assert all(m.endswith(" 1.0") for m in down), down
+            assert "portfolio_redis_up 1.0" in metrics
         pids = {
             line.split()[1]: int(line.split("(pid ")[1].split(",")[0])
             for line in text.splitlines()
@@ -210,6 +227,7 @@ def test_make_cluster_starts_everything_and_stops_every_child(tmp_path: Path) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        own_redis.stop()
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
