@@ -74,3 +74,40 @@ export function sumMoney(values) {
   const digits = (negative ? -cents : cents).toString().padStart(3, "0");
   return `${negative ? "-" : ""}${digits.slice(0, -2)}.${digits.slice(-2)}`;
 }
+
+/**
+ * A whole count with the browser's grouping ("15,420"); a missing count is 0.
+ * @param {number | null | undefined} value
+ * @returns {string}
+ */
+export function formatCount(value) {
+  return Number(value ?? 0).toLocaleString();
+}
+
+/**
+ * Seconds as "1h 02m", "4m 10s" or "12s" (rounded to the second, never negative).
+ * @param {number | null | undefined} seconds
+ * @returns {string}
+ */
+export function formatDuration(seconds) {
+  const s = Math.max(0, Math.round(Number(seconds) || 0));
+  const pad = (n) => String(n).padStart(2, "0");
+  if (s >= 3600) return `${Math.floor(s / 3600)}h ${pad(Math.floor((s % 3600) / 60))}m`;
+  if (s >= 60) return `${Math.floor(s / 60)}m ${pad(s % 60)}s`;
+  return `${s}s`;
+}
+
+/**
+ * Milliseconds as "0.42 ms", "12.5 ms" or "1,250 ms": finer below 1 ms and 100 ms, where a
+ * round trip on a LAN lives.
+ * @param {number | null | undefined} value
+ * @returns {string} the figure with its unit, or "—" when there is none
+ */
+export function formatMilliseconds(value) {
+  if (value === null || value === undefined || value === "") return "—";
+  const number = Number(value);
+  if (!Number.isFinite(number)) return "—";
+  const magnitude = Math.abs(number);
+  const dp = magnitude < 1 ? 2 : magnitude < 100 ? 1 : 0;
+  return `${formatDecimal(number.toFixed(dp + 2), dp, { grouping: true })} ms`;
+}

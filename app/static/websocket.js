@@ -4,10 +4,11 @@
  * Polls /api/admin/websocket-stats every few seconds, keeps the last minutes of samples in
  * memory and draws two small SVG plots (active connections, messages delivered per second),
  * the per-user connection table, the status badge and, when the service reports them, the
- * broker streams per account.
+ * broker streams per account and (with REDIS_URL) the cluster's nodes and Redis status.
  */
 import { api, ApiError, clockTime, currentUser, el, redirectToLogin, setupHeader } from "./ui.js";
 import { drawSparkline } from "./sparkline.js";
+import { formatCount as count, formatDuration, formatMilliseconds } from "./format.js";
 
 const REFRESH_MS = 3000;
 const HISTORY_MS = 10 * 60 * 1000;
@@ -15,21 +16,6 @@ const MIN_SPAN_MS = 60 * 1000;
 
 /** @type {{ t: number, active: number, delivered: number, rate: number | null }[]} */
 const samples = [];
-
-/**
- * Seconds as "1h 02m", "4m 10s" or "12s".
- * @param {number} seconds
- * @returns {string}
- */
-function duration(seconds) {
-  const s = Math.max(0, Math.round(Number(seconds) || 0));
-  if (s >= 3600) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
-  if (s >= 60) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
-  return `${s}s`;
-}
-
-/** @param {number} n */
-const count = (n) => Number(n ?? 0).toLocaleString();
 
 /** Record one stats document and derive messages/s from the previous sample. */
 function record(stats, now) {
@@ -56,10 +42,12 @@ function renderSummary(stats) {
   document.getElementById("disconnect-rate").textContent =
     stats.performance?.disconnectRatePerMinute ?? "—";
   document.getElementById("avg-duration").textContent =
-    duration(stats.performance?.avgConnectionDurationSeconds);
+    formatDuration(stats.performance?.avgConnectionDurationSeconds);
   document.getElementById("refreshed").textContent =
     `Refreshed ${clockTime(stats.timestamp)} · every ${REFRESH_MS / 1000} s`;
-  const node = stats.node ? ` · node ${stats.node}` : "";
+  // A plain name on a single node; with REDIS_URL, this node's row of the Nodes table.
+  const nodeId = typeof stats.node === "object" && stats.node !== null ? stats.node.id : stats.node;
+  const node = nodeId ? ` · node ${nodeId}` : "";
   const uptime = stats.uptime?.formatted ? ` · up ${stats.uptime.formatted}` : "";
   document.getElementById("node").textContent = `${node}${uptime}`;
 }
@@ -170,6 +158,74 @@ function renderBroker(stats) {
   );
 }
 
+/** A node's "last seen": this node's own row is of now; the others' as old as their report. */
+function lastSeen(seconds) {
+  const s = Number(seconds);
+  if (!Number.isFinite(s) || s < 1) return "now";
+  return `${formatDuration(s)} ago`;
+}
+
+/** One row of the Nodes table; `answering` marks the node that served this document. */
+function nodeRow(node, answering) {
+  const degraded = node.degraded === true;
+  const cell = (field, text, numeric = true) =>
+    el("td", { class: numeric ? "num" : undefined, dataset: { field } }, text);
+  return el("tr", { class: answering ? "answering" : undefined,
+    dataset: { node: String(node.id ?? ""), answering: answering ? "true" : undefined } },
+    el("td", { class: "sym", dataset: { field: "id" } }, String(node.id ?? "—"),
+      answering ? el("span", { class: "this-node" }, "this node") : null),
+    cell("connections", count(node.connections)),
+    cell("users", count(node.users)),
+    cell("accountsConsumed", count(node.accountsConsumed)),
+    cell("uptime", formatDuration(node.uptimeSeconds)),
+    cell("lastSeen", lastSeen(node.lastSeenSeconds)),
+    cell("redisRtt", formatMilliseconds(node.redisRttMs)),
+    cell("pubsubLag", formatMilliseconds(node.pubsubLagMs)),
+    el("td", { dataset: { field: "state" } },
+      el("span", { class: "badge", dataset: { status: degraded ? "degraded" : "ok" } },
+        degraded ? "degraded" : "ok")));
+}
+
+/** What the warning says when the cluster's Redis is unavailable or this node is degraded. */
+function clusterWarning(cluster) {
+  if (cluster.redis !== "connected") {
+    return "Redis is unavailable: this node keeps its sockets open and admits by its own " +
+      "limits; the figures on this page are this node's alone until Redis returns.";
+  }
+  if (cluster.degraded) {
+    return "This node reports itself degraded: it keeps serving its sockets; its log's " +
+      "[Cluster] lines and /readyz say what it is missing.";
+  }
+  return "";
+}
+
+/** The Nodes section (REDIS_URL set): one row per live node, the answering one marked. */
+function renderNodes(stats) {
+  const panel = document.getElementById("nodes-panel");
+  const warning = document.getElementById("cluster-warning");
+  const cluster = stats.cluster;
+  if (!Array.isArray(stats.nodes) || typeof cluster !== "object" || cluster === null) {
+    // A single node: no section, no warning (the refresh line names the node).
+    panel.hidden = true;
+    warning.hidden = true;
+    return;
+  }
+  panel.hidden = false;
+  const redis = cluster.redis === "connected" ? "connected" : "unavailable";
+  const badge = document.getElementById("cluster-redis");
+  badge.dataset.status = redis;
+  badge.textContent = `Redis ${redis}`;
+  const text = clusterWarning(cluster);
+  warning.textContent = text;
+  warning.hidden = text === "";
+  const here = stats.node?.id;
+  document.getElementById("nodes-count").textContent =
+    `${stats.nodes.length} live node${stats.nodes.length === 1 ? "" : "s"}`;
+  document.querySelector("#nodes tbody").replaceChildren(
+    ...stats.nodes.map((node) => nodeRow(node, node.id === here)),
+  );
+}
+
 function renderCharts() {
   const now = Date.now();
   // The time axis grows with the page's history, from one minute up to HISTORY_MS.
@@ -192,6 +248,7 @@ async function refresh() {
     renderSummary(stats);
     renderChecks(stats);
     renderUsers(stats);
+    renderNodes(stats);
     renderBroker(stats);
     renderCharts();
   } catch (error) {

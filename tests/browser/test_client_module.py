@@ -36,6 +36,9 @@ EXERCISE = """async () => {
     sums: [format.sumMoney(["1.10", "2.205", "-0.01"]), format.sumMoney(["-5", "2.5"]),
            format.sumMoney([])],
     trimmed: ["10.000", "0.50", "100", null].map(format.trimDecimal),
+    durations: [0, 12.4, 59.6, 250, 3600, 7322, -3, null].map(format.formatDuration),
+    millis: [0.4231, 12.46, 99.96, 1250.4, -0.5, null, "x"].map(format.formatMilliseconds),
+    counts: [0, 15420, null].map(format.formatCount),
     safeNext: [ui.safeNext("/admin/websocket"), ui.safeNext("//evil.example"),
                ui.safeNext("https://evil.example"), ui.safeNext("/\\\\evil"), ui.safeNext(null)],
     ceilings: [1, 2, 3, 4, 5, 6, 10].map((n) => stream.reconnectDelay(n, null, fixed(0.999999))),
@@ -63,6 +66,10 @@ async def test_formatting_and_backoff_helpers(
     assert result["money"] == ["+$550.00", "-$12.30", "+$0.00", "-$1,234.50"]
     assert result["sums"] == ["3.30", "-2.50", "0.00"]
     assert result["trimmed"] == ["10", "0.5", "100", "—"]
+    assert result["durations"] == ["0s", "12s", "1m 00s", "4m 10s", "1h 00m", "2h 02m", "0s", "0s"]
+    # Finer below 1 ms and 100 ms, where a round trip on a LAN lives.
+    assert result["millis"] == ["0.42 ms", "12.5 ms", "100.0 ms", "1,250 ms", "-0.50 ms", "—", "—"]
+    assert result["counts"] == ["0", "15,420", "0"]  # the browser's locale: en-US here
     assert result["safeNext"] == ["/admin/websocket"] + ["/admin/positions"] * 4
     # Full jitter: the ceiling doubles from 1000 ms and stops at 30 s; the floor is zero.
     assert result["ceilings"] == [1000, 2000, 4000, 8000, 16000, 30000, 30000]

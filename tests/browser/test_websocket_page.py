@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from playwright.async_api import expect
 
 from tests.browser.conftest import (
@@ -67,5 +69,9 @@ async def test_admin_sees_refreshed_stats_plots_and_connections(
     await expect(page.locator("#chart-messages polyline")).to_have_count(1)
     await expect(page.locator("#chart-connections polyline")).to_have_count(1)
     await expect(page.locator("#broker-panel")).to_be_hidden()  # no bridge in this server
+    # A single node (no REDIS_URL): no Nodes section, no cluster warning, the node named.
+    await expect(page.locator("#nodes-panel")).to_be_hidden()
+    await expect(page.locator("#cluster-warning")).to_be_hidden()
+    await expect(page.locator("#node")).to_have_text(re.compile(r"^ · node [^\s\[]+ · up "))
     await screenshot(page, "admin-websocket")
     assert console.errors == [], console.errors
