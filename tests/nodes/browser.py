@@ -21,6 +21,7 @@ import aiohttp
 ALL_CHANNELS = ["positions", "orders", "account"]
 WS_PATH = "/ws/portfolio"
 TIMEOUT_S = 10.0
+LIMIT_CODE = 1013
 
 
 def http_session() -> aiohttp.ClientSession:
@@ -226,6 +227,16 @@ async def refused(http: aiohttp.ClientSession, node_url: str, token: str) -> Ref
         return refusal
     await tab.close()
     raise AssertionError(f"{node_url} admitted a connection it should have refused")
+
+
+async def admitted(http: aiohttp.ClientSession, node_url: str, token: str) -> Tab | None:
+    """A tab if the node admits one now, None if it refuses it for the limits (1013)."""
+    try:
+        return await Tab.open(http, node_url, token, subscribe=False)
+    except Refused as refusal:
+        if refusal.code == LIMIT_CODE:
+            return None
+        raise
 
 
 class LiveTab:

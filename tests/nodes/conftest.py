@@ -1,5 +1,5 @@
-"""Fixtures for the multi-node tests: one database of users per session, clusters per module
-(tests that only watch) or per test (tests that kill, stop or restart something)."""
+"""Fixtures for the multi-node tests: one database of users per session, one cluster shared by
+the tests that only watch it, and one per test for those that kill, stop or restart a part."""
 
 from __future__ import annotations
 
@@ -86,9 +86,10 @@ def running_cluster(world: World, workdir: Path, **overrides: Any) -> Iterator[C
         redis.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Three nodes shared by a module's tests, which leave it as they found it."""
+    """Three nodes shared by the tests that only watch them, which leave them as they found
+    them (every tab closed): starting a cluster costs more than most of these tests."""
     with running_cluster(world, tmp_path_factory.mktemp("cluster")) as shared:
         yield shared
 
