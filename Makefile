@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench soak install install-systemd clean
+.PHONY: run test lint bench soak cluster install install-systemd clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+# Three nodes behind nginx on :5000, one shared simulated broker, the local Redis and
+# PostgreSQL (docs/scaling.md "make cluster"); Ctrl-C stops it all. Ports: CLUSTER_PORT,
+# CLUSTER_NODE_PORTS, CLUSTER_SIM_PORT.
+cluster: $(STAMP)
+	$(BIN)/python -m app.devcluster
 
 # The fault suite's scenarios at scale (docs/reliability.md); loopback only, bounded in clients
 # and time. SOAK_ARGS e.g. "--clients 5000 --seconds 300"; figures in tests/soak/results/.
