@@ -36,7 +36,7 @@ from alpaca_bridge.rest_client import RestTimeout
 from alpaca_bridge.wire_parser import TradeUpdate
 from app.backoff import Backoff
 from app.bus import BusClosed, EventBus
-from app.events import TRADE_EXECUTED
+from app.events import TRADE_EXECUTED, Event
 from config.logging import get_logger
 
 log = get_logger()
@@ -151,7 +151,12 @@ class AccountSync:
                     snapshot.orders,
                     keep=snapshot.unreadable_symbols,
                 )
-                self._publish(changes)
+                if self.reconciled_at is None:
+                    # The first truth of this run: it replaces whatever the shared state held
+                    # (a cluster's Redis outlives this process; symbols closed meanwhile go).
+                    self._replace(changes)
+                else:
+                    self._publish(changes)
                 self.reconciled_at = self._clock()
                 self._on_settled()
                 log.info(
@@ -222,6 +227,24 @@ class AccountSync:
                     self._gap_started_at = None  # covered (a newer gap waits for its own pass)
                 return snapshot
 
+    def rebuild(self) -> None:
+        """Write the account's whole state again (the shared state was lost), then check it
+        against REST. An account never reconciled has nothing to write: its first pass will."""
+        if self.reconciled_at is None:
+            return
+        self._replace(self.ledger.state_events())
+        self.on_connected(None)
+
+    def _replace(self, events: list[BusEvent]) -> None:
+        now = time.time()
+        try:
+            self._bus.replace_state(
+                self.ledger.user_id, [Event(e.type, e.payload, now, e.quiet) for e in events]
+            )
+        except BusClosed:
+            return
+        self._symbols_may_have_changed()
+
     def _publish(self, events: list[BusEvent]) -> None:
         symbols = self.ledger.symbols
         for event in events:
@@ -237,6 +260,10 @@ class AccountSync:
                     _userId=event.payload["userId"],
                     _account=self.account,
                 )
+        self._symbols_may_have_changed(symbols)
+
+    def _symbols_may_have_changed(self, symbols: frozenset[str] | None = None) -> None:
+        symbols = self.ledger.symbols if symbols is None else symbols
         if symbols != self._last_symbols:
             self._last_symbols = symbols
             self._on_symbols_changed()

@@ -97,6 +97,19 @@ class AccountLedger:
     def open_order_ids(self) -> list[str]:
         return [order.id for order in self._orders.values() if not order.terminal]
 
+    def state_events(self) -> list[BusEvent]:
+        """Everything held, as the events that would build it from nothing: each position, each
+        order (oldest first) and the account (a shared state that was lost is written again)."""
+        moment = self._clock()
+        events = [self._position_event(p) for _, p in sorted(self._positions.items())]
+        events.extend(
+            order_updated(self.user_id, order, "reconciled", moment)
+            for order in self._orders.values()
+        )
+        self._last_account = None
+        events.extend(self._account_events())
+        return events
+
     def take_doubt(self) -> str | None:
         """Why the ledger may disagree with the broker since the last snapshot (then forgotten),
         or None: the caller reconciles against REST when there is one."""

@@ -208,6 +208,12 @@ class BrokerBridge:
     def accounts_status(self) -> list[AccountStatus]:
         return [entry.status(self.mode) for entry in self._accounts.values()]
 
+    async def rebuild_state(self) -> None:
+        """Every consumed account's ledger written again, then checked against REST."""
+        for entry in self._accounts.values():
+            if entry.sync is not None:
+                entry.sync.rebuild()
+
     def report(self) -> BrokerReport:
         return {
             "mode": self.mode,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import socket
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from app.auth import (
@@ -17,11 +19,14 @@ from app.auth import (
     set_session_cookie,
     store_unavailable,
 )
-from app.broker import BrokerUnavailable, OrderRejected, UnknownAccount
+from app.broker import CONSUMING, BrokerUnavailable, OrderRejected, UnknownAccount
+from app.cluster.registry import NodeFigures
+from app.cluster.runtime import ClusterRuntime
 from app.errors import ApiError, ApiErrorCode
 from app.keys import (
     BROKER_KEY,
     BUS_KEY,
+    CLUSTER_KEY,
     LIFECYCLE_KEY,
     METRICS_KEY,
     PORTFOLIO_KEY,
@@ -31,6 +36,7 @@ from app.keys import (
     STREAM_KEY,
 )
 from app.metrics import CONTENT_TYPE
+from app.stats import StatsRules, StatsTotals
 from app.store import StoreUnavailable
 from app.stream import WS_PATH
 from config.logging import get_logger, utc_timestamp
@@ -105,7 +111,11 @@ async def me(request: web.Request) -> web.Response:
 async def portfolio(request: web.Request) -> web.Response:
     """The polling fallback: served whether or not the realtime flag is on."""
     user = await require_user(request)
-    body = request.app[PORTFOLIO_KEY].snapshot(user.id, {"positions", "orders", "account"})
+    cluster = request.app.get(CLUSTER_KEY)
+    shared = await cluster.portfolio(user.id) if cluster is not None else None
+    body = shared or request.app[PORTFOLIO_KEY].snapshot(
+        user.id, {"positions", "orders", "account"}
+    )
     return web.json_response({"userId": user.id, **body, "serverTime": utc_timestamp()})
 
 
@@ -123,20 +133,25 @@ async def realtime_config(request: web.Request) -> web.Response:
     )
 
 
-def stats_document(app: web.Application) -> dict[str, Any]:
+async def stats_document(app: web.Application) -> dict[str, Any]:
     settings = app[SETTINGS_KEY]
     stream = app[STREAM_KEY]
-    document = app[STATS_KEY].report(
+    cluster = app.get(CLUSTER_KEY)
+    local = app[STATS_KEY].totals(stream.active_connections)
+    document = local.report(
+        rules=StatsRules.from_settings(settings),
         enabled=settings.enable_realtime_portfolio,
-        active=stream.active_connections,
         by_user=stream.connections_by_user(),
         events_emitted=app[BUS_KEY].events_emitted,
         max_per_user=settings.max_connections_per_user,
         max_total=settings.max_total_connections,
         timestamp=utc_timestamp(),
     )
+    if cluster is not None:
+        document.update(await cluster_stats(app, cluster, local))
+    else:
+        document["node"] = settings.node_id or socket.gethostname()
     document["batchWindowMs"] = settings.batch_window_ms
-    document["node"] = settings.node_id or socket.gethostname()
     document["draining"] = app[LIFECYCLE_KEY].draining
     report = app[BROKER_KEY].report()
     if report is not None:
@@ -144,10 +159,58 @@ def stats_document(app: web.Application) -> dict[str, Any]:
     return document
 
 
+async def cluster_stats(
+    app: web.Application, cluster: ClusterRuntime, local: StatsTotals
+) -> dict[str, Any]:
+    """The runbook's fields as cluster totals (SPEC §11), with ``node`` and ``nodes``. This
+    node counts with its figures of now; the others with their last report. Without Redis the
+    document is this node's alone, and ``cluster`` says so."""
+    settings = app[SETTINGS_KEY]
+    stream, bus = app[STREAM_KEY], app[BUS_KEY]
+    consumed = sum(1 for a in app[BROKER_KEY].accounts_status() if a["status"] in CONSUMING)
+    mine = dataclasses.replace(local, events_emitted=bus.events_emitted)
+    figures = cluster.figures(
+        stream.active_connections, len(stream.connections_by_user()), consumed, mine
+    )
+    here = node_row(figures, 0.0)
+    health = cluster.health.as_json()
+    read = await cluster.read_figures()
+    if read is None:
+        return {"node": here, "nodes": [here], "cluster": {**health, "redis": "unavailable"}}
+    others = [
+        row
+        for row in read.rows
+        if row.figures.node_id != cluster.node_id and row.figures.totals is not None
+    ]
+    parts = [mine, *(row.figures.totals for row in others if row.figures.totals is not None)]
+    totals = StatsTotals.sum(parts)
+    document = totals.report(
+        rules=StatsRules.from_settings(settings),
+        enabled=settings.enable_realtime_portfolio,
+        by_user=dict(sorted(read.by_user.items())),
+        events_emitted=totals.events_emitted,
+        max_per_user=settings.max_connections_per_user,
+        max_total=settings.max_total_connections,
+        timestamp=utc_timestamp(),
+    )
+    rows = [here, *(node_row(row.figures, row.last_seen_s) for row in others)]
+    document["node"] = here
+    document["nodes"] = sorted(rows, key=lambda row: str(row["id"]))
+    document["cluster"] = health
+    return document
+
+
+def node_row(figures: NodeFigures, last_seen_s: float) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads(figures.to_json())
+    body.pop("totals", None)
+    body["lastSeenSeconds"] = round(last_seen_s, 3)
+    return body
+
+
 @routes.get("/api/admin/websocket-stats")
 async def websocket_stats(request: web.Request) -> web.Response:
     await require_admin(request)
-    return web.json_response(stats_document(request.app))
+    return web.json_response(await stats_document(request.app))
 
 
 @routes.post("/api/admin/test-trade")
@@ -219,6 +282,9 @@ async def readyz(request: web.Request) -> web.Response:
     }
     ready = all(checks.values())
     body: dict[str, Any] = {"ready": ready, "checks": checks, "store": store.health.status()}
+    cluster = app.get(CLUSTER_KEY)
+    if cluster is not None:  # a node without Redis still serves its sockets: not a check
+        body["cluster"] = cluster.health.as_json()
     broker = app[BROKER_KEY].broker_health()
     if broker is not None:  # the broker's health, apart: browsers can be served without it
         body["broker"] = broker

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Final, Literal, Protocol, TypedDict
 
 # Finds the id of the user a broker account belongs to; None when there is no such user.
 UserLookup = Callable[[str], Awaitable[str | None]]
@@ -28,6 +28,8 @@ AccountStreamStatus = Literal[
     "standby",
 ]
 
+# The states in which this node consumes an account's stream (the stats' accountsConsumed).
+CONSUMING: Final = frozenset({"connecting", "connected", "reconnecting"})
 
 AccountHealth = Literal[
     "ok",
@@ -130,6 +132,11 @@ class Broker(Protocol):
 
     def accounts_status(self) -> list[AccountStatus]: ...
 
+    async def rebuild_state(self) -> None:
+        """Write every consumed account's whole state to the bus again (``replace_state``):
+        a cluster's shared state was lost. Returns once it is published."""
+        ...
+
     def report(self) -> BrokerReport | None:
         """For the stats document; None when there is no broker to report on."""
         ...
@@ -164,6 +171,9 @@ class NullBroker:
 
     def accounts_status(self) -> list[AccountStatus]:
         return []
+
+    async def rebuild_state(self) -> None:
+        return None
 
     def report(self) -> BrokerReport | None:
         return None

@@ -6,7 +6,7 @@ order. A publisher (the broker consumer) therefore never waits on a subscriber, 
 handler is logged while the others still run. ``subscribe`` returns the callable that undoes it.
 
 ``EventBus`` is the interface; ``InProcessBus`` the single-node implementation. A Redis-backed
-bus for scale-out implements the same four methods.
+bus for scale-out (``app.cluster.bus``) implements the same methods.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from app.events import Event, validate_payload
@@ -40,6 +40,11 @@ class EventBus(Protocol):
 
     def publish(self, event_type: str, payload: dict[str, Any], *, quiet: bool = False) -> Event:
         """Queue an event for every subscriber of its type; never blocks."""
+        ...
+
+    def replace_state(self, user_id: str, events: Sequence[Event]) -> None:
+        """Make ``events`` (all of ``user_id``) the user's whole state in one step: a broker
+        account's state rebuilt from REST. Readers never see a part of it."""
         ...
 
     def subscribe(self, event_type: str, handler: Handler) -> Unsubscribe:
@@ -122,6 +127,12 @@ class InProcessBus:
             loop = self._loop or asyncio.get_running_loop()
             loop.call_soon(self._drain)
         return event
+
+    def replace_state(self, user_id: str, events: Sequence[Event]) -> None:
+        """In one process the state never outlives its publisher: a rebuild is the events, in
+        order (the first reconciliation of a start meets an empty state)."""
+        for event in events:
+            self.publish(event.type, event.payload, quiet=event.quiet)
 
     def _drain(self) -> None:
         self._drain_scheduled = False

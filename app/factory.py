@@ -1,7 +1,8 @@
 """The application factory: everything is built from an explicit Settings object.
 
-Resources are ``cleanup_ctx`` generators in dependency order — store, bus, portfolio state,
-broker, stream manager — so they start in that order and stop in reverse. The broker is
+Resources are ``cleanup_ctx`` generators in dependency order — store, (with REDIS_URL) the
+cluster node, bus, portfolio state, broker, stream manager, (with REDIS_URL) the node's stats
+reports — so they start in that order and stop in reverse. The broker is
 ``alpaca_bridge``'s bridge, or a ``NullBroker`` when the app runs without one; its context
 creates the demo users it reports before starting it. Graceful shutdown (SPEC §9) is
 ``Lifecycle.shutdown``, run from ``on_shutdown`` before aiohttp waits for handlers.
@@ -9,14 +10,16 @@ creates the demo users it reports before starting it. Graceful shutdown (SPEC §
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
 from alpaca_bridge.service import BrokerBridge
 from app import api, pages
-from app.broker import Broker, DemoLogin, NullBroker, UserLookup
+from app.broker import CONSUMING, Broker, DemoLogin, NullBroker, UserLookup
 from app.bus import InProcessBus
+from app.cluster.runtime import ClusterRuntime
 from app.connection_budget import ConnectionBudget
 from app.csrf import csrf_middleware
 from app.errors import error_middleware
@@ -24,6 +27,7 @@ from app.keys import (
     BROKER_KEY,
     BUDGET_KEY,
     BUS_KEY,
+    CLUSTER_KEY,
     DEMO_LOGINS_KEY,
     LIFECYCLE_KEY,
     METRICS_KEY,
@@ -40,7 +44,7 @@ from app.metrics import Metrics
 from app.migrations import report
 from app.portfolio import PortfolioStore
 from app.process_tuning import client_socket_capacity
-from app.stats import StatsRules, StreamStats
+from app.stats import StatsRules, StatsTotals, StreamStats
 from app.store_select import store_for
 from app.stream import WS_PATH, PortfolioStreamManager
 from app.user_store import UserStore
@@ -57,6 +61,29 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE_KEY] = store
     yield
     await store.close()
+
+
+async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With REDIS_URL: Redis scripts, the notice subscriber and the slot refresher, before the
+    bus; closed after it (this node's slots and stats row are given back last)."""
+    cluster = app[CLUSTER_KEY]
+    await cluster.start()
+    yield
+    await cluster.close()
+
+
+async def cluster_reports_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This node's row in the cluster's stats, written once the stream serves."""
+    stream, stats, broker, bus = app[STREAM_KEY], app[STATS_KEY], app[BROKER_KEY], app[BUS_KEY]
+
+    def collect() -> tuple[int, int, int, StatsTotals]:
+        active = stream.active_connections
+        consumed = sum(1 for a in broker.accounts_status() if a["status"] in CONSUMING)
+        totals = dataclasses.replace(stats.totals(active), events_emitted=bus.events_emitted)
+        return active, len(stream.connections_by_user()), consumed, totals
+
+    app[CLUSTER_KEY].start_reports(collect)
+    yield
 
 
 async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -153,8 +180,12 @@ def create_app(
     )
     app[SETTINGS_KEY] = settings
     app[BUDGET_KEY] = budget
-    app[BUS_KEY] = InProcessBus()
     app[PORTFOLIO_KEY] = PortfolioStore(settings.recent_orders_limit)
+    # With REDIS_URL the portfolio store mirrors the shared state of the users held here.
+    cluster = ClusterRuntime(settings, app[PORTFOLIO_KEY]) if settings.redis_url else None
+    if cluster is not None:
+        app[CLUSTER_KEY] = cluster
+    app[BUS_KEY] = cluster.bus if cluster is not None else InProcessBus()
     app[STATS_KEY] = StreamStats(StatsRules.from_settings(settings))
     app[METRICS_KEY] = Metrics()
     app[THROTTLE_KEY] = LoginThrottle(
@@ -168,12 +199,25 @@ def create_app(
     app[BROKER_KEY] = broker
     app[DEMO_LOGINS_KEY] = ()
     app[STREAM_KEY] = PortfolioStreamManager(
-        settings, app[BUS_KEY], app[PORTFOLIO_KEY], app[STATS_KEY], app[METRICS_KEY]
+        settings,
+        app[BUS_KEY],
+        app[PORTFOLIO_KEY],
+        app[STATS_KEY],
+        app[METRICS_KEY],
+        snapshot=cluster.view.snapshot if cluster is not None else None,
     )
+    if cluster is not None:
+        cluster.view.set_resnapshot(app[STREAM_KEY].resnapshot)
+        cluster.bus.set_rebuild(broker.rebuild_state)
     app[LIFECYCLE_KEY] = Lifecycle(app[STREAM_KEY], broker)
     _wire_metrics(app)
 
-    contexts = [store_ctx, bus_ctx, portfolio_ctx, broker_ctx, *extra_contexts, stream_ctx]
+    contexts: list[CleanupContext] = [store_ctx]
+    if cluster is not None:
+        contexts.append(cluster_ctx)
+    contexts += [bus_ctx, portfolio_ctx, broker_ctx, *extra_contexts, stream_ctx]
+    if cluster is not None:
+        contexts.append(cluster_reports_ctx)
     app.cleanup_ctx.extend(contexts)
     app.on_shutdown.append(graceful_shutdown)
 

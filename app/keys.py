@@ -13,6 +13,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from app.broker import Broker, DemoLogin
     from app.bus import EventBus
+    from app.cluster.runtime import ClusterRuntime
     from app.connection_budget import ConnectionBudget
     from app.lifecycle import Lifecycle
     from app.login_throttle import LoginThrottle
@@ -39,3 +40,5 @@ DEMO_LOGINS_KEY: web.AppKey[tuple[DemoLogin, ...]] = web.AppKey("demo_logins")
 LIFECYCLE_KEY: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
 # The listener's connections, kept within the descriptors the reserve leaves.
 BUDGET_KEY: web.AppKey[ConnectionBudget] = web.AppKey("connection_budget")
+# Only with REDIS_URL: this node's part of the cluster.
+CLUSTER_KEY: web.AppKey[ClusterRuntime] = web.AppKey("cluster")

@@ -37,8 +37,9 @@ class SnapshotRequest:
 
 
 Outgoing = bytes | SnapshotRequest | _Ping | Pong | PreparedBatch
-# A rendered frame: the text payload, or the control frame to send.
-Rendered = bytes | _Ping | Pong
+# A rendered frame: the text payload, or the control frame to send; None: nothing to send (a
+# snapshot of a state this node has not read yet: it is sent once the state is read).
+Rendered = bytes | _Ping | Pong | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class WriterContext:
     """What every connection's writer shares: where snapshots come from, where sends are
     counted, the clocks and the limits."""
 
-    snapshot: Callable[[str, frozenset[str]], dict[str, Any]]
+    snapshot: Callable[[str, frozenset[str]], dict[str, Any] | None]
     message_sent: Callable[[int], None]
     observe_latency: Callable[[float], None] | None
     clock: Callable[[], float]  # monotonic, for "stuck"

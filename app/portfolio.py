@@ -67,6 +67,13 @@ class PortfolioStore:
         portfolio = self._users.get(user_id)
         return (portfolio or UserPortfolio()).snapshot(channels)
 
+    def replace(self, user_id: str, portfolio: UserPortfolio) -> None:
+        """Put a whole state read elsewhere (a cluster's shared state) in place of the user's."""
+        self._users[user_id] = portfolio
+
+    def drop(self, user_id: str) -> None:
+        self._users.pop(user_id, None)
+
     def clear(self) -> None:
         self._users.clear()
 

@@ -188,12 +188,6 @@ def serve(settings: Settings) -> int:
     """Run the service; raises FileLimitTooLow before anything starts if limits cannot fit."""
     ensure_file_limit(settings)
     sink = configure_logging(settings)
-    if settings.redis_url:
-        # The Redis cluster core (app/cluster) is built but not yet on the serving path.
-        log.warning(
-            "[STARTUP] REDIS_URL is set, but this version serves from the in-process bus: "
-            "run one node (docs/scaling.md)"
-        )
     install_uvloop()
     try:
         return asyncio.run(run_service(settings, reopen_logs=sink.reopen))

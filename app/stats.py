@@ -156,28 +156,29 @@ class StreamStats:
         return sum(1 for at in self._disconnect_times if at >= horizon)
 
     def performance(self) -> Performance:
-        now = self._clock()
-        open_seconds = self._open_count * now - self._open_start_sum
-        connections = self._closed_count + self._open_count
-        average = (self._closed_seconds + open_seconds) / connections if connections else 0.0
-        rate = self.disconnects_within(DISCONNECT_RATE_WINDOW_S) / (DISCONNECT_RATE_WINDOW_S / 60)
-        return Performance(self.batch_efficiency(), round(average), rate)
+        return self.totals(0).performance()
 
     def status(self, *, enabled: bool, active: int) -> Status:
-        if not enabled:
-            return "disabled"
-        if active == 0:
-            return "offline"
-        rules = self._rules
-        recent = self.disconnects_within(rules.degraded_disconnect_window_s)
-        if recent > rules.degraded_disconnect_ratio * active:
-            return "degraded"
-        if (
-            self.event_deliveries >= rules.degraded_min_deliveries
-            and self.batch_efficiency() < rules.degraded_min_batch_efficiency
-        ):
-            return "degraded"
-        return "healthy"
+        return self.totals(active).status(enabled=enabled, rules=self._rules)
+
+    def totals(self, active: int) -> StatsTotals:
+        """The counters every formula reads, summable across the nodes of a cluster."""
+        now = self._clock()
+        self._prune(now)
+        open_seconds = self._open_count * now - self._open_start_sum
+        return StatsTotals(
+            active=active,
+            messages_delivered=self.messages_delivered,
+            batch_messages=self.batch_messages,
+            event_deliveries=self.event_deliveries,
+            disconnects=self.disconnects,
+            reconnects=self.reconnects,
+            recent_disconnects=self.disconnects_within(self._rules.degraded_disconnect_window_s),
+            rate_disconnects=self.disconnects_within(DISCONNECT_RATE_WINDOW_S),
+            connection_seconds=self._closed_seconds + open_seconds,
+            connections_seen=self._closed_count + self._open_count,
+            uptime_s=self.uptime_s,
+        )
 
     def report(
         self,
@@ -191,12 +192,96 @@ class StreamStats:
         timestamp: str,
     ) -> dict[str, Any]:
         """The runbook's stats document (every field, same names and types)."""
+        return self.totals(active).report(
+            rules=self._rules,
+            enabled=enabled,
+            by_user=by_user,
+            events_emitted=events_emitted,
+            max_per_user=max_per_user,
+            max_total=max_total,
+            timestamp=timestamp,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatsTotals:
+    """One node's counters, or a cluster's (``sum``): the runbook's figures are computed from
+    these the same way for both."""
+
+    active: int
+    messages_delivered: int
+    batch_messages: int
+    event_deliveries: int
+    disconnects: int
+    reconnects: int
+    recent_disconnects: int  # within the degraded-status window
+    rate_disconnects: int  # within DISCONNECT_RATE_WINDOW_S
+    connection_seconds: float
+    connections_seen: int
+    uptime_s: float
+    events_emitted: int = 0
+
+    @classmethod
+    def sum(cls, parts: list[StatsTotals]) -> StatsTotals:
+        """A cluster's totals; its uptime is its oldest node's."""
+        return cls(
+            active=sum(p.active for p in parts),
+            messages_delivered=sum(p.messages_delivered for p in parts),
+            batch_messages=sum(p.batch_messages for p in parts),
+            event_deliveries=sum(p.event_deliveries for p in parts),
+            disconnects=sum(p.disconnects for p in parts),
+            reconnects=sum(p.reconnects for p in parts),
+            recent_disconnects=sum(p.recent_disconnects for p in parts),
+            rate_disconnects=sum(p.rate_disconnects for p in parts),
+            connection_seconds=sum(p.connection_seconds for p in parts),
+            connections_seen=sum(p.connections_seen for p in parts),
+            uptime_s=max((p.uptime_s for p in parts), default=0.0),
+            events_emitted=sum(p.events_emitted for p in parts),
+        )
+
+    def batch_efficiency(self) -> float:
+        if self.event_deliveries == 0:
+            return 1.0
+        return max(0.0, 1.0 - self.batch_messages / self.event_deliveries)
+
+    def performance(self) -> Performance:
+        seen = self.connections_seen
+        average = self.connection_seconds / seen if seen else 0.0
+        rate = self.rate_disconnects / (DISCONNECT_RATE_WINDOW_S / 60)
+        return Performance(self.batch_efficiency(), round(average), rate)
+
+    def status(self, *, enabled: bool, rules: StatsRules) -> Status:
+        if not enabled:
+            return "disabled"
+        if self.active == 0:
+            return "offline"
+        if self.recent_disconnects > rules.degraded_disconnect_ratio * self.active:
+            return "degraded"
+        if (
+            self.event_deliveries >= rules.degraded_min_deliveries
+            and self.batch_efficiency() < rules.degraded_min_batch_efficiency
+        ):
+            return "degraded"
+        return "healthy"
+
+    def report(
+        self,
+        *,
+        rules: StatsRules,
+        enabled: bool,
+        by_user: dict[str, int],
+        events_emitted: int,
+        max_per_user: int,
+        max_total: int,
+        timestamp: str,
+    ) -> dict[str, Any]:
+        """The runbook's stats document (every field, same names and types)."""
         perf = self.performance()
         uptime = self.uptime_s
         return {
-            "status": self.status(enabled=enabled, active=active),
+            "status": self.status(enabled=enabled, rules=rules),
             "enabled": enabled,
-            "activeConnections": active,
+            "activeConnections": self.active,
             "connectionsByUser": by_user,
             "totalMessagesDelivered": self.messages_delivered,
             "totalEventsEmitted": events_emitted,

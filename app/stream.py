@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -34,7 +34,7 @@ from app.sessions import Revocations
 from app.stats import StreamStats
 from app.tasks import TaskSet
 from app.transport import AiohttpSocket, ClientConnection
-from app.writer import ConnectionWriter, WriterContext
+from app.writer import ConnectionWriter, SnapshotRequest, WriterContext
 from config.logging import get_logger, utc_timestamp
 from config.settings import Settings
 
@@ -69,7 +69,10 @@ class PortfolioStreamManager:
         metrics: Metrics | None = None,
         wall_clock: Callable[[], float] = time.time,
         timers: Timers | None = None,
+        snapshot: Callable[[str, frozenset[str]], dict[str, Any] | None] | None = None,
     ) -> None:
+        """``snapshot`` replaces ``portfolio.snapshot`` as the source of snapshots (a cluster
+        node's view, which answers None for a state not read yet)."""
         self._settings = settings
         self._bus = bus
         self._stats = stats
@@ -95,7 +98,7 @@ class PortfolioStreamManager:
         )
         self._writers = TaskSet()
         self._writer_context = WriterContext(
-            snapshot=portfolio.snapshot,
+            snapshot=snapshot or portfolio.snapshot,
             message_sent=stats.message_sent,
             observe_latency=metrics.observe_latency if metrics is not None else None,
             clock=self._clock,
@@ -183,6 +186,14 @@ class PortfolioStreamManager:
     def connection(self, conn_id: str) -> Connection | None:
         return self._connections.get(conn_id)
 
+    def resnapshot(self, user_id: str) -> None:
+        """Send every connection of the user a fresh snapshot of its channels (its state was
+        read again: a cluster node's resync); ``seq`` continues."""
+        for conn in list(self._by_user.get(user_id, {}).values()):
+            writer = conn.writer
+            if writer.channels and not writer.closing:
+                writer.send(SnapshotRequest(writer.channels))
+
     # Admission
 
     def admit(
@@ -192,8 +203,10 @@ class PortfolioStreamManager:
         request: web.Request,
         token_hash: str = "",
         guard: FrameGuard | None = None,
+        conn_id: str | None = None,
     ) -> Connection | None:
-        """Register an upgraded socket, or None when a connection limit is reached."""
+        """Register an upgraded socket, or None when a connection limit is reached; ``conn_id``
+        is the id it was admitted under elsewhere (the cluster's slot), else a new one."""
         settings = self._settings
         socket = AiohttpSocket(
             ws,
@@ -206,10 +219,15 @@ class PortfolioStreamManager:
             # long to stop and read it.
             linger_max_s=settings.heartbeat_timeout_s,
         )
-        return self.attach(user_id, socket, token_hash=token_hash)
+        return self.attach(user_id, socket, token_hash=token_hash, conn_id=conn_id)
 
     def attach(
-        self, user_id: str, socket: ClientConnection, *, token_hash: str = ""
+        self,
+        user_id: str,
+        socket: ClientConnection,
+        *,
+        token_hash: str = "",
+        conn_id: str | None = None,
     ) -> Connection | None:
         """Register a client socket (any implementation of the seam), or None at a limit;
         ``token_hash`` names the session it was opened with, so its end closes it."""
@@ -219,7 +237,7 @@ class PortfolioStreamManager:
         ):
             return None
         started, _ = self._stats.connection_opened(user_id)
-        conn_id = new_connection_id()
+        conn_id = conn_id or new_connection_id()
         writer = ConnectionWriter(socket, self._writer_context, conn_id, user_id)
         conn = Connection(conn_id, user_id, socket, writer, started, token_hash)
         conn.next_ping = self._heartbeat.first_ping_at(started)

@@ -176,6 +176,8 @@ class ConnectionWriter:
 
     def _write_now(self, item: Outgoing) -> None:
         frame, deliveries, _ = self._render(item)
+        if frame is None:
+            return
         if type(frame) is bytes:
             self.socket.write_text(frame)
         elif isinstance(frame, Pong):
@@ -211,6 +213,8 @@ class ConnectionWriter:
                     frame, deliveries, oldest = rendered
                 else:
                     break
+                if frame is None:
+                    continue
                 self._busy_since = context.clock()
                 if type(frame) is not bytes:
                     await (
@@ -260,6 +264,8 @@ class ConnectionWriter:
             return item.frame(self._next_seq()), item.deliveries, None
         if isinstance(item, SnapshotRequest):
             body = self._context.snapshot(self.user_id, item.channels & self.channels)
+            if body is None:
+                return None, -1, None
             return snapshot_message(self._next_seq(), body), 0, None
         return item, -1, None
 

@@ -4,7 +4,8 @@
 2. Origin allowed, else 403
 3. feature flag on (and not draining), else 503
 4. upgrade
-5. connection limits, else close 1013 ``Maximum connections exceeded``
+5. connection limits, else close 1013 ``Maximum connections exceeded`` — with REDIS_URL the
+   cluster's limits first (one atomic admission in Redis), then this node's own
 
 The session it was admitted with is watched while the socket is open: when it ends (logout,
 expiry, the user removed) the socket is closed with 4001.
@@ -17,9 +18,10 @@ from functools import partial
 from aiohttp import web
 
 from app.auth import current_session, origin_allowed
+from app.connection import new_connection_id
 from app.errors import ApiError
 from app.frame_guard import guard_frames
-from app.keys import LIFECYCLE_KEY, SETTINGS_KEY, STORE_KEY, STREAM_KEY
+from app.keys import CLUSTER_KEY, LIFECYCLE_KEY, SETTINGS_KEY, STORE_KEY, STREAM_KEY
 from app.protocol import CloseCode, CloseReason
 from app.store import Session
 from app.stream import close_grace_s
@@ -86,15 +88,17 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
     if transport is not None and ws.can_prepare(request).ok:
         guard = guard_frames(transport, transport.abort)
     await ws.prepare(request)
-    conn = manager.admit(user.id, ws, request, session.token_hash, guard)
+    cluster = request.app.get(CLUSTER_KEY)
+    conn_id = new_connection_id()
+    if cluster is not None:
+        verdict = await cluster.admit(conn_id, user.id)
+        if verdict is not None and not verdict.admitted:
+            return await _refuse(ws, user.id, verdict.total_connections)
+    conn = manager.admit(user.id, ws, request, session.token_hash, guard, conn_id=conn_id)
     if conn is None:
-        log.warning(
-            "[PortfolioStream] Connection rejected: Maximum connections exceeded",
-            userId=user.id,
-            activeConnections=manager.active_connections,
-        )
-        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=CloseReason.LIMIT.encode())
-        return ws
+        if cluster is not None:
+            cluster.release(conn_id, user.id)
+        return await _refuse(ws, user.id, manager.active_connections)
     if guard is not None:
         guard.on_unmasked = partial(
             conn.writer.start_close, CloseCode.PROTOCOL_ERROR, CloseReason.UNMASKED
@@ -104,4 +108,16 @@ async def portfolio_ws(request: web.Request) -> web.StreamResponse:
         await manager.serve(conn)
     finally:
         unwatch()
+        if cluster is not None:
+            cluster.release(conn_id, user.id)
+    return ws
+
+
+async def _refuse(ws: web.WebSocketResponse, user_id: str, active: int) -> web.WebSocketResponse:
+    log.warning(
+        "[PortfolioStream] Connection rejected: Maximum connections exceeded",
+        userId=user_id,
+        activeConnections=active,
+    )
+    await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=CloseReason.LIMIT.encode())
     return ws

@@ -109,6 +109,13 @@ class NoticeGate:
         if notice.epoch == entry.retired:
             self.stale += 1
             return Verdict.DROP
+        if notice.event is None:
+            # The whole state was rewritten: re-read it, unless the snapshot already did.
+            if notice.epoch == entry.epoch and notice.offset <= entry.offset:
+                self.stale += 1
+                return Verdict.DROP
+            self.epoch_changes += 1
+            return Verdict.RESYNC
         if entry.epoch is None:
             # The snapshot found no state: the first notice of a new epoch has offset 1.
             if notice.offset == entry.offset + 1:

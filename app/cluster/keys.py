@@ -105,3 +105,11 @@ NODES_SEEN: Final = f"{PREFIX}:{{nodes}}:seen"
 def counter_key(namespace: str, key: str) -> str:
     """An expiring counter (login throttle and similar): STRING count with a PX expiry."""
     return f"{PREFIX}:count:{namespace}:{key}"
+
+
+# The shared state's generation: a token the consuming node writes once the state it holds is
+# whole. A Redis that lost its data (restarted without persistence, flushed, replaced) has none:
+# readers then wait for the consumer's rebuild instead of showing a portfolio that is not there.
+GENERATION: Final = f"{PREFIX}:generation"
+# Handed out once per start of a consuming node: the account epoch its writes carry (fencing).
+WRITER_EPOCH: Final = f"{PREFIX}:writer:epoch"

@@ -38,6 +38,7 @@ class ClusterNode:
         *,
         on_event: Callable[[Event], None],
         on_resync: Callable[[str], None],
+        on_forget: Callable[[str], None] | None = None,
     ) -> None:
         self.node_id = node_id_for(settings)
         timeout = settings.redis_timeout_s
@@ -52,6 +53,7 @@ class ClusterNode:
             node_id=self.node_id,
             on_event=on_event,
             on_resync=on_resync,
+            on_forget=on_forget,
             unsubscribe_delay_s=settings.redis_unsubscribe_delay_s,
             probe_interval_s=settings.redis_probe_interval_s,
             backoff_initial_s=settings.redis_backoff_initial_s,

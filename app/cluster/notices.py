@@ -4,12 +4,15 @@ A notice is one JSON array, built by the script around the payload it stored, so
 is byte-for-byte what the publisher encoded (money stays exact decimal strings):
 ``[stateEpoch, offset, eventType, payload, emittedAt, quiet]`` — emittedAt in wall-clock
 seconds of the publishing node, quiet 1 for a price tick whose log lines are DEBUG.
+
+One notice is not an event: ``state:reset`` (payload ``{"userId"}``) says the user's whole
+state was rewritten under a new epoch; a reader re-reads it rather than applying anything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -27,15 +30,20 @@ from app.events import (
 _FIELD_OF = {POSITION_UPDATED: "symbol", POSITION_CLOSED: "symbol", ORDER_UPDATED: "orderId"}
 
 
+STATE_RESET: Final = "state:reset"
+
+
 class BadNotice(ValueError):
     """A message on a user channel that is not a well-formed notice for that user."""
 
 
 @dataclass(frozen=True, slots=True)
 class Notice:
+    """``event`` is None for a ``state:reset`` notice."""
+
     epoch: str
     offset: int
-    event: Event
+    event: Event | None
 
 
 def decode_notice(data: bytes, user_id: str) -> Notice:
@@ -51,8 +59,12 @@ def decode_notice(data: bytes, user_id: str) -> Notice:
         raise BadNotice("epoch is not a non-empty string")
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 1:
         raise BadNotice("offset is not a positive integer")
-    if kind not in EVENT_TYPES or not isinstance(payload, dict):
+    if not isinstance(payload, dict) or (kind not in EVENT_TYPES and kind != STATE_RESET):
         raise BadNotice(f"unknown event type {kind!r}")
+    if kind == STATE_RESET:
+        if payload.get("userId") != user_id:
+            raise BadNotice("payload belongs to another user")
+        return Notice(epoch, offset, None)
     try:
         validate_payload(kind, payload)
     except ValueError as error:

@@ -8,6 +8,7 @@ Redis's clock, so nodes' clocks never need to agree.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from app.cluster.client import bounded
 from app.cluster.keys import NODES_INDEX, NODES_ROWS, NODES_SEEN
 from app.cluster.scripts import script
+from app.stats import StatsTotals
 from config.logging import get_logger
 
 log = get_logger()
@@ -40,10 +42,13 @@ class NodeFigures:
     redis_rtt_ms: float | None
     pubsub_lag_ms: float | None
     degraded: bool = False
+    # The node's stream counters, which the cluster's stats add up.
+    totals: StatsTotals | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(
             {
+                "totals": None if self.totals is None else dataclasses.asdict(self.totals),
                 "id": self.node_id,
                 "connections": self.connections,
                 "users": self.users,
@@ -99,6 +104,7 @@ class NodeRegistry:
                 redis_rtt_ms=body.get("redisRttMs"),
                 pubsub_lag_ms=body.get("pubsubLagMs"),
                 degraded=bool(body.get("degraded", False)),
+                totals=_totals(body.get("totals")),
             )
             age = max(0, int(now) - int(seen_ms)) / 1000
             result.append(NodeRow(figures, int(seen_ms), age))
@@ -129,3 +135,13 @@ class NodeRegistry:
                     )
                 failing = True
             await asyncio.sleep(self.report_interval_s)
+
+
+def _totals(value: object) -> StatsTotals | None:
+    """A row's counters; a row of another version without them counts as none."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return StatsTotals(**value)
+    except TypeError:
+        return None

@@ -72,6 +72,7 @@ def script(name: str) -> LuaScript:
 
 ALL_SCRIPTS = (
     "apply_event",
+    "replace_state",
     "read_state",
     "admit",
     "refresh",

@@ -9,15 +9,18 @@ snapshots. Keys and the notice format: ``app.cluster.keys``, ``app.cluster.notic
 from __future__ import annotations
 
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from app.cluster.client import bounded
-from app.cluster.keys import UserKeys
+from app.cluster.keys import GENERATION, UserKeys
 from app.cluster.notices import decode_json_object, script_args
 from app.cluster.scripts import Arg, script
 from app.events import Event, validate_payload
@@ -45,6 +48,9 @@ class UserState:
     offset: int
     fencing_epoch: int
     portfolio: UserPortfolio
+    # The shared state's generation when it was read (None: Redis lost its data and the
+    # consumer has not rebuilt it yet, or nothing ever consumed into it).
+    generation: str | None = None
 
     def snapshot(self, channels: frozenset[str] | set[str]) -> dict[str, Any]:
         """The body of a ``snapshot`` message, exactly as the in-process store builds it."""
@@ -59,6 +65,7 @@ class SharedPortfolio:
         self._recent_limit = recent_orders_limit
         self._timeout = timeout_s
         self._apply = script("apply_event")
+        self._replace = script("replace_state")
         self._read = script("read_state")
 
     def _call(self, event: Event, epoch: int) -> tuple[list[str], list[Arg]]:
@@ -103,11 +110,42 @@ class SharedPortfolio:
                 raise answer
         return [_write_result(answer, epoch) for answer in answers]
 
-    async def read(self, user_id: str) -> UserState:
-        """The user's whole state and the offset it is at, read atomically."""
+    async def replace(self, user_id: str, events: Sequence[Event], *, epoch: int) -> WriteResult:
+        """Make ``events`` the user's whole state, in one step under a new state epoch; readers
+        get one ``state:reset`` notice and re-read it. Events of other users are refused."""
         keys = UserKeys.of(user_id)
+        args: list[Arg] = [
+            epoch,
+            secrets.token_hex(6),
+            self._recent_limit,
+            keys.channel,
+            f"{time.time():.6f}",
+            orjson.dumps(user_id),
+        ]
+        for event in events:
+            if event.user_id != user_id:
+                raise ValueError(f"an event of user {event.user_id!r} in {user_id!r}'s state")
+            validate_payload(event.type, event.payload)
+            kind, payload, field, terminal, _, _ = script_args(event)
+            args.extend((kind, payload, field, terminal))
         async with bounded(self._timeout):
-            answer = await self._read.run(self._redis, keys.state_keys, [])
+            answer = await self._replace.run(self._redis, keys.state_keys, args)
+        return _write_result(answer, epoch)
+
+    async def read(self, user_id: str) -> UserState:
+        """The user's whole state and the offset it is at, read atomically, with the shared
+        state's generation (read just before, in the same round trip)."""
+        keys = UserKeys.of(user_id)
+        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(GENERATION)
+            pipe.evalsha(self._read.sha, len(keys.state_keys), *keys.state_keys)
+            generation, answer = await pipe.execute(raise_on_error=False)
+        if isinstance(answer, NoScriptError):
+            async with bounded(self._timeout):
+                answer = await self._read.run(self._redis, keys.state_keys, [])
+        for result in (generation, answer):
+            if isinstance(result, Exception):
+                raise result
         epoch, offset, fencing, flat_positions, orders, account = answer
         portfolio = UserPortfolio()
         for i in range(0, len(flat_positions), 2):
@@ -127,6 +165,7 @@ class SharedPortfolio:
             offset=int(offset),
             fencing_epoch=int(fencing),
             portfolio=portfolio,
+            generation=generation.decode() if generation else None,
         )
 
 

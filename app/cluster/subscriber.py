@@ -4,6 +4,8 @@
   command for all the users acquired in a loop turn), unsubscribes after a grace period.
 - The connection (``app.cluster.link``) is replaced when it fails, and also when two probes in
   a row went unanswered: it may look healthy and deliver nothing.
+- A user whose grace period ended (or who was dropped with a lost connection) is reported to
+  ``on_forget``: nothing about it is followed any more.
 - Notices pass a per-user gate (``app.cluster.gate``): in order they become events; on a gap,
   a new epoch or a replaced connection the caller's ``on_resync(user_id)`` is called instead,
   and the caller re-reads the state and calls ``set_position``.
@@ -60,6 +62,7 @@ class NoticeSubscriber:
         node_id: str,
         on_event: Callable[[Event], None],
         on_resync: Callable[[str], None],
+        on_forget: Callable[[str], None] | None = None,
         unsubscribe_delay_s: float,
         probe_interval_s: float,
         backoff_initial_s: float,
@@ -71,6 +74,7 @@ class NoticeSubscriber:
         self._publisher = publisher
         self._on_event = on_event
         self._on_resync = on_resync
+        self._on_forget = on_forget
         self._probe_interval = probe_interval_s
         self._clock = clock
         self._probe_channel = probe_channel(node_id)
@@ -185,15 +189,24 @@ class NoticeSubscriber:
     def _connection_reset(self) -> None:
         """A new connection holds no subscription: every wanted user is subscribed again."""
         for user_id in self._book.connection_reset():
-            self._gate.forget(user_id)
+            self._forget(user_id)
         self._probe.reset()
 
     def _take_commands(self) -> tuple[list[str], list[str]]:
         for user_id in self._book.due(self._clock()):
-            self._gate.forget(user_id)
+            self._forget(user_id)
         subscribe, unsubscribe = self._book.take_commands()
         self._arm_timer()
         return [user_channel(u) for u in subscribe], [user_channel(u) for u in unsubscribe]
+
+    def _forget(self, user_id: str) -> None:
+        """The user is no longer followed here: its position goes, and the caller is told."""
+        self._gate.forget(user_id)
+        if self._on_forget is not None:
+            try:
+                self._on_forget(user_id)
+            except Exception:
+                log.exception("[Cluster] Forget handler failed", userId=user_id)
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
@@ -248,6 +261,8 @@ class NoticeSubscriber:
             self._call_resync(user_id)
 
     def _deliver(self, notice: Notice) -> None:
+        if notice.event is None:
+            return  # a reset is judged by the gate, never delivered
         try:
             self._on_event(notice.event)
         except Exception:

@@ -1,0 +1,165 @@
+"""One node of a cluster, as the app uses it: the Redis bus, the view of held users' state, the
+connection slots and the stats row, built together from Settings (REDIS_URL set).
+
+The app holds one ``ClusterRuntime`` (``app.keys.CLUSTER_KEY``). Start order: ``start`` (Redis
+scripts, the subscriber, the slot refresher), the bus; then, once the stream serves,
+``start_reports``. Stop order is the reverse; ``close`` runs after the last socket closed and
+gives this node's slots and stats row back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.exceptions import RedisError
+
+from app.cluster.admission import Admission
+from app.cluster.bus import RedisBus
+from app.cluster.node import ClusterNode
+from app.cluster.registry import NodeFigures, NodeRow
+from app.cluster.slots import SlotKeeper
+from app.cluster.view import ClusterView
+from app.portfolio import PortfolioStore
+from app.stats import StatsTotals
+from config.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterHealth:
+    redis: Literal["connected", "unavailable"]
+    degraded: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"redis": self.redis, "degraded": self.degraded}
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterFigures:
+    """What the stats document needs of the cluster, read in one go."""
+
+    rows: list[NodeRow]
+    by_user: dict[str, int]
+
+
+class ClusterRuntime:
+    def __init__(self, settings: Settings, mirror: PortfolioStore) -> None:
+        self.settings = settings
+        self.node = ClusterNode(
+            settings,
+            on_event=self._on_event,
+            on_resync=self._on_resync,
+            on_forget=self._on_forget,
+        )
+        self.node_id = self.node.node_id
+        self.bus = RedisBus(
+            self.node.state,
+            self.node.redis,
+            timeout_s=settings.redis_timeout_s,
+            backoff_initial_s=settings.redis_backoff_initial_s,
+            backoff_max_s=settings.redis_backoff_max_s,
+        )
+        self.view = ClusterView(
+            self.node.state,
+            self.node.subscriber,
+            mirror,
+            subscribe_timeout_s=settings.redis_timeout_s,
+        )
+        self.slots = SlotKeeper(self.node.admission, ttl_s=settings.cluster_entry_ttl_s)
+        self.started_at = time.monotonic()
+        self.last_rtt_s: float | None = None
+
+    # The subscriber's callbacks, bound late: the bus and view exist once __init__ is through.
+    def _on_event(self, event: Any) -> None:
+        self.bus.deliver(event)
+
+    def _on_resync(self, user_id: str) -> None:
+        self.view.on_resync(user_id)
+
+    def _on_forget(self, user_id: str) -> None:
+        self.view.on_forget(user_id)
+
+    async def start(self) -> None:
+        await self.node.start()
+        self.slots.start()
+
+    def start_reports(self, collect: Callable[[], tuple[int, int, int, StatsTotals]]) -> None:
+        """Write this node's stats row every interval; ``collect`` returns (connections,
+        users, accounts consumed, stream totals)."""
+
+        def figures(rtt_s: float | None) -> NodeFigures:
+            self.last_rtt_s = rtt_s
+            return self.figures(*collect())
+
+        self.node.start_reports(figures)
+
+    async def close(self) -> None:
+        await self.view.close()
+        await self.slots.close()
+        await self.node.close()
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def admit(self, connection_id: str, user_id: str) -> Admission | None:
+        """Take a cluster-wide slot and follow the user's state; None: Redis did not answer
+        (the caller's local limits decide). A refused connection holds nothing."""
+        verdict = await self.slots.admit(connection_id, user_id)
+        if verdict is not None and not verdict.admitted:
+            return verdict
+        await self.view.hold(user_id)
+        return verdict
+
+    def release(self, connection_id: str, user_id: str) -> None:
+        """Undo a successful ``admit``."""
+        self.slots.release(connection_id)
+        self.view.release(user_id)
+
+    # -- health and stats --------------------------------------------------------------------
+
+    @property
+    def health(self) -> ClusterHealth:
+        connected = (
+            self.node.subscriber.status.connected
+            and self.slots.available
+            and self.bus.status.available
+        )
+        return ClusterHealth("connected" if connected else "unavailable", not connected)
+
+    def figures(
+        self, connections: int, users: int, accounts: int, totals: StatsTotals
+    ) -> NodeFigures:
+        status = self.node.subscriber.status
+        rtt = self.last_rtt_s
+        return NodeFigures(
+            node_id=self.node_id,
+            connections=connections,
+            users=users,
+            accounts=accounts,
+            uptime_s=time.monotonic() - self.started_at,
+            redis_rtt_ms=None if rtt is None else round(rtt * 1000, 3),
+            pubsub_lag_ms=None if status.lag_s is None else round(status.lag_s * 1000, 3),
+            degraded=self.health.degraded,
+            totals=totals,
+        )
+
+    async def read_figures(self) -> ClusterFigures | None:
+        """Every live node's row and the cluster's connections per user; None without Redis."""
+        try:
+            rows = await self.node.registry.live()
+            by_user = await self.node.admission.census()
+        except (RedisError, OSError):
+            return None
+        return ClusterFigures(rows, by_user)
+
+    async def portfolio(self, user_id: str) -> dict[str, Any] | None:
+        """A user's whole shared state as a snapshot body (the polling fallback); None when
+        Redis cannot say."""
+        try:
+            state = await self.node.state.read(user_id)
+        except (RedisError, OSError):
+            return None
+        if state.generation is None and state.epoch is None:
+            return None
+        return state.snapshot({"positions", "orders", "account"})
