@@ -55,9 +55,7 @@ async def test_the_sixth_connection_of_a_user_is_refused_whichever_node_it_reach
         # A slot freed on A is one more connection on C.
         await tabs.pop(0).close()
         tabs.append(
-            await eventually(
-                lambda: admitted(http, c.url, token), "the freed slot, taken on C", 10
-            )
+            await eventually(lambda: admitted(http, c.url, token), "the freed slot, taken on C", 10)
         )
         refusal = await refused(http, b.url, token)
         assert (refusal.code, refusal.reason) == LIMIT_CLOSE
@@ -92,4 +90,3 @@ async def test_the_connection_past_the_cluster_total_is_refused_whichever_node_i
         )
         refusal = await refused(http, cluster[1].url, tokens[last])
         assert (refusal.code, refusal.reason) == LIMIT_CLOSE
-
