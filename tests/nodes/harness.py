@@ -12,6 +12,7 @@ nothing sleeps a fixed time to let something happen. Every process is killed at 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -272,6 +273,20 @@ class Simulator(Process):
             assert response.status == 200, await response.text()
             rows = await response.json()
         return {row["symbol"]: row["qty"] for row in rows}
+
+    async def settled_positions(self, http: aiohttp.ClientSession, username: str) -> dict[str, str]:
+        """The positions once no order of the account is still open (every fill is made)."""
+        deadline = time.monotonic() + 15
+        while True:
+            async with http.get(
+                f"{self.urls.api_url}/v2/orders?status=open",
+                headers=self.accounts[username].rest_headers,
+            ) as response:
+                assert response.status == 200, await response.text()
+                if not await response.json():
+                    return await self.positions(http, username)
+            assert time.monotonic() < deadline, f"{username}'s orders never all filled"
+            await asyncio.sleep(0.05)
 
 
 class Node(Process):

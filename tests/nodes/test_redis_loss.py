@@ -144,7 +144,7 @@ async def test_redis_stopped_and_restarted_under_load_every_browser_converges(
         for user in users:
             await admin.trade(c.url, user, "AMZN", "buy", 1)
         for user in users:
-            truth = broker_qty(await cluster.simulator.positions(http, user))
+            truth = broker_qty(await cluster.simulator.settled_positions(http, user))
             assert "AMZN" in truth
             for tab in tabs[user]:
                 await tab.wait(

@@ -80,7 +80,10 @@ async def test_a_rolling_restart_under_live_clients_loses_nothing_from_the_final
                 await eventually(lambda b=before: len(placed) > b, "a trade after the restart")
         assert len(placed) > 0
 
-        truth = {user: broker_qty(await cluster.simulator.positions(http, user)) for user in users}
+        truth = {
+            user: broker_qty(await cluster.simulator.settled_positions(http, user))
+            for user in users
+        }
         for client, owner in zip(clients, owners, strict=True):
             tab = await client.wait_converged(
                 lambda t, q=truth[owner]: t.qty() == q,
