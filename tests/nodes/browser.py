@@ -255,8 +255,8 @@ class LiveTab:
         self.closes: list[int] = []
         self.refusals: list[str] = []
         self._stopping = False
-        self._task = asyncio.create_task(self._run(), name=f"live-tab-{home}")
         self._connected = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"live-tab-{home}")
 
     async def _run(self) -> None:
         attempt = 0

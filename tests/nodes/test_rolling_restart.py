@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.nodes.browser import Admin, LiveTab, broker_qty, eventually, qty_map
+from tests.nodes.browser import Admin, LiveTab, Tab, broker_qty, eventually, qty_map
 from tests.nodes.conftest import ClusterFactory, Sessions
 from tests.nodes.harness import Cluster
 
 pytestmark = pytest.mark.slow
 
-CLIENTS = 6
+# Two per user: with a fresh tab per node at the end, each user has MAX_CONNECTIONS_PER_USER.
+CLIENTS = 4
 SYMBOLS = ("AAPL", "MSFT", "NVDA")
 CONVERGED_WITHIN_S = 30.0
 
@@ -95,6 +96,21 @@ async def test_a_rolling_restart_under_live_clients_loses_nothing_from_the_final
             # Every client was on a node that restarted at some point, and came back.
             assert client.connects >= 2, (client.connects, client.closes)
             assert set(client.closes) <= {1001}, client.closes
+        # Reconnecting clients may all have ended on one node: every node shows the same.
+        fresh = [
+            (owner, await Tab.open(http, node.url, tokens[owner]))
+            for node in cluster.nodes
+            for owner in users
+        ]
+        try:
+            for owner, tab in fresh:
+                await tab.wait(
+                    lambda t, q=truth[owner]: t.qty() == q,
+                    f"a new tab of {owner} on {tab.node_url} showing {truth[owner]}",
+                )
+        finally:
+            for _, tab in fresh:
+                await tab.close()
         for node in cluster.nodes:
             assert node.tracebacks() == 0, node.log()
     finally:
