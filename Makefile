@@ -57,7 +57,7 @@ install-systemd:
 	install -D -m 0644 systemd/portfolio-stream.sysusers /usr/lib/sysusers.d/portfolio-stream.conf
 	systemd-sysusers /usr/lib/sysusers.d/portfolio-stream.conf 2>/dev/null || getent passwd portfolio-stream >/dev/null || useradd --system --user-group --home-dir /var/lib/portfolio-stream --shell /usr/sbin/nologin portfolio-stream
 	install -d -m 0750 -o portfolio-stream -g portfolio-stream /var/lib/portfolio-stream /var/log/portfolio-stream
-	install -m 0644 systemd/portfolio-stream.service systemd/portfolio-stream.socket /etc/systemd/system/
+	install -m 0644 systemd/portfolio-stream.service systemd/portfolio-stream.socket 'systemd/portfolio-stream@.service' /etc/systemd/system/
 	install -d -m 0750 -o root -g portfolio-stream /etc/portfolio-stream
 	install -m 0640 -o root -g portfolio-stream systemd/portfolio-stream.env.example /etc/portfolio-stream/
 	test -e /etc/portfolio-stream/portfolio-stream.env || install -m 0640 -o root -g portfolio-stream systemd/portfolio-stream.env.example /etc/portfolio-stream/portfolio-stream.env
@@ -67,6 +67,7 @@ install-systemd:
 	@echo "installed. Next: edit /etc/portfolio-stream/portfolio-stream.env, then"
 	@echo "  systemctl enable --now portfolio-stream.socket portfolio-stream.service"
 	@echo "  (already running: systemctl restart portfolio-stream — zero downtime)"
+	@echo "  or several nodes: systemctl enable --now portfolio-stream@5001 portfolio-stream@5002"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

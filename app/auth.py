@@ -65,14 +65,14 @@ async def check_password(request: web.Request, username: str, password: str) -> 
     """The user if the password is right; otherwise the ApiError to answer (401, or 429/503
     without checking it: throttled, every hashing slot busy, the store unavailable)."""
     try:
-        attempt = request.app[THROTTLE_KEY].reserve(username, request.remote)
+        attempt = await request.app[THROTTLE_KEY].reserve(username, request.remote)
     except Throttled as throttled:
         raise ApiError(
             ApiErrorCode.TOO_MANY_ATTEMPTS,
             "Too many failed logins; try again later",
             headers={"Retry-After": str(int(throttled.retry_after) + 1)},
         ) from None
-    with attempt:  # an error before the verdict releases the attempt uncounted
+    async with attempt:  # an error before the verdict releases the attempt uncounted
         try:
             user = await request.app[STORE_KEY].authenticate(username, password)
         except HashingBusy:
@@ -84,12 +84,12 @@ async def check_password(request: web.Request, username: str, password: str) -> 
         except StoreUnavailable:
             raise store_unavailable() from None
         if user is None:
-            attempt.failed()
+            await attempt.failed()
             log.warning(
                 "[Auth] Login failed", username=username[:USERNAME_MAX], remote=request.remote
             )
             raise ApiError(ApiErrorCode.INVALID_CREDENTIALS, "Invalid username or password")
-        attempt.succeeded()
+        await attempt.succeeded()
     return user
 
 

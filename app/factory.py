@@ -19,6 +19,7 @@ from alpaca_bridge.service import BrokerBridge
 from app import api, pages
 from app.broker import CONSUMING, Broker, DemoLogin, NullBroker, UserLookup
 from app.bus import InProcessBus
+from app.cluster.login_throttle import login_throttle_for
 from app.cluster.runtime import ClusterRuntime
 from app.connection_budget import ConnectionBudget
 from app.csrf import csrf_middleware
@@ -39,7 +40,6 @@ from app.keys import (
     THROTTLE_KEY,
 )
 from app.lifecycle import Lifecycle
-from app.login_throttle import LoginThrottle
 from app.metrics import Metrics
 from app.migrations import report
 from app.portfolio import PortfolioStore
@@ -158,9 +158,14 @@ def _wire_metrics(app: web.Application) -> None:
     sources.max_connections_per_user = lambda: settings.max_connections_per_user
     sources.connections_shed = lambda: app[BUDGET_KEY].shed
     sources.log_lines_dropped = dropped_log_lines
+    cluster = app.get(CLUSTER_KEY)
+    if cluster is not None:
+        sources.cluster = cluster.gauges
+    # An account another node consumes (standby here) is not a stream of this node's.
     sources.broker_streams = lambda: [
         (a["username"], a["mode"], a["status"] == "connected")
         for a in app[BROKER_KEY].accounts_status()
+        if a["status"] != "standby"
     ]
 
 
@@ -188,11 +193,7 @@ def create_app(
     app[BUS_KEY] = cluster.bus if cluster is not None else InProcessBus()
     app[STATS_KEY] = StreamStats(StatsRules.from_settings(settings))
     app[METRICS_KEY] = Metrics()
-    app[THROTTLE_KEY] = LoginThrottle(
-        settings.login_max_failures,
-        settings.login_lockout_s,
-        settings.login_max_failures_per_address,
-    )
+    app[THROTTLE_KEY] = login_throttle_for(settings, cluster.node if cluster else None)
     broker: Broker = (
         BrokerBridge(settings, app[BUS_KEY], _user_lookup(app)) if with_bridge else NullBroker()
     )

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from app.cluster.runtime import ClusterRuntime
     from app.connection_budget import ConnectionBudget
     from app.lifecycle import Lifecycle
-    from app.login_throttle import LoginThrottle
+    from app.login_throttle import LoginThrottling
     from app.metrics import Metrics
     from app.portfolio import PortfolioStore
     from app.stats import StreamStats
@@ -30,7 +30,7 @@ BUS_KEY: web.AppKey[EventBus] = web.AppKey("bus")
 PORTFOLIO_KEY: web.AppKey[PortfolioStore] = web.AppKey("portfolio")
 STATS_KEY: web.AppKey[StreamStats] = web.AppKey("stats")
 STREAM_KEY: web.AppKey[PortfolioStreamManager] = web.AppKey("stream")
-THROTTLE_KEY: web.AppKey[LoginThrottle] = web.AppKey("throttle")
+THROTTLE_KEY: web.AppKey[LoginThrottling] = web.AppKey("throttle")
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics")
 # A NullBroker when no broker runs, so no caller checks for its absence.
 BROKER_KEY: web.AppKey[Broker] = web.AppKey("broker")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, Self
 
 # Failure records kept before the expired ones are swept: bounds memory under a spray of
 # made-up usernames without a pass over the table on every failure.
 THROTTLE_SWEEP_AT = 10_000
+# The wait given while the limit is reached only by attempts in flight: they may yet succeed.
+IN_FLIGHT_RETRY_S = 1.0
 
 
 class Throttled(Exception):
@@ -17,6 +20,35 @@ class Throttled(Exception):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"retry after {retry_after:.0f}s")
         self.retry_after = retry_after
+
+
+class Attempt(Protocol):
+    """One reserved login attempt: settle it with ``failed``/``succeeded``; leaving the
+    ``async with`` block unsettled (an error before the verdict) releases it uncounted.
+    Settling twice counts once; settling never raises."""
+
+    async def failed(self) -> None: ...
+
+    async def succeeded(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *_: object) -> None: ...
+
+
+class LoginThrottling(Protocol):
+    """What the login handler needs: this process's ``LoginThrottle``, or the cluster-wide
+    one (``app.cluster.login_throttle``) when the nodes share a Redis."""
+
+    async def reserve(self, username: str, address: str | None) -> Attempt:
+        """Reserve one attempt for this username and address, or raise Throttled."""
+        ...
+
+
+def throttle_subjects(username: str, address: str | None) -> tuple[str, str]:
+    """The username and the address as counted: usernames case- and space-blind, a missing
+    address as one shared ``unknown``."""
+    return username.strip().lower(), address or "unknown"
 
 
 @dataclass(slots=True)
@@ -52,7 +84,8 @@ class LoginThrottle:
 
     @staticmethod
     def _keys(username: str, address: str | None) -> tuple[tuple[str, str], ...]:
-        return ("user", username.strip().lower()), ("addr", address or "unknown")
+        user, addr = throttle_subjects(username, address)
+        return ("user", user), ("addr", addr)
 
     def _entry(self, key: tuple[str, str], now: float) -> _Failures:
         """The key's live entry; a window that has run out starts afresh."""
@@ -63,7 +96,7 @@ class LoginThrottle:
             entry.count, entry.first_at = 0, now
         return entry
 
-    def reserve(self, username: str, address: str | None) -> LoginAttempt:
+    async def reserve(self, username: str, address: str | None) -> LoginAttempt:
         """Reserve one attempt for this username and address, or raise Throttled."""
         now = self._clock()
         keys = self._keys(username, address)
@@ -74,7 +107,7 @@ class LoginThrottle:
             if entry.count >= limit:
                 wait = max(wait, self._lockout - (now - entry.first_at))
             elif entry.count + entry.pending >= limit:
-                wait = max(wait, 1.0)  # the attempts in flight may yet succeed
+                wait = max(wait, IN_FLIGHT_RETRY_S)
         if wait > 0:
             self._forget_idle(keys)
             raise Throttled(wait)
@@ -112,8 +145,7 @@ class LoginThrottle:
 
 
 class LoginAttempt:
-    """One reserved login attempt: settle it with ``failed``/``succeeded``; leaving the
-    ``with`` block unsettled (an error before the verdict) releases it uncounted."""
+    """An attempt reserved in this process (see ``Attempt``)."""
 
     def __init__(self, throttle: LoginThrottle, keys: tuple[tuple[str, str], ...]) -> None:
         self._throttle = throttle
@@ -125,14 +157,14 @@ class LoginAttempt:
             self._open = False
             self._throttle._settle(self._keys, outcome)
 
-    def failed(self) -> None:
+    async def failed(self) -> None:
         self._finish("failed")
 
-    def succeeded(self) -> None:
+    async def succeeded(self) -> None:
         self._finish("succeeded")
 
-    def __enter__(self) -> LoginAttempt:
+    async def __aenter__(self) -> Self:
         return self
 
-    def __exit__(self, *_: object) -> None:
+    async def __aexit__(self, *_: object) -> None:
         self._finish("released")

@@ -76,6 +76,20 @@ class Sources:
     log_lines_dropped: Callable[[], int] = lambda: 0
     # (account username, mode, up?) per broker account
     broker_streams: Callable[[], Iterable[tuple[str, str, bool]]] = field(default=lambda: ())
+    # With REDIS_URL only: this node's link to the cluster (None: not a cluster node)
+    cluster: Callable[[], ClusterGauges | None] = lambda: None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterGauges:
+    """A cluster node's Redis figures, read at scrape time."""
+
+    redis_up: bool
+    pubsub_lag_s: float | None
+    write_queue: int
+    resyncs: int
+    gaps: int
+    rebuilds: int
 
 
 class _SnapshotCollector(Collector):
@@ -156,6 +170,43 @@ class _SnapshotCollector(Collector):
         for account, mode, is_up in s.broker_streams():
             up.add_metric([account, mode], 1 if is_up else 0)
         yield up
+        cluster = s.cluster()
+        if cluster is not None:
+            yield from _cluster_metrics(cluster)
+
+
+def _cluster_metrics(c: ClusterGauges) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "portfolio_redis_up",
+        "1 while this node's Redis link works end to end (pub/sub probe, admission, writes)",
+        value=1 if c.redis_up else 0,
+    )
+    if c.pubsub_lag_s is not None:
+        yield GaugeMetricFamily(
+            "portfolio_redis_pubsub_lag_seconds",
+            "Round trip of this node's last answered pub/sub probe",
+            value=c.pubsub_lag_s,
+        )
+    yield GaugeMetricFamily(
+        "portfolio_redis_write_queue",
+        "Events published here and not yet written to Redis",
+        value=c.write_queue,
+    )
+    yield CounterMetricFamily(
+        "portfolio_redis_resyncs",
+        "Users' states read again after a gap, a new epoch or a lost pub/sub connection",
+        value=c.resyncs,
+    )
+    yield CounterMetricFamily(
+        "portfolio_redis_notice_gaps",
+        "Gaps and epoch changes seen in users' change notices",
+        value=c.gaps,
+    )
+    yield CounterMetricFamily(
+        "portfolio_redis_state_rebuilds",
+        "Times this node rebuilt the shared state after Redis lost it",
+        value=c.rebuilds,
+    )
 
 
 class Metrics:

@@ -61,7 +61,7 @@ def service_status(app: web.Application) -> str:
     stream = app[STREAM_KEY]
     users = len(stream.connections_by_user())
     text = f"{stream.active_connections} WebSocket connections ({users} users)"
-    accounts = app[BROKER_KEY].accounts_status()
+    accounts = [a for a in app[BROKER_KEY].accounts_status() if a["status"] != "standby"]
     up = sum(1 for account in accounts if account["status"] == "connected")
     text += f"; broker streams {up}/{len(accounts)} up"
     if app[LIFECYCLE_KEY].draining:

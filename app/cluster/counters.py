@@ -6,11 +6,12 @@ and ends with the key's expiry, so nothing outlives its window even if a node di
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from redis.asyncio import Redis
 
 from app.cluster.client import bounded
-from app.cluster.keys import counter_key
+from app.cluster.keys import counter_key, held_key
 from app.cluster.scripts import script
 
 
@@ -27,6 +28,21 @@ class Reservation:
     granted: bool
     count: int
     retry_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The answer to ``hold``: whether the attempt is held, the settled count, the live holds
+    (this one included when held) and the seconds until the count's window closes."""
+
+    granted: bool
+    count: int
+    held: int
+    resets_in_s: float
+
+
+# How a hold is settled: count a hit, clear the count, or only give the hold back.
+Settlement = Literal["add", "reset", "release"]
 
 
 def _seconds(pttl: int) -> float:
@@ -60,6 +76,28 @@ class ExpiringCounters:
             )
         ok = bool(int(granted))
         return Reservation(ok, int(count), 0.0 if ok else _seconds(pttl))
+
+    async def hold(self, key: str, hold_id: str, *, limit: int, ttl_s: float) -> Hold:
+        """Hold one attempt if the settled count plus the live holds is under ``limit``; the
+        hold lasts ``ttl_s`` unless settled first (a node that dies leaks it no longer)."""
+        async with bounded(self._timeout):
+            granted, count, held, pttl = await script("counter_hold").run(
+                self._redis,
+                [self._key(key), held_key(self._namespace, key)],
+                [limit, hold_id, max(1, round(ttl_s * 1000))],
+            )
+        return Hold(bool(int(granted)), int(count), int(held), _seconds(pttl))
+
+    async def settle(self, key: str, hold_id: str, how: Settlement, window_s: float) -> int:
+        """Give a hold back, counting a hit (``add``, which opens a window of ``window_s``
+        if none is), clearing the count (``reset``) or neither (``release``); the count after."""
+        async with bounded(self._timeout):
+            count = await script("counter_settle").run(
+                self._redis,
+                [self._key(key), held_key(self._namespace, key)],
+                [hold_id, how, max(1, round(window_s * 1000))],
+            )
+        return int(count)
 
     async def peek(self, *keys: str) -> list[Count]:
         async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:

@@ -102,14 +102,23 @@ NODES_ROWS: Final = f"{PREFIX}:{{nodes}}:rows"
 NODES_SEEN: Final = f"{PREFIX}:{{nodes}}:seen"
 
 
+# Expiring counters: the key is the hash tag, so a counter and its holds (one script takes
+# both) share a slot whatever the key holds (a tag ends at the first "}" after our "{", which
+# falls at the same place in both names).
 def counter_key(namespace: str, key: str) -> str:
     """An expiring counter (login throttle and similar): STRING count with a PX expiry."""
-    return f"{PREFIX}:count:{namespace}:{key}"
+    return f"{PREFIX}:count:{namespace}:{{{key}}}"
 
 
-# The shared state's generation: a token the consuming node writes once the state it holds is
-# whole. A Redis that lost its data (restarted without persistence, flushed, replaced) has none:
-# readers then wait for the consumer's rebuild instead of showing a portfolio that is not there.
+def held_key(namespace: str, key: str) -> str:
+    """Attempts in flight against that counter: ZSET hold id -> expiry (ms, Redis TIME)."""
+    return f"{PREFIX}:held:{namespace}:{{{key}}}"
+
+
+# The shared state's generation: a token any node sets when Redis has none at its start, and
+# the consuming node writes again once it rebuilt a state Redis lost. A Redis that lost its data
+# (restarted without persistence, flushed, replaced) has none: readers then wait for the
+# consumer's rebuild instead of showing a portfolio that is not there.
 GENERATION: Final = f"{PREFIX}:generation"
 # Handed out once per start of a consuming node: the account epoch its writes carry (fencing).
 WRITER_EPOCH: Final = f"{PREFIX}:writer:epoch"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Callable
 
 from redis.exceptions import RedisError
@@ -16,6 +17,7 @@ from redis.exceptions import RedisError
 from app.cluster.admission import ClusterAdmission
 from app.cluster.client import bounded, command_client, node_id_for, pubsub_pool
 from app.cluster.counters import ExpiringCounters
+from app.cluster.keys import GENERATION
 from app.cluster.registry import NodeFigures, NodeRegistry
 from app.cluster.scripts import load_all
 from app.cluster.state import SharedPortfolio
@@ -85,6 +87,9 @@ class ClusterNode:
         try:
             async with bounded(self._timeout):
                 await load_all(self.redis)
+                # A fresh Redis is a whole (empty) state. Only a token that disappears later
+                # says Redis lost data (see app.cluster.bus): readers then wait for a rebuild.
+                await self.redis.set(GENERATION, secrets.token_hex(8), nx=True)
             # A restart under the same NODE_ID: what the previous run held is not held now.
             released = await self.admission.release_node()
             if released:

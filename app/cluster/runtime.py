@@ -22,6 +22,7 @@ from app.cluster.node import ClusterNode
 from app.cluster.registry import NodeFigures, NodeRow
 from app.cluster.slots import SlotKeeper
 from app.cluster.view import ClusterView
+from app.metrics import ClusterGauges
 from app.portfolio import PortfolioStore
 from app.stats import StatsTotals
 from config.settings import Settings
@@ -126,6 +127,17 @@ class ClusterRuntime:
             and self.bus.status.available
         )
         return ClusterHealth("connected" if connected else "unavailable", not connected)
+
+    def gauges(self) -> ClusterGauges:
+        status, bus = self.node.subscriber.status, self.bus.status
+        return ClusterGauges(
+            redis_up=self.health.redis == "connected",
+            pubsub_lag_s=status.lag_s,
+            write_queue=bus.pending,
+            resyncs=status.resyncs,
+            gaps=status.gaps,
+            rebuilds=bus.rebuilds,
+        )
 
     def figures(
         self, connections: int, users: int, accounts: int, totals: StatsTotals

@@ -80,6 +80,8 @@ ALL_SCRIPTS = (
     "census",
     "counter_add",
     "counter_reserve",
+    "counter_hold",
+    "counter_settle",
     "node_report",
     "node_rows",
 )

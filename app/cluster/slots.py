@@ -5,8 +5,9 @@
 its TTL, so a node that dies leaks its slots for at most one TTL, and registers again the
 slots Redis no longer has (it restarted, or the node admitted while it was away).
 
-Without Redis the node admits by its own limits only (the caller applies them): one ``ERROR``
-line when that starts, one ``INFO`` when Redis answers again, and ``available`` says which.
+Without Redis the node admits by its own limits only (the caller applies them) and does not
+ask Redis again until the background loop finds it back: one ``ERROR`` line when that starts,
+one ``INFO`` when Redis answers again, and ``available`` says which.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ log = get_logger()
 
 # Slot refreshes per TTL: two may fail in a row (a Redis blip) before a slot lapses.
 REFRESHES_PER_TTL: Final = 3
+# While Redis is away, admissions do not wait on it (each would cost a connect timeout); the
+# background loop tries it this often instead, and admissions use it again once it answers.
+RETRY_WHILE_AWAY_S: Final = 1.0
 
 
 class SlotKeeper:
@@ -40,6 +44,9 @@ class SlotKeeper:
     async def admit(self, connection_id: str, user_id: str) -> Admission | None:
         """The cluster's verdict, or None when Redis did not answer (admit by local limits)."""
         slot = Slot(connection_id, user_id)
+        if not self.available:
+            self._held[connection_id] = slot  # registered once Redis is back
+            return None
         try:
             verdict = await self._admission.admit(slot)
         except (RedisError, OSError) as error:
@@ -74,8 +81,9 @@ class SlotKeeper:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            interval = self._interval if self.available else min(self._interval, RETRY_WHILE_AWAY_S)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
+                async with asyncio.timeout(interval):
                     await self._wake.wait()
             try:
                 await self._release_queued()
@@ -95,7 +103,9 @@ class SlotKeeper:
     async def _refresh(self) -> None:
         slots = list(self._held.values())
         if not slots:
-            self._available_again()
+            if not self.available:
+                await self._admission.node_slots()  # does Redis answer?
+                self._available_again()
             return
         missing = await self._admission.refresh(slots)
         self._available_again()

@@ -77,8 +77,10 @@ class ClusterView:
         """Follow ``user_id`` for one more connection; the first one waits (bounded) until the
         user's state is read, so its snapshot is ready when the client asks."""
         self._refs[user_id] = self._refs.get(user_id, 0) + 1
-        # Counted by the subscriber too (one acquire per hold, one release per release).
-        await self._subscriber.acquire(user_id, self._subscribe_timeout)
+        # Counted by the subscriber too (one acquire per hold, one release per release). Without
+        # a pub/sub connection nothing is confirmed: the hold stands, and is read on reconnect.
+        wait_s = self._subscribe_timeout if self._subscriber.status.connected else 0
+        await self._subscriber.acquire(user_id, wait_s)
         if user_id in self._loaded and self._subscriber.position(user_id) is not None:
             return  # still followed (e.g. in its unsubscribe grace period): the mirror is live
         task = self._loading.get(user_id)

@@ -62,3 +62,20 @@ async def test_reset_clears_one_key_and_namespaces_are_apart(redis: Redis) -> No
 
     assert (await users.peek("alice"))[0].count == 0
     assert (await addresses.peek("alice"))[0].count == 1
+
+
+async def test_holds_count_against_the_limit_until_settled(redis: Redis) -> None:
+    counters = ExpiringCounters(redis, "login:user", timeout_s=REDIS_TIMEOUT_S)
+    first = await counters.hold("alice", "h1", limit=2, ttl_s=60)
+    again = await counters.hold("alice", "h1", limit=2, ttl_s=60)  # a retried call
+    second = await counters.hold("alice", "h2", limit=2, ttl_s=60)
+    third = await counters.hold("alice", "h3", limit=2, ttl_s=60)
+
+    assert [h.granted for h in (first, again, second, third)] == [True, True, True, False]
+    assert (third.count, third.held) == (0, 2)
+    assert await counters.settle("alice", "h1", "add", window_s=60) == 1
+    assert await counters.settle("alice", "h2", "release", window_s=60) == 1
+    refused = await counters.hold("alice", "h4", limit=1, ttl_s=60)
+    assert not refused.granted and 59 < refused.resets_in_s <= 60
+    assert await counters.settle("alice", "h4", "reset", window_s=60) == 0
+    assert (await counters.hold("alice", "h5", limit=1, ttl_s=60)).granted

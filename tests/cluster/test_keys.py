@@ -34,6 +34,7 @@ def test_scaling_doc_lists_every_name_as_built() -> None:
         keys.NODES_ROWS,
         keys.NODES_SEEN,
         keys.counter_key("<namespace>", "<key>"),
+        keys.held_key("<namespace>", "<key>"),
     ]
     missing = [name for name in built if f"`{name}`" not in SCALING_DOC]
     assert missing == []

@@ -11,6 +11,10 @@ import pytest
 from tests.ops.conftest import CLI, REPO
 
 UNITS = REPO / "systemd"
+TEMPLATE = "portfolio-stream@.service"
+# Keys where the instance template may differ from portfolio-stream.service: everything else
+# (the sandbox, limits, stop behaviour) is the same.
+TEMPLATE_DIFFERS = frozenset({"ExecStart", "EnvironmentFile"})
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
     ANALYZE is None, reason="systemd-analyze missing (.ci/run installs Debian's systemd)"
@@ -35,7 +39,7 @@ def _unit(name: str) -> dict[str, dict[str, list[str]]]:
 
 def _installable_copy(tmp_path: Path) -> Path:
     """The units as installed, with ExecStart pointing at this checkout's console script."""
-    for name in ("portfolio-stream.service", "portfolio-stream.socket"):
+    for name in ("portfolio-stream.service", "portfolio-stream.socket", TEMPLATE):
         text = (UNITS / name).read_text(encoding="utf-8")
         text = text.replace("/opt/portfolio-stream/venv/bin/portfolio-stream", CLI)
         (tmp_path / name).write_text(text, encoding="utf-8")
@@ -62,6 +66,42 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+@needs_analyze
+def test_instance_template_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    assert ANALYZE is not None
+    units = _installable_copy(tmp_path)
+    instance = units / "portfolio-stream@5001.service"
+    instance.symlink_to(units / TEMPLATE)
+    result = subprocess.run(
+        [ANALYZE, "verify", "--man=no", str(instance)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=units,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_instance_template_takes_port_from_the_instance_and_keeps_the_sandbox() -> None:
+    template, single = _unit(TEMPLATE), _unit("portfolio-stream.service")
+    service = template["Service"]
+    assert service["ExecStart"] == [
+        "/usr/bin/env PORT=%i /opt/portfolio-stream/venv/bin/portfolio-stream serve"
+    ]
+    # The shared file first, then the instance's own (optional) one, which wins.
+    assert service["EnvironmentFile"] == [
+        "-/etc/portfolio-stream/portfolio-stream.env",
+        "-/etc/portfolio-stream/portfolio-stream-%i.env",
+    ]
+    assert {k: v for k, v in service.items() if k not in TEMPLATE_DIFFERS} == {
+        k: v for k, v in single["Service"].items() if k not in TEMPLATE_DIFFERS
+    }
+    assert "Requires" not in template["Unit"]  # no socket: one port per instance
+    assert template["Install"] == {"WantedBy": ["multi-user.target"]}
 
 
 @needs_analyze
@@ -166,6 +206,7 @@ def test_makefile_install_target_uses_the_shipped_files() -> None:
     target = makefile.split("\ninstall-systemd:", 1)[1].split("\n\n", 1)[0]
     for shipped in (
         "portfolio-stream.service",
+        "portfolio-stream@.service",
         "portfolio-stream.socket",
         "portfolio-stream.env.example",
         "portfolio-stream.logrotate",
