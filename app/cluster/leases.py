@@ -337,6 +337,11 @@ class LeaseKeeper:
             )
         return rows
 
+    async def cluster(self) -> list[LeaseRow]:
+        """Every lease this node takes part in as Redis has it (holder, epoch, time left),
+        whoever holds it: the stats document's cluster-wide view."""
+        return await self._table.rows(sorted(self._names))
+
     async def run(self) -> None:
         """Step until cancelled (then ``close`` gives the leases back)."""
         while True:

@@ -108,9 +108,7 @@ def keeper(
     clock: Callable[[], float] | None = None,
 ) -> LeaseKeeper:
     extra: dict[str, Any] = {} if clock is None else {"clock": clock}
-    return LeaseKeeper(
-        lease_table, node, names, renew_s=renew_s, **ledger.callbacks(node), **extra
-    )
+    return LeaseKeeper(lease_table, node, names, renew_s=renew_s, **ledger.callbacks(node), **extra)
 
 
 @contextlib.asynccontextmanager
@@ -391,9 +389,9 @@ class Census:
             after = self.beliefs()
             for row in rows:
                 belief = before.get(row.name)
-                if belief is not None and after.get(row.name) == belief:
-                    if (row.holder, row.epoch) != belief:
-                        self.violations.append(f"{row.name}: believed {belief}, Redis {row}")
+                held_throughout = belief is not None and after.get(row.name) == belief
+                if held_throughout and (row.holder, row.epoch) != belief:
+                    self.violations.append(f"{row.name}: believed {belief}, Redis {row}")
             self.samples += 1
 
     def counts(self) -> list[int]:
@@ -460,6 +458,9 @@ async def test_a_lone_keeper_takes_every_lease_and_gives_back_one_per_round(
     await b.step()
     assert sorted([len(a.held()), len(b.held())]) == [2, 2]
     assert ledger.violations == []
+    rows = await a.cluster()
+    assert sorted(row.name for row in rows) == sorted(FOUR)
+    assert {row.holder for row in rows} == {"node-a", "node-b"}
     await a.close()
     await b.close()
 
@@ -472,5 +473,3 @@ def test_the_renew_interval_must_be_under_half_the_ttl() -> None:
         Settings(_env_file=None, lease_ttl_s=10.0, lease_renew_s=5.0)  # type: ignore[call-arg]
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (settings.lease_ttl_s, settings.lease_renew_s) == (15.0, 5.0)
-
-
