@@ -258,7 +258,9 @@ class LeaseKeeper:
 
     ``on_acquired(name, epoch)`` starts consuming under that epoch; ``on_lost(name, epoch,
     reason)`` stops it, and is awaited before the lease is given back, so the next holder
-    never starts while this one still consumes. Both may be coroutines; keep them short.
+    never starts while this one still consumes (it also follows an ``on_acquired`` that
+    raised: the lease is then given back). Both may be coroutines; keep them short, since
+    other leases' deadlines wait on them. Cancel ``run`` before ``close``.
     """
 
     def __init__(
@@ -456,17 +458,20 @@ class LeaseKeeper:
         for name in free:
             if wanted <= 0:
                 break
-            if await self._acquire(name):
-                wanted -= 1
+            taken = await self._acquire(name)
+            if taken is None:
+                break  # Redis failed: the next round tries again
+            wanted -= taken
 
-    async def _acquire(self, name: str) -> bool:
+    async def _acquire(self, name: str) -> bool | None:
+        """Take ``name`` if free and start consuming it; None when Redis failed."""
         bound = await self._bound()
         sent_at = self._clock()
         try:
             grant = await self._table.acquire(name, self.node_id, timeout_s=bound)
         except (RedisError, OSError) as error:
             log.warning("[AlpacaStream] Lease acquisition failed", lease=name, error=repr(error))
-            return False
+            return None
         if grant is None:
             return False
         now = self._wall()

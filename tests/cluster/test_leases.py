@@ -360,6 +360,31 @@ async def test_a_holder_cut_off_from_redis_stops_before_another_node_starts(
     assert ledger.reasons[0] == LOST_OVERDUE and ledger.violations == []
 
 
+async def test_a_consumer_that_fails_to_start_gives_its_lease_back(
+    redis: Redis, log_lines: io.StringIO
+) -> None:
+    ledger = Ledger()
+
+    def refuse(name: str, epoch: int) -> None:
+        raise RuntimeError("no socket")
+
+    a = LeaseKeeper(
+        table(redis),
+        "node-a",
+        [ALICE],
+        on_acquired=refuse,
+        on_lost=ledger.callbacks("a")["on_lost"],
+        renew_s=5.0,
+    )
+    await a.step()
+
+    assert a.held() == {} and await holder(redis, ALICE) is None
+    [status] = a.status()
+    assert (status.acquisitions, status.releases) == (1, 1)
+    assert "[AlpacaStream] Could not start consuming under a lease" in log_lines.getvalue()
+    await a.close()
+
+
 # --- spreading --------------------------------------------------------------------------
 
 
