@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     cluster_entry_ttl_s: float = Field(30.0, ge=1, le=3600)
     # How often a node writes its stats row; a row three intervals old is a dead node's.
     cluster_node_report_interval_s: float = Field(3.0, gt=0, le=60)
+    # Leases on broker accounts and the price stream: a holder that has not renewed for this
+    # long loses its lease to another node (a dead node's accounts wait this long at most).
+    lease_ttl_s: float = Field(15.0, ge=1, le=600)
+    # How often a holder renews; it stops consuming once a renewal is overdue by
+    # LEASE_TTL_S - LEASE_RENEW_S, so it must be under half the TTL.
+    lease_renew_s: float = Field(5.0, gt=0, le=300)
 
     # HTTP API and health rules
     # ``pollIntervalMs`` of /api/realtime/config: how often a browser without a live socket polls.
@@ -246,6 +252,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CLUSTER_ENTRY_TTL_S must exceed HEARTBEAT_INTERVAL_MS, which refreshes it "
                 f"({self.cluster_entry_ttl_s * 1000:g} ms <= {self.heartbeat_interval_ms} ms)"
+            )
+        if self.lease_renew_s >= self.lease_ttl_s / 2:
+            raise ValueError(
+                "LEASE_RENEW_S must be under half of LEASE_TTL_S "
+                f"({self.lease_renew_s:g} s >= {self.lease_ttl_s / 2:g} s)"
             )
         if (self.alpaca_api_key is None) != (self.alpaca_secret_key is None):
             raise ValueError("ALPACA_API_KEY and ALPACA_SECRET_KEY must be set together")

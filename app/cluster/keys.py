@@ -122,3 +122,22 @@ def held_key(namespace: str, key: str) -> str:
 GENERATION: Final = f"{PREFIX}:generation"
 # Handed out once per start of a consuming node: the account epoch its writes carry (fencing).
 WRITER_EPOCH: Final = f"{PREFIX}:writer:epoch"
+
+
+# Leases: which node consumes a broker account's streams, and the market-data stream. Each
+# lease's two keys share its name as hash tag (one script takes both).
+def lease_key(name: str) -> str:
+    """The current grant: HASH ``node``, ``epoch``, ``since`` and ``renewed`` (ms, Redis
+    TIME), with a PX expiry; absent when nobody holds the lease."""
+    return f"{PREFIX}:lease:{{{name}}}"
+
+
+def lease_grants_key(name: str) -> str:
+    """The lease's history, never expiring: HASH ``epoch`` (the last one granted: the fencing
+    token), ``node`` (its holder) and ``ended`` (``released`` once given back gracefully)."""
+    return f"{PREFIX}:lease:{{{name}}}:grants"
+
+
+# The nodes that take leases: ZSET node id -> expiry (ms, Redis time), what the spreading
+# divides the leases by (a node that consumes no broker streams is not in it).
+LEASE_NODES: Final = f"{PREFIX}:{{leases}}:nodes"

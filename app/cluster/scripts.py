@@ -84,6 +84,10 @@ ALL_SCRIPTS = (
     "counter_settle",
     "node_report",
     "node_rows",
+    "lease_acquire",
+    "lease_renew",
+    "lease_release",
+    "lease_presence",
 )
 
 

@@ -35,6 +35,14 @@ def test_scaling_doc_lists_every_name_as_built() -> None:
         keys.NODES_SEEN,
         keys.counter_key("<namespace>", "<key>"),
         keys.held_key("<namespace>", "<key>"),
+        keys.lease_key("<name>"),
+        keys.lease_grants_key("<name>"),
+        keys.LEASE_NODES,
     ]
     missing = [name for name in built if f"`{name}`" not in SCALING_DOC]
     assert missing == []
+
+
+def test_a_leases_keys_share_its_name_as_hash_tag() -> None:
+    name = "account:alice"
+    assert all("{account:alice}" in k for k in (keys.lease_key(name), keys.lease_grants_key(name)))
