@@ -28,7 +28,7 @@ from alpaca_bridge.simulator.ledger import AccountBook, SimAccount
 from alpaca_bridge.simulator.market import MarketEngine, Print
 from alpaca_bridge.simulator.rest import TradingRest, json_errors, place_order
 from alpaca_bridge.simulator.trading_ws import TradingStreamHub
-from alpaca_bridge.simulator.wire import Json, account_json, fill_json, order_json, position_json
+from alpaca_bridge.simulator.wire import Json, account_json, order_json
 
 log = structlog.get_logger()
 
@@ -168,10 +168,6 @@ class SimulatedBroker(StreamControls):
         )
         return account
 
-    @property
-    def accounts(self) -> list[SimAccount]:
-        return list(self._accounts.values())
-
     def _authenticate(self, api_key: str, secret_key: str) -> bool:
         account = self._accounts.get(api_key)
         return account is not None and hmac.compare_digest(
@@ -247,30 +243,6 @@ class SimulatedBroker(StreamControls):
     def resume_random_orders(self) -> None:
         self._demo.pause(False)
 
-    def start_order_flow(self, interval_s: float, api_keys: Sequence[str] | None = None) -> None:
-        """Place a random market order on each of ``api_keys`` (None: every account) every
-        ``interval_s``, replacing the random orders' rate and accounts until changed again;
-        each order fills a moment later, so fills keep flowing."""
-        unknown = [key for key in api_keys or () if key not in self._accounts]
-        if unknown:
-            raise KeyError(f"unknown accounts: {', '.join(unknown)}")
-        if interval_s <= 0:
-            raise ValueError("interval_s must be > 0")
-        self._demo.configure(interval_s, api_keys)
-
-    def stop_order_flow(self) -> None:
-        """No more timed orders (orders already placed still fill)."""
-        self._demo.configure(0)
-
-    def order_flow(self) -> Json:
-        """The timed orders' state: ``interval_s`` (0: none), ``accounts`` (None: all)."""
-        accounts = self._demo.accounts
-        return {
-            "interval_s": self._demo.interval_s,
-            "accounts": None if accounts is None else sorted(accounts),
-            "paused": self._demo.paused,
-        }
-
     def place_random_orders(self) -> list[Json]:
         """One round of demo orders (one per account where sensible), as the timer places."""
         return self._demo.place_round()
@@ -280,14 +252,6 @@ class SimulatedBroker(StreamControls):
     def account(self, api_key: str) -> Json:
         return account_json(self._desk.book(api_key), self._market.price)
 
-    def positions(self, api_key: str) -> list[Json]:
-        book = self._desk.book(api_key)
-        return [
-            position_json(h, listing, self._market.price(s), book.qty_available(s))
-            for s, h in sorted(book.holdings.items())
-            if (listing := self._market.listing(s)) is not None
-        ]
-
     def orders(self, api_key: str, status: Literal["open", "closed", "all"] = "all") -> list[Json]:
         """REST-shaped orders, oldest first (unlike REST, which defaults to newest first)."""
         return [
@@ -295,10 +259,6 @@ class SimulatedBroker(StreamControls):
             for o in self._desk.book(api_key).orders.values()
             if status == "all" or o.is_open == (status == "open")
         ]
-
-    def fills(self, api_key: str) -> list[Json]:
-        """Every execution (fill or partial fill) of the account, oldest first."""
-        return [fill_json(e) for e in self._desk.book(api_key).executions]
 
     def trade_updates(self, api_key: str) -> list[Json]:
         """Every trade update announced for the account (delivered or lost), oldest first."""

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 from aiohttp import web
 
+from alpaca_bridge.simulator.controls import StreamControls
 from alpaca_bridge.simulator.faults import CONTROL_PREFIX, RestFault
-
-if TYPE_CHECKING:
-    from alpaca_bridge.simulator.broker import SimulatedBroker
 
 __all__ = ["CONTROL_PREFIX", "ControlApi"]
 
@@ -81,7 +79,7 @@ def _drop_kind(body: dict[str, Any]) -> tuple[str, int]:
 class ControlApi:
     """Route handlers bound to one broker, guarded by one bearer token."""
 
-    def __init__(self, broker: SimulatedBroker, token: str) -> None:
+    def __init__(self, broker: StreamControls, token: str) -> None:
         if not token:
             raise ValueError("the control API needs a non-empty token")
         self._broker = broker

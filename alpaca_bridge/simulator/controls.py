@@ -1,4 +1,6 @@
-"""Fault injection and observation of the simulated broker's websockets, for tests and demos.
+"""Fault injection and observation of the simulated broker, for tests and demos: its
+websockets, REST faults, timed orders, and the truth (positions, fills, stream connections) a
+test checks a node against. The HTTP control API (control_api.py) serves the same methods.
 
 Mixed into :class:`~alpaca_bridge.simulator.broker.SimulatedBroker`. The ``wait_*`` methods
 block until a condition holds and have no timeout of their own: wrap them in
@@ -8,24 +10,77 @@ block until a condition holds and have no timeout of their own: wrap them in
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import orjson
 
 from alpaca_bridge.simulator.data_ws import MarketDataHub
+from alpaca_bridge.simulator.demo import DemoTrader
 from alpaca_bridge.simulator.desk import OrderDesk
 from alpaca_bridge.simulator.faults import RestFault, RestFaults, Rewrite
+from alpaca_bridge.simulator.ledger import SimAccount
+from alpaca_bridge.simulator.market import MarketEngine
 from alpaca_bridge.simulator.trading_ws import AuthBehaviour, Reorder, TradingStreamHub
-from alpaca_bridge.simulator.wire import Json
+from alpaca_bridge.simulator.wire import Json, fill_json, position_json
 
 
 class StreamControls:
-    """Ways to misbehave like Alpaca does, and to see who is connected."""
+    """Ways to misbehave like Alpaca does, and to see who is connected and what was filled."""
 
+    _accounts: dict[str, SimAccount]
+    _market: MarketEngine
     _trading: TradingStreamHub
     _data: MarketDataHub
     _desk: OrderDesk
+    _demo: DemoTrader
     _faults: RestFaults
+
+    # ---- the truth a test compares against ---------------------------------------------------
+
+    @property
+    def accounts(self) -> list[SimAccount]:
+        return list(self._accounts.values())
+
+    def positions(self, api_key: str) -> list[Json]:
+        book = self._desk.book(api_key)
+        return [
+            position_json(h, listing, self._market.price(s), book.qty_available(s))
+            for s, h in sorted(book.holdings.items())
+            if (listing := self._market.listing(s)) is not None
+        ]
+
+    def fills(self, api_key: str) -> list[Json]:
+        """Every execution (fill or partial fill) of the account, oldest first."""
+        return [fill_json(e) for e in self._desk.book(api_key).executions]
+
+    # ---- timed orders ------------------------------------------------------------------------
+
+    def start_order_flow(self, interval_s: float, api_keys: Sequence[str] | None = None) -> None:
+        """Place a random market order on each of ``api_keys`` (None: every account) every
+        ``interval_s``, replacing the random orders' rate and accounts until changed again;
+        each order fills a moment later, so fills keep flowing."""
+        unknown = [key for key in api_keys or () if key not in self._accounts]
+        if unknown:
+            raise KeyError(f"unknown accounts: {', '.join(unknown)}")
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        self._demo.configure(interval_s, api_keys)
+
+    def stop_order_flow(self) -> None:
+        """No more timed orders (orders already placed still fill)."""
+        self._demo.configure(0)
+
+    def order_flow(self) -> Json:
+        """The timed orders' state: ``interval_s`` (0: none), ``accounts`` (None: all)."""
+        accounts = self._demo.accounts
+        return {
+            "interval_s": self._demo.interval_s,
+            "accounts": None if accounts is None else sorted(accounts),
+            "paused": self._demo.paused,
+        }
+
+    # ---- faults --------------------------------------------------------------------------------
 
     def drop_trading_streams(
         self,
