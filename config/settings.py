@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     sim_order_interval_s: float = Field(4.0, ge=0)
     sim_demo_users: bool = True
     sim_seed: int | None = None
+    # `portfolio-stream simulate` only: its HTTP control API under /_sim/ (absent when unset),
+    # and how long a data connection that died uncleanly keeps its key's slot (Alpaca: ~90 s).
+    sim_control_token: SecretStr | None = None
+    sim_data_slot_hold_s: float = Field(0.0, ge=0, le=3600)
 
     # Storage, sessions, login
     database_url: str = "sqlite:///./data/portfolio-stream.db"

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import structlog
 from aiohttp import web
 
+from alpaca_bridge.simulator.control_api import CONTROL_PREFIX, ControlApi
 from alpaca_bridge.simulator.controls import StreamControls
 from alpaca_bridge.simulator.data_ws import FEEDS, MarketDataHub
 from alpaca_bridge.simulator.demo import DemoTrader
@@ -27,7 +28,7 @@ from alpaca_bridge.simulator.ledger import AccountBook, SimAccount
 from alpaca_bridge.simulator.market import MarketEngine, Print
 from alpaca_bridge.simulator.rest import TradingRest, json_errors, place_order
 from alpaca_bridge.simulator.trading_ws import TradingStreamHub
-from alpaca_bridge.simulator.wire import Json, account_json, order_json, position_json
+from alpaca_bridge.simulator.wire import Json, account_json, order_json
 
 log = structlog.get_logger()
 
@@ -50,6 +51,8 @@ class SimulatedBroker(StreamControls):
         trading_frames: Literal["binary", "text"] = "binary",
         single_connection: bool = True,
         shorting: bool = False,
+        dead_data_slot_hold_s: float = 0.0,
+        control_token: str | None = None,
     ) -> None:
         if feed not in FEEDS:
             raise ValueError(f"unknown data feed {feed!r}; one of {sorted(FEEDS)}")
@@ -66,11 +69,15 @@ class SimulatedBroker(StreamControls):
             single_connection=single_connection,
         )
         self._data = MarketDataHub(
-            self._authenticate, self._trading.behaviour, single_connection=single_connection
+            self._authenticate,
+            self._trading.behaviour,
+            single_connection=single_connection,
+            dead_slot_hold_s=dead_data_slot_hold_s,
         )
         self._desk = OrderDesk(self._market, self._trading.publish, fill_delay_s=fill_delay_s)
         self._demo = DemoTrader(self._desk, order_interval_s, seed)
         self._faults = RestFaults()
+        self._control = None if not control_token else ControlApi(self, control_token)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -88,9 +95,16 @@ class SimulatedBroker(StreamControls):
     def data_stream_url(self) -> str:
         return f"ws://{self.host}:{self.port}/v2/{self.feed}"
 
+    @property
+    def control_url(self) -> str | None:
+        """Where the HTTP control API answers, when a control token enables it."""
+        return None if self._control is None else self.base_url + CONTROL_PREFIX
+
     def build_app(self) -> web.Application:
         """The aiohttp application serving REST and both websockets."""
         app = web.Application(middlewares=[self._faults.middleware, json_errors])
+        if self._control is not None:
+            self._control.add_routes(app.router)
         app.router.add_get("/stream", self._trading.handle)
         TradingRest(self._desk, self._authenticate).add_routes(app.router)
         app.router.add_get("/v2/{feed:iex|sip|delayed_sip|test}", self._data.handle)
@@ -108,8 +122,7 @@ class SimulatedBroker(StreamControls):
         self.port = int(runner.addresses[0][1])
         if self.tick_interval_s > 0:
             self._spawn(self._run_ticks(), "sim-market-ticks")
-        if self._demo.interval_s > 0:
-            self._spawn(self._demo.run(), "sim-random-orders")
+        self._spawn(self._demo.run(), "sim-random-orders")  # idle while its interval is 0
         log.info("[SimulatedBroker] Listening", url=self.base_url, accounts=len(self._accounts))
 
     async def stop(self) -> None:
@@ -154,10 +167,6 @@ class SimulatedBroker(StreamControls):
             )
         )
         return account
-
-    @property
-    def accounts(self) -> list[SimAccount]:
-        return list(self._accounts.values())
 
     def _authenticate(self, api_key: str, secret_key: str) -> bool:
         account = self._accounts.get(api_key)
@@ -229,10 +238,10 @@ class SimulatedBroker(StreamControls):
         self._desk.partial_fills = enabled
 
     def pause_random_orders(self) -> None:
-        self._demo.paused = True
+        self._demo.pause()
 
     def resume_random_orders(self) -> None:
-        self._demo.paused = False
+        self._demo.pause(False)
 
     def place_random_orders(self) -> list[Json]:
         """One round of demo orders (one per account where sensible), as the timer places."""
@@ -242,14 +251,6 @@ class SimulatedBroker(StreamControls):
 
     def account(self, api_key: str) -> Json:
         return account_json(self._desk.book(api_key), self._market.price)
-
-    def positions(self, api_key: str) -> list[Json]:
-        book = self._desk.book(api_key)
-        return [
-            position_json(h, listing, self._market.price(s), book.qty_available(s))
-            for s, h in sorted(book.holdings.items())
-            if (listing := self._market.listing(s)) is not None
-        ]
 
     def orders(self, api_key: str, status: Literal["open", "closed", "all"] = "all") -> list[Json]:
         """REST-shaped orders, oldest first (unlike REST, which defaults to newest first)."""

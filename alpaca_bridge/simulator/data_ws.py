@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 
 from alpaca_bridge.simulator.market import Print
 from alpaca_bridge.simulator.sockets import StateWatch, StreamSocket
+from alpaca_bridge.simulator.stream_log import StreamLog, StreamRecord
 from alpaca_bridge.simulator.trading_ws import AuthBehaviour, Authenticate
 from alpaca_bridge.simulator.wire import rfc3339
 
@@ -33,9 +34,11 @@ HALF_SPREAD = Decimal("0.01")
 @dataclass(eq=False, slots=True)
 class DataConnection:
     socket: StreamSocket
+    record: StreamRecord
     msgpack: bool
     feed: str
     api_key: str | None = None
+    client_closed: bool = False  # the client sent a close frame
     channels: dict[str, set[str]] = field(default_factory=lambda: {c: set() for c in CHANNELS})
 
     def wants(self, channel: str, symbol: str) -> bool:
@@ -85,7 +88,13 @@ def _quote(p: Print, at: msgpack.Timestamp) -> dict[str, Any]:
 
 
 class MarketDataHub:
-    """Every data-stream connection and its subscriptions."""
+    """Every data-stream connection and its subscriptions.
+
+    With ``single_connection`` (Alpaca's rule on most plans) a key's second concurrent
+    connection is refused at auth with error 406. An authenticated connection that ends without
+    a close handshake (the client died, or the network did) keeps its key's slot taken for
+    ``dead_slot_hold_s`` more, as Alpaca's reaping of half-dead connections does (about 90 s).
+    """
 
     def __init__(
         self,
@@ -93,12 +102,49 @@ class MarketDataHub:
         behaviour: dict[str, AuthBehaviour],
         *,
         single_connection: bool = True,
+        dead_slot_hold_s: float = 0.0,
     ) -> None:
         self._authenticate = authenticate
         self._behaviour = behaviour  # shared with the trading hub: one switch per account
         self.single_connection = single_connection
+        self.dead_slot_hold_s = dead_slot_hold_s
         self._connections: set[DataConnection] = set()
+        self._held_until: dict[str, float] = {}  # key -> loop time its slot frees up
         self.watch = StateWatch()
+        self.log = StreamLog("data")
+
+    def connections(self, api_key: str | None = None) -> list[DataConnection]:
+        """Open authenticated connections (of ``api_key``, when given)."""
+        return [
+            c
+            for c in self._connections
+            if c.api_key is not None
+            and not c.socket.closed
+            and (api_key is None or c.api_key == api_key)
+        ]
+
+    def held_for(self, api_key: str) -> float:
+        """Seconds the key's slot stays taken by a dead connection (0 when free of one)."""
+        left = self._held_until.get(api_key, 0.0) - asyncio.get_running_loop().time()
+        return max(0.0, left)
+
+    def hold(self, api_key: str, seconds: float) -> None:
+        """Keep the key's slot taken for ``seconds`` from now (0 frees it)."""
+        self._held_until[api_key] = asyncio.get_running_loop().time() + seconds
+        self.watch.notify()
+
+    def drop(self, api_key: str | None, how: str = "abort", code: int = 1000) -> int:
+        """Cut authenticated connections: ``abort`` (no close frame: the slot is then held
+        for ``dead_slot_hold_s``) or ``close`` with ``code``; returns how many."""
+        if how not in ("abort", "close"):
+            raise ValueError(f"unknown drop kind: {how!r}")
+        dropped = self.connections(api_key)
+        for conn in dropped:
+            if how == "abort":
+                conn.socket.abort()
+            else:
+                conn.socket.close(code)
+        return len(dropped)
 
     def subscribed(self, symbol: str, channel: str = "trades") -> bool:
         return any(c.api_key and c.wants(channel, symbol) for c in self._connections)
@@ -129,17 +175,29 @@ class MarketDataHub:
         ws = web.WebSocketResponse(timeout=1.0)
         await ws.prepare(request)
         conn = DataConnection(
-            StreamSocket(request, ws, binary=False), use_msgpack, request.match_info["feed"]
+            StreamSocket(request, ws, binary=False),
+            self.log.opened(request),
+            use_msgpack,
+            request.match_info["feed"],
         )
         self._connections.add(conn)
         conn.socket.send(conn.encode([{"T": "success", "msg": "connected"}]))
         try:
             await self._serve(conn, ws)
         finally:
-            self._connections.discard(conn)
+            self._ended(conn, ws)
             self.watch.notify()
             await conn.socket.finish()
         return ws
+
+    def _ended(self, conn: DataConnection, ws: web.WebSocketResponse) -> None:
+        ended = conn.socket.ended_by_server or ("client_close" if conn.client_closed else "unclean")
+        self.log.closed(conn.record, ended, ws.close_code)
+        self._connections.discard(conn)
+        if conn.api_key is not None and ended == "unclean" and self.dead_slot_hold_s > 0:
+            self._held_until[conn.api_key] = (
+                asyncio.get_running_loop().time() + self.dead_slot_hold_s
+            )
 
     async def _serve(self, conn: DataConnection, ws: web.WebSocketResponse) -> None:
         tried_auth = False
@@ -150,6 +208,7 @@ class MarketDataHub:
                 self._error(conn, 404, "auth timeout", close=True)
                 continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                conn.client_closed |= msg.type == WSMsgType.CLOSE
                 if msg.type in (
                     WSMsgType.CLOSE,
                     WSMsgType.CLOSING,
@@ -196,10 +255,13 @@ class MarketDataHub:
         if behaviour != "ok" or not self._authenticate(key, secret):
             self._error(conn, 402, "auth failed", close=True)
             return
-        if self.single_connection and any(c.api_key == key for c in self._connections):
+        if self.single_connection and (
+            any(c.api_key == key for c in self._connections) or self.held_for(key) > 0
+        ):
             self._error(conn, 406, "connection limit exceeded", close=True)
             return
         conn.api_key = key
+        self.log.authenticated(conn.record, key)
         conn.socket.send(conn.encode([{"T": "success", "msg": "authenticated"}]))
         self.watch.notify()
 
@@ -229,6 +291,8 @@ class MarketDataHub:
         ack: dict[str, Any] = {"T": "subscription"}
         ack.update({c: sorted(conn.channels[c]) for c in CHANNELS})
         ack["corrections"] = ack["cancelErrors"] = sorted(conn.channels["trades"])
+        if any(conn.channels.values()):
+            self.log.listening(conn.record)
         conn.socket.send(conn.encode([ack]))
         self.watch.notify()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -62,19 +63,42 @@ def _market(symbol: str, side: str, qty: int) -> dict[str, Any]:
 
 
 class DemoTrader:
-    """One random order per account every ``interval_s`` while not paused."""
+    """One random order per account every ``interval_s`` while not paused.
+
+    ``configure`` changes the rate and the accounts at once (the next order comes one new
+    interval later), so the same timer serves the demo and a test's steady flow of fills.
+    """
 
     def __init__(self, desk: OrderDesk, interval_s: float, seed: int | None) -> None:
         self._desk = desk
         self.interval_s = interval_s
+        self.accounts: frozenset[str] | None = None  # None: every account
         self.paused = False
+        self._changed = asyncio.Event()
         # Its own generator, so placing an extra order never changes the price path.
         self._rng = random.Random(None if seed is None else seed + 1)
+
+    def configure(
+        self, interval_s: float, accounts: Iterable[str] | None = None, *, paused: bool = False
+    ) -> None:
+        """Place orders every ``interval_s`` (0: none) on ``accounts`` (None: all)."""
+        if interval_s < 0:
+            raise ValueError("interval_s must be >= 0")
+        self.interval_s = interval_s
+        self.accounts = None if accounts is None else frozenset(accounts)
+        self.paused = paused
+        self._changed.set()
+
+    def pause(self, paused: bool = True) -> None:
+        self.paused = paused
+        self._changed.set()
 
     def place_round(self) -> list[Json]:
         """One round of orders, as the timer places them; returns the accepted orders."""
         placed = []
         for api_key, book in list(self._desk.books.items()):
+            if self.accounts is not None and api_key not in self.accounts:
+                continue
             body = random_order(book, self._desk.market, self._rng)
             if body is None:
                 continue
@@ -86,8 +110,14 @@ class DemoTrader:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
-            if self.paused:
+            self._changed.clear()
+            idle = self.paused or self.interval_s <= 0
+            try:
+                await asyncio.wait_for(self._changed.wait(), None if idle else self.interval_s)
+                continue  # reconfigured: start a fresh interval
+            except TimeoutError:
+                pass
+            if self.paused or self.interval_s <= 0:
                 continue
             try:
                 self.place_round()

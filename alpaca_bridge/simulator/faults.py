@@ -19,6 +19,9 @@ from aiohttp import web
 
 from alpaca_bridge.simulator.sockets import StateWatch
 
+# The simulator's own control API (control_api.py) is never subject to these faults.
+CONTROL_PREFIX = "/_sim"
+
 Rewrite = Callable[[Any], Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -32,9 +35,19 @@ class RestFault:
     status: int = 500
     rewrite: Rewrite | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "api_key": self.api_key,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+        }
+
     def matches(self, request: web.Request) -> bool:
         return (
             request.headers.get("Upgrade", "").lower() != "websocket"  # REST only
+            and not request.path.startswith(CONTROL_PREFIX + "/")
             and (self.api_key is None or request.headers.get("APCA-API-KEY-ID") == self.api_key)
             and (self.method is None or request.method == self.method.upper())
             and (self.path is None or request.path.startswith(self.path))
@@ -54,6 +67,10 @@ class RestFaults:
         if fault.kind == "hang" and self._released.is_set():
             self._released = asyncio.Event()
         self._rules.append(fault)
+
+    @property
+    def rules(self) -> list[RestFault]:
+        return list(self._rules)
 
     def clear(self) -> None:
         """Drop every rule and let every held request carry on."""

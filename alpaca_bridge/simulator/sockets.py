@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from aiohttp import web
 
@@ -29,6 +30,8 @@ class StreamSocket:
         self.request = request
         self.ws = ws
         self.binary = binary  # frame type for str payloads: BINARY (paper) or TEXT (live)
+        # How this side ended it, if it did: a close frame, or a cut without one.
+        self.ended_by_server: Literal["server_close", "unclean"] | None = None
         self._queue: asyncio.Queue[bytes | str | _Close] = asyncio.Queue()  # str: a TEXT frame
         self._writer = asyncio.create_task(self._write(), name="sim-ws-writer")
 
@@ -48,10 +51,13 @@ class StreamSocket:
 
     def close(self, code: int = 1000, message: str = "") -> None:
         """Send a close frame after everything already queued."""
+        self.ended_by_server = self.ended_by_server or "server_close"
         self._queue.put_nowait(_Close(code, message.encode()))
 
     def abort(self) -> None:
         """Drop the TCP connection without a close frame (a network failure, to the client)."""
+        if not self.closed:
+            self.ended_by_server = self.ended_by_server or "unclean"
         transport = self.request.transport
         if transport is not None:
             transport.abort()

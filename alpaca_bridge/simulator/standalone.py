@@ -5,6 +5,8 @@ simulator would be a broker of its own, with its own fills and prices. This runs
 ``SimulatedBroker`` on SIM_HOST:SIM_PORT with every configured account (ACCOUNTS_FILE, and the
 ALPACA_API_KEY/ALPACA_SECRET_KEY single account) under its configured keys, so nodes started
 with BROKER=alpaca, the same accounts and the URLs of its start-up line reach it unchanged.
+With SIM_CONTROL_TOKEN set, tests in other processes steer and observe it over HTTP
+(control_api.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ log = get_logger()
 
 # The start-up line's message; its fields are the node settings that point at this broker.
 READY_MESSAGE = "[SimulatedBroker] Standalone broker ready"
+CONTROL_MESSAGE = "[SimulatedBroker] Control API enabled"
 
 
 class NoAccounts(BrokerConfigError):
@@ -46,6 +49,8 @@ def standalone_broker(settings: Settings) -> SimulatedBroker:
         order_interval_s=settings.sim_order_interval_s,
         seed=settings.sim_seed,
         feed=settings.alpaca_data_feed,
+        dead_data_slot_hold_s=settings.sim_data_slot_hold_s,
+        control_token=token.get_secret_value() if (token := settings.sim_control_token) else None,
     )
     for account in accounts:
         broker.add_account(
@@ -73,6 +78,8 @@ async def run_standalone(broker: SimulatedBroker, stop: asyncio.Event | None = N
                 ALPACA_DATA_STREAM_URL=broker.data_stream_url,
                 accounts=len(broker.accounts),
             )
+            if broker.control_url is not None:
+                log.info(CONTROL_MESSAGE, url=broker.control_url)
             await stop.wait()
             log.info("[SimulatedBroker] Stopping", url=broker.base_url)
         finally:

@@ -17,6 +17,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from alpaca_bridge.simulator.sockets import StateWatch, StreamSocket
+from alpaca_bridge.simulator.stream_log import StreamLog, StreamRecord
 from alpaca_bridge.simulator.wire import Json
 
 AuthBehaviour = Literal["ok", "reject", "silent"]
@@ -29,8 +30,10 @@ STREAMS = frozenset({"trade_updates"})
 @dataclass(eq=False, slots=True)
 class TradingConnection:
     socket: StreamSocket
+    record: StreamRecord
     api_key: str | None = None  # set once authorized
     listening: bool = False
+    client_closed: bool = False  # the client sent a close frame
 
 
 def _frame(payload: Json) -> str:
@@ -56,9 +59,10 @@ class TradingStreamHub:
         self.single_connection = single_connection
         self.behaviour: dict[str, AuthBehaviour] = {}
         self._connections: set[TradingConnection] = set()
-        self._held_until: dict[str, float] = {}  # key -> loop time its slot frees up
+        self._held_until: dict[str, float] = {}  # key -> loop time it may connect again
         self._withheld: dict[str, list[Json]] = {}  # key -> updates kept back, in announce order
         self.watch = StateWatch()
+        self.log = StreamLog("trading")
 
     def connections(self, api_key: str | None = None) -> list[TradingConnection]:
         return [
@@ -104,33 +108,48 @@ class TradingStreamHub:
 
     def drop(
         self, api_key: str | None, how: str = "abort", code: int = 1000, hold_s: float = 0.0
-    ) -> None:
-        """Cut connections: ``abort`` (TCP reset) or ``close`` with ``code``.
+    ) -> int:
+        """Cut connections: ``abort`` (TCP reset) or ``close`` with ``code``; returns how many.
 
         ``how`` may also be the code itself ("1000", "1001", "1011"). ``hold_s`` keeps the
         key's slot taken afterwards, like Alpaca's reaping of half-dead connections, so a
-        prompt reconnect is refused with 429.
+        prompt reconnect is refused (429 before the upgrade, or a 1008 close after auth).
         """
         if how.isdigit():
             how, code = "close", int(how)
         if how not in ("abort", "close"):
             raise ValueError(f"unknown drop kind: {how!r}")
-        for conn in self.connections(api_key):
+        dropped = self.connections(api_key)
+        held = {c.api_key for c in dropped if c.api_key is not None}
+        if api_key is not None:
+            held.add(api_key)
+        if hold_s > 0:
+            for key in held:
+                self.refuse(key, hold_s)
+        for conn in dropped:
             if how == "abort":
                 conn.socket.abort()
             else:
                 conn.socket.close(code, "going away" if code == 1001 else "")
-            if hold_s > 0 and conn.api_key is not None:
-                self._held_until[conn.api_key] = asyncio.get_running_loop().time() + hold_s
+        return len(dropped)
+
+    def refuse(self, api_key: str, seconds: float) -> None:
+        """Refuse the key's connections for ``seconds`` from now (0 lifts a refusal)."""
+        self._held_until[api_key] = asyncio.get_running_loop().time() + seconds
+
+    def refused_for(self, api_key: str) -> float:
+        """Seconds the key's connections are still refused for (0 when not)."""
+        left = self._held_until.get(api_key, 0.0) - asyncio.get_running_loop().time()
+        return max(0.0, left)
 
     async def close_all(self) -> None:
         await asyncio.gather(*(c.socket.finish() for c in list(self._connections)))
 
     def _slot_taken(self, api_key: str, conn: TradingConnection | None = None) -> bool:
+        if self.refused_for(api_key) > 0:
+            return True
         if not self.single_connection:
             return False
-        if self._held_until.get(api_key, 0.0) > asyncio.get_running_loop().time():
-            return True
         return any(c is not conn for c in self.connections(api_key))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -144,11 +163,17 @@ class TradingStreamHub:
             )
         ws = web.WebSocketResponse(timeout=1.0)
         await ws.prepare(request)
-        conn = TradingConnection(StreamSocket(request, ws, binary=self.binary))
+        conn = TradingConnection(
+            StreamSocket(request, ws, binary=self.binary), self.log.opened(request)
+        )
         self._connections.add(conn)
         try:
             await self._serve(conn, ws)
         finally:
+            ended = conn.socket.ended_by_server or (
+                "client_close" if conn.client_closed else "unclean"
+            )
+            self.log.closed(conn.record, ended, ws.close_code)
             self._connections.discard(conn)
             self.watch.notify()
             await conn.socket.finish()
@@ -164,6 +189,7 @@ class TradingStreamHub:
                 conn.socket.close(1008, "auth timeout")
                 continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                conn.client_closed |= msg.type == WSMsgType.CLOSE
                 if msg.type in (
                     WSMsgType.CLOSE,
                     WSMsgType.CLOSING,
@@ -197,6 +223,7 @@ class TradingStreamHub:
                 conn.socket.close(1008, "connection limit exceeded")
                 return
             conn.api_key = key
+            self.log.authenticated(conn.record, key)
             conn.socket.send(
                 _frame(
                     {
@@ -236,5 +263,7 @@ class TradingStreamHub:
         wanted = data.get("streams") if isinstance(data, Mapping) else None
         streams = [s for s in wanted if s in STREAMS] if isinstance(wanted, list) else []
         conn.listening = "trade_updates" in streams
+        if conn.listening:
+            self.log.listening(conn.record)
         conn.socket.send(_frame({"stream": "listening", "data": {"streams": streams}}))
         self.watch.notify()

@@ -217,6 +217,22 @@ def fill_activity_json(execution: Execution) -> Json:
     }
 
 
+def fill_json(execution: Execution) -> Json:
+    """One execution as the control API lists it (not an Alpaca shape): what a test needs
+    to check that every fill was counted once."""
+    return {
+        "execution_id": execution.id,
+        "order_id": execution.order_id,
+        "event": execution.event,
+        "symbol": execution.symbol,
+        "side": execution.side,
+        "qty": number(execution.qty),
+        "price": number(execution.price, 7),
+        "position_qty": number(execution.position_qty),
+        "timestamp": rfc3339(execution.at_ns),
+    }
+
+
 def clock_json(now: datetime) -> Json:
     """``GET /v2/clock``. The simulated market never closes, so ``is_open`` is always true."""
     local = now.astimezone(NEW_YORK)
