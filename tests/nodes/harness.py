@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from alpaca_bridge.simulator.control_client import SimControl
 from tests.cluster.redis_server import RedisServer
 from tests.ops.conftest import CLI, free_port, http_status, wait_until
 
@@ -52,6 +53,8 @@ REPORT_INTERVAL_S = 0.5  # CLUSTER_NODE_REPORT_INTERVAL_S: a row 3 intervals old
 PROBE_INTERVAL_S = 0.5  # REDIS_PROBE_INTERVAL_S
 HEARTBEAT_INTERVAL_MS = 1000  # refreshes the admission entries; must stay under the TTL
 PER_USER_LIMIT = 5  # MAX_CONNECTIONS_PER_USER, as in production
+# SIM_CONTROL_TOKEN: every simulator of these tests has its control API (``Simulator.control``).
+CONTROL_TOKEN = "nodes-control-token"
 # MAX_TOTAL_CONNECTIONS: production's "the 101st overall" at a fifth of the scale (100 -> 20),
 # so four users at their per-user limit fill the cluster and a fifth user's tab is the 21st.
 TOTAL_LIMIT = 20
@@ -236,6 +239,7 @@ class Simulator(Process):
             sim_order_interval_s=0,
             sim_tick_interval_ms=250,
             sim_demo_users="false",
+            sim_control_token=CONTROL_TOKEN,
         )
         super().__init__([CLI, "simulate"], env, workdir, workdir / "simulator.log")
         try:
@@ -256,6 +260,11 @@ class Simulator(Process):
 
         wait_until(printed, START_TIMEOUT_S, "the simulator's URLs", interval=0.05)
         return found[0]
+
+    @property
+    def control(self) -> SimControl:
+        """The broker's control API: its fills, positions, stream history and faults."""
+        return SimControl(self.urls.api_url, CONTROL_TOKEN)
 
     def node_env(self) -> dict[str, str]:
         return {
@@ -353,42 +362,61 @@ class Cluster:
         self.workdir = workdir
         self.redis = redis
         self.simulator = simulator
+        self.database_url = database_url
+        self.accounts_file = accounts_file
+        self.overrides = overrides
         self.nodes: list[Node] = []
-        for index in range(size):
-            name = f"node-{'abcdefgh'[index]}"
-            env = base_env(
-                workdir / name,
-                host="127.0.0.1",
-                port=free_port(),
-                node_id=name,
-                redis_url=redis.url,
-                database_url=database_url,
-                accounts_file=accounts_file,
-                consume_broker_streams="true" if index == 0 else "false",
-                batch_window_ms=BATCH_WINDOW_MS,
-                heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-                heartbeat_timeout_ms=10 * HEARTBEAT_INTERVAL_MS,
-                cluster_entry_ttl_s=ENTRY_TTL_S,
-                cluster_node_report_interval_s=REPORT_INTERVAL_S,
-                redis_probe_interval_s=PROBE_INTERVAL_S,
-                redis_timeout_s=1,
-                redis_backoff_initial_s=0.05,
-                redis_backoff_max_s=0.5,
-                redis_unsubscribe_delay_s=1,
-                max_connections_per_user=PER_USER_LIMIT,
-                max_total_connections=TOTAL_LIMIT,
-                shutdown_timeout_s=5,
-                session_check_interval_s=2,
-                **simulator.node_env(),
-            )
-            env.update({key.upper(): str(value) for key, value in overrides.items()})
-            self.nodes.append(Node(workdir / name, env))
+        for _ in range(size):
+            self.nodes.append(Node(workdir / self._next_id(), self._node_env(self._next_id())))
         try:
             for node in self.nodes:
                 node.wait_ready()
         except BaseException:
             self.close()
             raise
+
+    def _next_id(self) -> str:
+        index = len(self.nodes)
+        return f"node-{'abcdefgh'[index]}" if index < 8 else f"node-{index}"
+
+    def _node_env(self, name: str) -> dict[str, str]:
+        """A node's settings; the first node alone consumes the broker streams unless the
+        cluster's overrides say otherwise."""
+        env = base_env(
+            self.workdir / name,
+            host="127.0.0.1",
+            port=free_port(),
+            node_id=name,
+            redis_url=self.redis.url,
+            database_url=self.database_url,
+            accounts_file=self.accounts_file,
+            consume_broker_streams="true" if not self.nodes else "false",
+            batch_window_ms=BATCH_WINDOW_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            heartbeat_timeout_ms=10 * HEARTBEAT_INTERVAL_MS,
+            cluster_entry_ttl_s=ENTRY_TTL_S,
+            cluster_node_report_interval_s=REPORT_INTERVAL_S,
+            redis_probe_interval_s=PROBE_INTERVAL_S,
+            redis_timeout_s=1,
+            redis_backoff_initial_s=0.05,
+            redis_backoff_max_s=0.5,
+            redis_unsubscribe_delay_s=1,
+            max_connections_per_user=PER_USER_LIMIT,
+            max_total_connections=TOTAL_LIMIT,
+            shutdown_timeout_s=5,
+            session_check_interval_s=2,
+            **self.simulator.node_env(),
+        )
+        env.update({key.upper(): str(value) for key, value in self.overrides.items()})
+        return env
+
+    def spawn(self) -> Node:
+        """One more node with the cluster's settings and an id never used before (not yet
+        ready: ``wait_ready`` it)."""
+        name = self._next_id()
+        node = Node(self.workdir / name, self._node_env(name))
+        self.nodes.append(node)
+        return node
 
     def __getitem__(self, index: int) -> Node:
         return self.nodes[index]
