@@ -51,9 +51,19 @@ MAX_RECONCILE_THREADS = 32
 class BrokerBridge:
     """Runs the Alpaca side of the service; see the module docstring."""
 
-    def __init__(self, settings: Settings, bus: EventBus, find_user_id: UserLookup) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: EventBus,
+        find_user_id: UserLookup,
+        *,
+        on_demand: bool = False,
+    ) -> None:
+        """``on_demand``: start no account at ``start``; the app calls ``consume`` and
+        ``stop_consuming`` per account (a cluster's leases decide which node consumes it)."""
         self.mode: Literal["alpaca", "simulated"] = settings.broker_mode
         self.consumes_streams = settings.consume_broker_streams
+        self.on_demand = on_demand and self.consumes_streams
         self._settings = settings
         self._bus = bus
         self._find_user_id = find_user_id
@@ -127,7 +137,9 @@ class BrokerBridge:
         for account in plan.accounts:
             api_url = plan.endpoints(account).api_url
             client = trading_client(account, api_url, self._settings.broker_rest_timeout_s)
-            entry = AccountRuntime(account, client, standby=not self.consumes_streams)
+            entry = AccountRuntime(
+                account, client, standby=self.on_demand or not self.consumes_streams
+            )
             self._accounts[account.username.lower()] = entry
             user_id = await self._find_user_id(account.username)
             if user_id is None:
@@ -138,8 +150,16 @@ class BrokerBridge:
                 )
                 continue
             entry.user_id = user_id
-            if self.consumes_streams:
+            if self.consumes_streams and not self.on_demand:
                 self._start_account(entry, plan)
+        self._ensure_prices()
+        self._state_changed()
+
+    def _ensure_prices(self) -> None:
+        """The price feed, once some account is consumed here."""
+        plan = self._plan
+        if self._prices is not None or plan is None:
+            return
         feeders = [e.account for e in self._accounts.values() if e.sync is not None]
         if feeders:
             # One market-data connection per key is the plan limit; the first account's will do.
@@ -153,7 +173,48 @@ class BrokerBridge:
             )
             self._prices.start()
             self._on_symbols_changed()
+
+    def consumable_accounts(self) -> list[str]:
+        """The accounts this node may consume on demand: those with a user (lower-cased)."""
+        if not self.on_demand:
+            return []
+        return [name for name, e in self._accounts.items() if e.user_id is not None]
+
+    async def consume(self, username: str) -> str | None:
+        """Start consuming an account (its lease was granted here): its stream, then a
+        reconciliation whose result replaces the account's shared state, then the live
+        updates held meanwhile. Returns the account's user id (None: unknown account)."""
+        entry = self._accounts.get(username.lower())
+        if entry is None or entry.user_id is None or self._plan is None or not self._running:
+            return None
+        if entry.stream is None:
+            entry.standby = False
+            self._start_account(entry, self._plan)
+            self._ensure_prices()
+            self._state_changed()
+            log.info("[AlpacaStream] Consuming account", account=entry.account.username)
+        return entry.user_id
+
+    async def stop_consuming(self, username: str, reason: str) -> None:
+        """Stop an account's stream and ledger (its lease ended here): nothing more of it is
+        published by this node until ``consume`` again, which starts from REST afresh."""
+        entry = self._accounts.get(username.lower())
+        if entry is None or (entry.stream is None and entry.sync is None):
+            return
+        stream, sync = entry.stream, entry.sync
+        entry.stream = entry.sync = None
+        entry.standby = True
+        await asyncio.gather(
+            *([stream.stop()] if stream is not None else []),
+            *([sync.stop()] if sync is not None else []),
+        )
+        self._on_symbols_changed()
         self._state_changed()
+        log.info(
+            "[AlpacaStream] Stopped consuming account",
+            account=entry.account.username,
+            reason=reason,
+        )
 
     def _start_account(self, entry: AccountRuntime, plan: BridgePlan) -> None:
         settings = self._settings

@@ -19,8 +19,9 @@ from app.auth import (
     set_session_cookie,
     store_unavailable,
 )
-from app.broker import CONSUMING, BrokerUnavailable, OrderRejected, UnknownAccount
-from app.cluster.registry import NodeFigures
+from app.broker import CONSUMING, AccountStatus, BrokerUnavailable, OrderRejected, UnknownAccount
+from app.cluster.leases import LeaseRow, account_lease
+from app.cluster.registry import NodeFigures, NodeRow
 from app.cluster.runtime import ClusterRuntime
 from app.errors import ApiError, ApiErrorCode
 from app.keys import (
@@ -154,7 +155,7 @@ async def stats_document(app: web.Application) -> dict[str, Any]:
     document["batchWindowMs"] = settings.batch_window_ms
     document["draining"] = app[LIFECYCLE_KEY].draining
     report = app[BROKER_KEY].report()
-    if report is not None:
+    if report is not None and "broker" not in document:  # a cluster's is its consumers' view
         document["broker"] = report
     return document
 
@@ -167,7 +168,7 @@ async def cluster_stats(
     document is this node's alone, and ``cluster`` says so."""
     settings = app[SETTINGS_KEY]
     stream, bus = app[STREAM_KEY], app[BUS_KEY]
-    consumed = sum(1 for a in app[BROKER_KEY].accounts_status() if a["status"] in CONSUMING)
+    consumed = [a for a in app[BROKER_KEY].accounts_status() if a["status"] in CONSUMING]
     mine = dataclasses.replace(local, events_emitted=bus.events_emitted)
     figures = cluster.figures(
         stream.active_connections, len(stream.connections_by_user()), consumed, mine
@@ -194,15 +195,46 @@ async def cluster_stats(
         timestamp=utc_timestamp(),
     )
     rows = [here, *(node_row(row.figures, row.last_seen_s) for row in others)]
+    broker = app[BROKER_KEY].report()
+    if broker is not None:
+        by_consumer = {
+            str(a["username"]).lower(): (row.figures.node_id, a)
+            for row in [NodeRow(figures, 0, 0.0), *others]
+            for a in row.figures.consumed
+        }
+        leases = {row.name: row for row in await cluster.lease_rows()}
+        document["broker"] = {
+            **broker,
+            "accounts": [
+                consumer_view(account, by_consumer, leases) for account in broker["accounts"]
+            ],
+        }
     document["node"] = here
     document["nodes"] = sorted(rows, key=lambda row: str(row["id"]))
     document["cluster"] = health
     return document
 
 
+def consumer_view(
+    account: AccountStatus,
+    by_consumer: dict[str, tuple[str, dict[str, Any]]],
+    leases: dict[str, LeaseRow],
+) -> dict[str, Any]:
+    """An account as the node consuming it reports it, with that node and its lease epoch."""
+    name = account["username"].lower()
+    consumer, status = by_consumer.get(name, (None, dict(account)))
+    lease = leases.get(account_lease(name))
+    return {
+        **status,
+        "consumer": consumer if lease is None or lease.holder is None else lease.holder,
+        "epoch": None if lease is None else lease.epoch,
+    }
+
+
 def node_row(figures: NodeFigures, last_seen_s: float) -> dict[str, Any]:
     body: dict[str, Any] = orjson.loads(figures.to_json())
     body.pop("totals", None)
+    body.pop("consumedAccounts", None)
     body["lastSeenSeconds"] = round(last_seen_s, 3)
     return body
 

@@ -137,6 +137,19 @@ class Broker(Protocol):
         a cluster's shared state was lost. Returns once it is published."""
         ...
 
+    def consumable_accounts(self) -> list[str]:
+        """Accounts the app may start with ``consume`` (built with ``on_demand``): those with a
+        user; empty when the broker starts its accounts itself."""
+        ...
+
+    async def consume(self, username: str) -> str | None:
+        """Start consuming ``username``'s account here; its user id, or None if unknown."""
+        ...
+
+    async def stop_consuming(self, username: str, reason: str) -> None:
+        """Stop consuming the account here (nothing of it is published after this returns)."""
+        ...
+
     def report(self) -> BrokerReport | None:
         """For the stats document; None when there is no broker to report on."""
         ...
@@ -173,6 +186,15 @@ class NullBroker:
         return []
 
     async def rebuild_state(self) -> None:
+        return None
+
+    def consumable_accounts(self) -> list[str]:
+        return []
+
+    async def consume(self, username: str) -> str | None:
+        return None
+
+    async def stop_consuming(self, username: str, reason: str) -> None:
         return None
 
     def report(self) -> BrokerReport | None:

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from alpaca_bridge.service import BrokerBridge
 from app import api, pages
-from app.broker import CONSUMING, Broker, DemoLogin, NullBroker, UserLookup
+from app.broker import CONSUMING, AccountStatus, Broker, DemoLogin, NullBroker, UserLookup
 from app.bus import InProcessBus
 from app.cluster.login_throttle import login_throttle_for
 from app.cluster.runtime import ClusterRuntime
@@ -76,9 +76,9 @@ async def cluster_reports_ctx(app: web.Application) -> AsyncIterator[None]:
     """This node's row in the cluster's stats, written once the stream serves."""
     stream, stats, broker, bus = app[STREAM_KEY], app[STATS_KEY], app[BROKER_KEY], app[BUS_KEY]
 
-    def collect() -> tuple[int, int, int, StatsTotals]:
+    def collect() -> tuple[int, int, list[AccountStatus], StatsTotals]:
         active = stream.active_connections
-        consumed = sum(1 for a in broker.accounts_status() if a["status"] in CONSUMING)
+        consumed = [a for a in broker.accounts_status() if a["status"] in CONSUMING]
         totals = dataclasses.replace(stats.totals(active), events_emitted=bus.events_emitted)
         return active, len(stream.connections_by_user()), consumed, totals
 
@@ -130,7 +130,18 @@ async def stream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def graceful_shutdown(app: web.Application) -> None:
+    cluster = app.get(CLUSTER_KEY)
+    if cluster is not None:
+        # Hand every account over now: another node consumes it within a renewal, not a TTL.
+        await cluster.stop_leases()
     await app[LIFECYCLE_KEY].shutdown()
+
+
+async def leases_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With REDIS_URL: compete for the leases of the accounts this node may consume."""
+    app[CLUSTER_KEY].start_leases(app[BROKER_KEY])
+    yield
+    await app[CLUSTER_KEY].stop_leases()
 
 
 def _user_lookup(app: web.Application) -> UserLookup:
@@ -195,7 +206,9 @@ def create_app(
     app[METRICS_KEY] = Metrics()
     app[THROTTLE_KEY] = login_throttle_for(settings, cluster.node if cluster else None)
     broker: Broker = (
-        BrokerBridge(settings, app[BUS_KEY], _user_lookup(app)) if with_bridge else NullBroker()
+        BrokerBridge(settings, app[BUS_KEY], _user_lookup(app), on_demand=cluster is not None)
+        if with_bridge
+        else NullBroker()
     )
     app[BROKER_KEY] = broker
     app[DEMO_LOGINS_KEY] = ()
@@ -216,7 +229,10 @@ def create_app(
     contexts: list[CleanupContext] = [store_ctx]
     if cluster is not None:
         contexts.append(cluster_ctx)
-    contexts += [bus_ctx, portfolio_ctx, broker_ctx, *extra_contexts, stream_ctx]
+    contexts += [bus_ctx, portfolio_ctx, broker_ctx]
+    if cluster is not None:
+        contexts.append(leases_ctx)
+    contexts += [*extra_contexts, stream_ctx]
     if cluster is not None:
         contexts.append(cluster_reports_ctx)
     app.cleanup_ctx.extend(contexts)

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from app.backoff import Backoff
 from app.bus import BusClosed, Handler, Unsubscribe, dispatch, log_emit
 from app.cluster.client import bounded
-from app.cluster.keys import GENERATION, WRITER_EPOCH
+from app.cluster.keys import GENERATION
 from app.cluster.state import SharedPortfolio, WriteResult
 from app.events import Event, validate_payload
 from config.logging import get_logger
@@ -59,6 +59,13 @@ Rebuild = Callable[[], Awaitable[None]]
 class _Replacement:
     user_id: str
     events: tuple[Event, ...]
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    event: Event
+    epoch: int  # the account epoch its publisher held when it published (fencing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +100,11 @@ class RedisBus:
         self._max_pending = max_pending
         self._check_every = generation_check_s
         self._handlers: dict[str, list[Handler]] = {}
-        self._queue: deque[Event | _Replacement] = deque()
+        self._queue: deque[_Write | _Replacement] = deque()
+        # Per user, the epoch of the account lease this node holds for it (set by the lease
+        # wiring); a publisher without one writes with epoch 0, refused once a lease holder
+        # has written.
+        self._epochs: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # set while the queue is empty and written
         self._drained.set()
@@ -103,7 +114,7 @@ class RedisBus:
         self._closed = False
         self._emitted = 0
         self._available = True
-        self._epoch: int | None = None
+        self._writing = False
         self._generation: str | None = None
         self._must_rebuild = False
         self._checked_at = float("-inf")
@@ -131,7 +142,7 @@ class RedisBus:
         event = Event(event_type, payload, self._clock(), quiet)
         self._emitted += 1
         log_emit(event)
-        self._enqueue(event)
+        self._enqueue(_Write(event, self._epochs.get(event.user_id, 0)))
         return event
 
     def replace_state(self, user_id: str, events: Sequence[Event]) -> None:
@@ -143,7 +154,7 @@ class RedisBus:
             validate_payload(event.type, event.payload)
             self._emitted += 1
             log_emit(event)
-        self._enqueue(_Replacement(user_id, tuple(events)))
+        self._enqueue(_Replacement(user_id, tuple(events), self._epochs.get(user_id, 0)))
 
     def subscribe(self, event_type: str, handler: Handler) -> Unsubscribe:
         handlers = self._handlers.setdefault(event_type, [])
@@ -185,6 +196,14 @@ class RedisBus:
         """A notice of a user held here, as an event: every handler of its type runs."""
         dispatch(event, self._handlers.get(event.type, ()))
 
+    def set_epoch(self, user_id: str, epoch: int | None) -> None:
+        """The account epoch this node's writes of ``user_id`` carry from now on (None: it
+        consumes the user's account no more). What is queued keeps the epoch it had."""
+        if epoch is None:
+            self._epochs.pop(user_id, None)
+        else:
+            self._epochs[user_id] = epoch
+
     def set_rebuild(self, rebuild: Rebuild) -> None:
         """How the shared state is written again after Redis lost it (the broker's rebuild)."""
         self._rebuild = rebuild
@@ -194,14 +213,14 @@ class RedisBus:
         return BusStatus(
             available=self._available,
             pending=len(self._queue),
-            writer_epoch=self._epoch,
+            writer_epoch=max(self._epochs.values(), default=None),
             rebuilds=self._rebuilds,
             refused_writes=self._refused,
         )
 
     # -- the writer --------------------------------------------------------------------------
 
-    def _enqueue(self, item: Event | _Replacement) -> None:
+    def _enqueue(self, item: _Write | _Replacement) -> None:
         if len(self._queue) >= self._max_pending:
             log.error(
                 "[Cluster] Redis write queue full; dropped it, the broker will rebuild the state",
@@ -233,18 +252,18 @@ class RedisBus:
 
     async def _write_some(self) -> None:
         """One turn: make sure of the epoch and the generation, then write one batch."""
-        if self._epoch is None and not self._queue:
+        if not self._writing and not self._queue:
             # A node that never publishes (it consumes no account) never writes at all.
             self._wake.clear()
             await self._wake.wait()
             return
-        if self._epoch is None:
+        if not self._writing:
             async with bounded(self._timeout):
-                self._epoch = int(await self._redis.incr(WRITER_EPOCH))
                 await self._redis.set(GENERATION, secrets.token_hex(8), nx=True)
                 raw = await self._redis.get(GENERATION)
             self._generation = _text(raw)
             self._checked_at = time.monotonic()
+            self._writing = True
         if (
             not self._available
             or self._must_rebuild
@@ -280,9 +299,6 @@ class RedisBus:
             else "[Cluster] Rebuilding the shared state from the broker",
             droppedEvents=dropped,
         )
-        async with bounded(self._timeout):
-            # A flushed Redis restarts the counter: a fresh epoch is still above what it holds.
-            self._epoch = int(await self._redis.incr(WRITER_EPOCH))
         if self._rebuild is not None:
             await self._rebuild()
         while self._queue:
@@ -296,32 +312,32 @@ class RedisBus:
     async def _write_batch(self) -> None:
         """Write the oldest queued events (or one replacement); removed only once written."""
         queue = self._queue
-        epoch = self._epoch
-        assert epoch is not None
         head = queue[0]
         if isinstance(head, _Replacement):
-            result = await self._state.replace(head.user_id, head.events, epoch=epoch)
-            self._check(result, head.user_id)
+            result = await self._state.replace(head.user_id, head.events, epoch=head.epoch)
+            self._check(result, head.user_id, head.epoch)
             queue.popleft()
             return
-        events: list[Event] = []
+        writes: list[_Write] = []
         for item in queue:
-            if isinstance(item, _Replacement) or len(events) >= WRITE_BATCH:
+            if isinstance(item, _Replacement) or len(writes) >= WRITE_BATCH:
                 break
-            events.append(item)
-        results = await self._state.apply_many(events, epoch=epoch)
-        for event, result in zip(events, results, strict=True):
-            self._check(result, event.user_id)
-        for _ in events:
+            writes.append(item)
+        results = await self._state.apply_many(
+            [w.event for w in writes], epoch=[w.epoch for w in writes]
+        )
+        for write, result in zip(writes, results, strict=True):
+            self._check(result, write.event.user_id, write.epoch)
+        for _ in writes:
             queue.popleft()
 
-    def _check(self, result: WriteResult, user_id: str) -> None:
+    def _check(self, result: WriteResult, user_id: str, epoch: int) -> None:
         if not result.applied:
             self._refused += 1
             log.warning(
                 "[Cluster] Write refused: a newer writer holds this account",
                 userId=user_id,
-                epoch=self._epoch,
+                epoch=epoch,
                 fencingEpoch=result.fencing_epoch,
             )
 

@@ -120,8 +120,6 @@ def held_key(namespace: str, key: str) -> str:
 # (restarted without persistence, flushed, replaced) has none: readers then wait for the
 # consumer's rebuild instead of showing a portfolio that is not there.
 GENERATION: Final = f"{PREFIX}:generation"
-# Handed out once per start of a consuming node: the account epoch its writes carry (fencing).
-WRITER_EPOCH: Final = f"{PREFIX}:writer:epoch"
 
 
 # Leases: which node consumes a broker account's streams, and the market-data stream. Each

@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -44,11 +45,14 @@ class NodeFigures:
     degraded: bool = False
     # The node's stream counters, which the cluster's stats add up.
     totals: StatsTotals | None = None
+    # The status of every broker account this node consumes (the stats' broker.accounts).
+    consumed: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> bytes:
         return orjson.dumps(
             {
                 "totals": None if self.totals is None else dataclasses.asdict(self.totals),
+                "consumedAccounts": list(self.consumed),
                 "id": self.node_id,
                 "connections": self.connections,
                 "users": self.users,
@@ -105,6 +109,9 @@ class NodeRegistry:
                 pubsub_lag_ms=body.get("pubsubLagMs"),
                 degraded=bool(body.get("degraded", False)),
                 totals=_totals(body.get("totals")),
+                consumed=tuple(
+                    a for a in body.get("consumedAccounts") or () if isinstance(a, dict)
+                ),
             )
             age = max(0, int(now) - int(seen_ms)) / 1000
             result.append(NodeRow(figures, int(seen_ms), age))

@@ -9,6 +9,7 @@ gives this node's slots and stats row back.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +17,16 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
+from app.broker import AccountStatus, Broker
 from app.cluster.admission import Admission
 from app.cluster.bus import RedisBus
+from app.cluster.leases import (
+    ACCOUNT_LEASE_PREFIX,
+    LeaseKeeper,
+    LeaseRow,
+    LeaseTable,
+    account_lease,
+)
 from app.cluster.node import ClusterNode
 from app.cluster.registry import NodeFigures, NodeRow
 from app.cluster.slots import SlotKeeper
@@ -69,6 +78,12 @@ class ClusterRuntime:
             subscribe_timeout_s=settings.redis_timeout_s,
         )
         self.slots = SlotKeeper(self.node.admission, ttl_s=settings.cluster_entry_ttl_s)
+        self.leases = LeaseTable(
+            self.node.redis, ttl_s=settings.lease_ttl_s, timeout_s=settings.redis_timeout_s
+        )
+        self.keeper: LeaseKeeper | None = None
+        self._keeper_task: asyncio.Task[None] | None = None
+        self._consumed_users: dict[str, str] = {}  # lease name -> user id
         self.started_at = time.monotonic()
         self.last_rtt_s: float | None = None
 
@@ -86,9 +101,11 @@ class ClusterRuntime:
         await self.node.start()
         self.slots.start()
 
-    def start_reports(self, collect: Callable[[], tuple[int, int, int, StatsTotals]]) -> None:
+    def start_reports(
+        self, collect: Callable[[], tuple[int, int, list[AccountStatus], StatsTotals]]
+    ) -> None:
         """Write this node's stats row every interval; ``collect`` returns (connections,
-        users, accounts consumed, stream totals)."""
+        users, the accounts consumed here, stream totals)."""
 
         def figures(rtt_s: float | None) -> NodeFigures:
             self.last_rtt_s = rtt_s
@@ -96,7 +113,65 @@ class ClusterRuntime:
 
         self.node.start_reports(figures)
 
+    # -- broker accounts: which node consumes each ------------------------------------------
+
+    def start_leases(self, broker: Broker) -> None:
+        """Compete for the leases of the accounts ``broker`` may consume (SPEC §11): a grant
+        starts the account here with the grant's epoch on every write; a loss (another grant,
+        an overdue renewal, a stop) stops it before anything more of it is written."""
+        names = [account_lease(username) for username in broker.consumable_accounts()]
+        if not names:
+            return
+        bus = self.bus
+
+        async def acquired(name: str, epoch: int) -> None:
+            user_id = await broker.consume(name.removeprefix(ACCOUNT_LEASE_PREFIX))
+            if user_id is not None:
+                # Before the account's first publish: its stream is still connecting.
+                bus.set_epoch(user_id, epoch)
+                self._consumed_users[name] = user_id
+
+        async def lost(name: str, epoch: int, reason: str) -> None:
+            await broker.stop_consuming(name.removeprefix(ACCOUNT_LEASE_PREFIX), reason)
+            user_id = self._consumed_users.pop(name, None)
+            if user_id is not None:
+                bus.set_epoch(user_id, None)
+
+        self.keeper = LeaseKeeper(
+            self.leases,
+            self.node_id,
+            names,
+            on_acquired=acquired,
+            on_lost=lost,
+            renew_s=self.settings.lease_renew_s,
+        )
+        self._keeper_task = asyncio.create_task(self.keeper.run(), name="cluster-leases")
+
+    async def stop_leases(self) -> None:
+        """Stop consuming and give every lease back at once (a graceful stop hands over to
+        another node now, not after a TTL). Idempotent."""
+        task, self._keeper_task = self._keeper_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        if self.keeper is not None:
+            await self.keeper.close()
+
+    async def lease_rows(self) -> list[LeaseRow]:
+        """Every account lease as Redis has it; empty when this node consumes none."""
+        if self.keeper is None:
+            return []
+        try:
+            return await self.keeper.cluster()
+        except (RedisError, OSError):
+            return []
+
+    def consumed_accounts(self, broker: Broker) -> list[AccountStatus]:
+        """The status of each account consumed here, for this node's stats row."""
+        return [a for a in broker.accounts_status() if a["status"] != "standby"]
+
     async def close(self) -> None:
+        await self.stop_leases()
         await self.view.close()
         await self.slots.close()
         await self.node.close()
@@ -140,7 +215,7 @@ class ClusterRuntime:
         )
 
     def figures(
-        self, connections: int, users: int, accounts: int, totals: StatsTotals
+        self, connections: int, users: int, consumed: list[AccountStatus], totals: StatsTotals
     ) -> NodeFigures:
         status = self.node.subscriber.status
         rtt = self.last_rtt_s
@@ -148,12 +223,13 @@ class ClusterRuntime:
             node_id=self.node_id,
             connections=connections,
             users=users,
-            accounts=accounts,
+            accounts=len(consumed),
             uptime_s=time.monotonic() - self.started_at,
             redis_rtt_ms=None if rtt is None else round(rtt * 1000, 3),
             pubsub_lag_ms=None if status.lag_s is None else round(status.lag_s * 1000, 3),
             degraded=self.health.degraded,
             totals=totals,
+            consumed=tuple(dict(a) for a in consumed),
         )
 
     async def read_figures(self) -> ClusterFigures | None:

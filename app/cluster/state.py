@@ -94,21 +94,25 @@ class SharedPortfolio:
             answer = await self._apply.run(self._redis, keys, args)
         return _write_result(answer, epoch)
 
-    async def apply_many(self, events: Sequence[Event], *, epoch: int) -> list[WriteResult]:
-        """Write events in order in one round trip; results in the same order.
+    async def apply_many(
+        self, events: Sequence[Event], *, epoch: int | Sequence[int]
+    ) -> list[WriteResult]:
+        """Write events in order in one round trip; results in the same order. ``epoch`` is
+        the writer's account epoch for all of them, or one per event.
 
         A call that failed in Redis raises after the others were applied: the caller learns
         which by the exception, and everything before it is written.
         """
         if not events:
             return []
-        calls = [self._call(event, epoch) for event in events]
+        epochs = [epoch] * len(events) if isinstance(epoch, int) else list(epoch)
+        calls = [self._call(event, e) for event, e in zip(events, epochs, strict=True)]
         async with bounded(self._timeout):
             answers = await self._apply.run_many(self._redis, calls)
         for answer in answers:
             if isinstance(answer, Exception):
                 raise answer
-        return [_write_result(answer, epoch) for answer in answers]
+        return [_write_result(answer, e) for answer, e in zip(answers, epochs, strict=True)]
 
     async def replace(self, user_id: str, events: Sequence[Event], *, epoch: int) -> WriteResult:
         """Make ``events`` the user's whole state, in one step under a new state epoch; readers

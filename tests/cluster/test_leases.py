@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from app.cluster.client import command_client
+from app.cluster.keys import lease_grants_key
 from app.cluster.leases import (
     LOST_OVERDUE,
     PRICES_LEASE,
@@ -132,48 +133,60 @@ async def holder(redis: Redis, name: str) -> str | None:
 # --- the table: grants, epochs, renewals and releases ---------------------------------------
 
 
+async def count_from_zero(redis: Redis, name: str = ALICE) -> None:
+    """A lease with a grant on record at epoch 0, so the keeper tests read epochs 1, 2, ...
+    (a lease never granted counts from Redis's clock instead)."""
+    await redis.hset(lease_grants_key(name), "epoch", 0)
+
+
 async def test_a_lease_is_granted_once_and_every_grant_takes_a_higher_epoch(redis: Redis) -> None:
     leases = table(redis)
     first = await leases.acquire(ALICE, "node-a")
-    assert first is not None and first.epoch == 1 and first.previous_holder is None
+    assert first is not None and first.previous_holder is None
+    # The first grant counts from Redis's clock (ms): above anything granted before a loss.
+    assert first.epoch >= first.granted_at_ms
     assert await leases.acquire(ALICE, "node-b") is None
 
-    assert await leases.release(ALICE, "node-a", 1)
+    assert await leases.release(ALICE, "node-a", first.epoch)
     second = await leases.acquire(ALICE, "node-b")
-    assert second is not None and second.epoch == 2
+    assert second is not None and second.epoch == first.epoch + 1
     assert (second.previous_holder, second.previous_released) == ("node-a", True)
     # The holder asking again (it lost track of its grant) gets a new epoch.
     third = await leases.acquire(ALICE, "node-b")
-    assert third is not None and third.epoch == 3
+    assert third is not None and third.epoch == first.epoch + 2
     # Leases are independent: their own epochs.
     other = await leases.acquire(PRICES_LEASE, "node-a")
-    assert other is not None and other.epoch == 1
+    assert other is not None and other.epoch >= other.granted_at_ms
 
 
 async def test_a_renewal_or_release_by_a_stale_grant_is_refused(redis: Redis) -> None:
     leases = table(redis)
-    await leases.acquire(ALICE, "node-a")
-    await leases.release(ALICE, "node-a", 1)
+    first = await leases.acquire(ALICE, "node-a")
+    assert first is not None
+    old = first.epoch
+    await leases.release(ALICE, "node-a", old)
     await leases.acquire(ALICE, "node-b")
 
-    assert not await leases.renew(ALICE, "node-a", 1)
-    assert not await leases.renew(ALICE, "node-b", 1)
-    assert not await leases.release(ALICE, "node-a", 1)
-    assert await leases.renew(ALICE, "node-b", 2)
+    assert not await leases.renew(ALICE, "node-a", old)
+    assert not await leases.renew(ALICE, "node-b", old)
+    assert not await leases.release(ALICE, "node-a", old)
+    assert await leases.renew(ALICE, "node-b", old + 1)
     [row] = await leases.rows([ALICE])
-    assert (row.holder, row.epoch, row.last_epoch) == ("node-b", 2, 2)
+    assert (row.holder, row.epoch, row.last_epoch) == ("node-b", old + 1, old + 1)
 
 
 async def test_the_lease_list_shows_holder_epoch_and_time_left(redis: Redis) -> None:
     leases = table(redis, ttl_s=15.0)
-    await leases.acquire(ALICE, "node-a")
-    await leases.acquire(PRICES_LEASE, "node-b", at_least=7)
+    granted = await leases.acquire(ALICE, "node-a")
+    assert granted is not None
+    floor = granted.epoch + 10**6  # a floor above the clock's
+    await leases.acquire(PRICES_LEASE, "node-b", at_least=floor)
 
     rows = {row.name: row for row in await leases.rows([ALICE, PRICES_LEASE, "account:nobody"])}
 
-    assert (rows[ALICE].holder, rows[ALICE].epoch) == ("node-a", 1)
+    assert (rows[ALICE].holder, rows[ALICE].epoch) == ("node-a", granted.epoch)
     assert rows[ALICE].ttl_left_s is not None and 0 < rows[ALICE].ttl_left_s <= 15.0
-    assert (rows[PRICES_LEASE].holder, rows[PRICES_LEASE].epoch) == ("node-b", 7)
+    assert (rows[PRICES_LEASE].holder, rows[PRICES_LEASE].epoch) == ("node-b", floor)
     free = rows["account:nobody"]
     assert (free.holder, free.epoch, free.last_epoch, free.ttl_left_s) == (None, None, 0, None)
     assert rows[ALICE].to_json()["holder"] == "node-a"
@@ -181,10 +194,11 @@ async def test_the_lease_list_shows_holder_epoch_and_time_left(redis: Redis) -> 
 
 async def test_a_lease_nobody_renews_ends_with_its_ttl(redis: Redis) -> None:
     leases = table(redis, ttl_s=0.3)
-    await leases.acquire(ALICE, "node-a")
+    first = await leases.acquire(ALICE, "node-a")
+    assert first is not None
     await eventually(lambda: _is_free(redis), what="the lease to expire")
     grant = await leases.acquire(ALICE, "node-b")
-    assert grant is not None and grant.epoch == 2 and not grant.previous_released
+    assert grant is not None and grant.epoch == first.epoch + 1 and not grant.previous_released
 
 
 async def _is_free(redis: Redis) -> bool:
@@ -242,6 +256,7 @@ async def test_exactly_one_of_two_keepers_holds_a_lease(redis: Redis) -> None:
 async def test_a_graceful_stop_hands_the_lease_over_at_once(
     redis: Redis, log_lines: io.StringIO
 ) -> None:
+    await count_from_zero(redis)
     ledger = Ledger()
     a, b = keeper(table(redis), "node-a", ledger), keeper(table(redis), "node-b", ledger)
     await a.step()
@@ -275,6 +290,7 @@ async def test_a_keeper_that_cannot_renew_stops_consuming_before_the_ttl_ends(
 ) -> None:
     """TTL 15 s, renewals every 5 s: with renewals failing, the holder stops at 10 s after it
     sent its last successful one, 5 s before the lease could go to another node."""
+    await count_from_zero(redis)
     clock = FakeClock()
     leases = SlowTable(redis, clock, ttl_s=15.0, timeout_s=REDIS_TIMEOUT_S)
     ledger = Ledger()
@@ -306,6 +322,7 @@ async def test_a_keeper_that_cannot_renew_stops_consuming_before_the_ttl_ends(
 
 async def test_a_slow_renewal_answer_does_not_extend_the_holders_deadline(redis: Redis) -> None:
     """The deadline counts from when a renewal was sent: an answer 3 s late buys 3 s less."""
+    await count_from_zero(redis)
     clock = FakeClock()
     leases = SlowTable(redis, clock, ttl_s=15.0, timeout_s=REDIS_TIMEOUT_S)
     ledger = Ledger()
@@ -334,6 +351,7 @@ async def test_a_holder_cut_off_from_redis_stops_before_another_node_starts(
     shared_redis_server: RedisServer, redis: Redis
 ) -> None:
     """Real time, real sockets: node-a reaches Redis through a relay that is then killed."""
+    await count_from_zero(redis)
     proxy = TcpProxy("127.0.0.1", shared_redis_server.port)
     await proxy.start()
     cut_off = command_client(cluster_settings(f"redis://127.0.0.1:{proxy.port}/0"), "node-a")

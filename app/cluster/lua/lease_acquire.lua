@@ -13,6 +13,14 @@ end
 -- a new epoch, so whatever its old grant still had in flight is fenced off.
 local last = redis.call('HMGET', KEYS[2], 'epoch', 'node', 'ended')
 local floor = tonumber(ARGV[3])
+if not last[1] then
+  -- No grant on record: the first ever, or Redis lost its data (and this counter with it).
+  -- Counting from Redis's clock in ms then keeps every new epoch above any granted before,
+  -- which may live on in writes queued by nodes: a new holder is never fenced out by an old
+  -- one. (A Redis replaced by one whose clock is behind by more than the lease's life is the
+  -- exception: set the clock right.)
+  floor = math.max(floor, now)
+end
 if (tonumber(last[1]) or 0) < floor - 1 then
   redis.call('HSET', KEYS[2], 'epoch', floor - 1)
 end
