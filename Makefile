@@ -37,6 +37,7 @@ cluster: $(STAMP)
 
 # The fault suite's scenarios at scale (docs/reliability.md); loopback only, bounded in clients
 # and time. SOAK_ARGS e.g. "--clients 5000 --seconds 300"; figures in tests/soak/results/.
+# The failover scenario SIGKILLs an account's holder 100 times ("--only failover --kills 100").
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 

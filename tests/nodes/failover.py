@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from alpaca_bridge.simulator.control_client import SimControl, StreamConnection
 from app.cluster.keys import UserKeys, lease_key
 from app.cluster.leases import account_lease
-from tests.nodes.browser import Tab, broker_qty, eventually
+from tests.nodes.browser import Admin, Tab, broker_qty, eventually
 from tests.nodes.harness import Account, Cluster, Node
 
 # The lease settings of these tests: small, so that every bound is reached quickly.
@@ -243,3 +243,28 @@ class Takeovers:
 
 def wall() -> float:
     return time.time()
+
+
+async def wait_stats_agree(
+    admin: Admin, cluster: Cluster, held: dict[str, Holder], timeout_s: float
+) -> None:
+    """Until every live node's stats (``broker.accounts[]``) name each account's lease holder
+    as its consumer, with the lease's epoch, and report its stream connected."""
+
+    async def agreed() -> bool:
+        for node in cluster.alive:
+            rows = {
+                row["username"]: row
+                for row in ((await admin.stats(node.url)).get("broker") or {}).get("accounts", [])
+            }
+            for username, holder in held.items():
+                row = rows.get(username, {})
+                if (row.get("consumer"), row.get("epoch"), row.get("status")) != (
+                    holder.node,
+                    holder.epoch,
+                    "connected",
+                ):
+                    return False
+        return True
+
+    await eventually(agreed, f"every node's stats naming the consumers {held}", timeout_s)

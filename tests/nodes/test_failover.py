@@ -43,6 +43,7 @@ from tests.nodes.failover import (
     settled_truth,
     trading,
     wait_one_consumer_each,
+    wait_stats_agree,
     wait_taken_over,
     wall,
 )
@@ -168,7 +169,8 @@ async def test_killing_the_holder_again_and_again_loses_no_fill(
                 assert holder.epoch > held[account.username].epoch
                 assert took <= TAKEOVER_BOUND_S, (account.username, took)
             await asyncio.to_thread(fresh.wait_ready)
-    await wait_one_consumer_each(cluster, redis, accounts, STARTED_WITHIN_S)
+    held = await wait_one_consumer_each(cluster, redis, accounts, STARTED_WITHIN_S)
+    await wait_stats_agree(await sessions.admin(cluster.alive[0].url), cluster, held, 10)
     checked = await check_browsers_equal_broker(http, cluster, accounts, tokens)
     overlaps = await check_overlaps(cluster, accounts)
     fills = await asyncio.to_thread(total_fills, cluster, accounts)
@@ -289,9 +291,10 @@ async def test_consumption_resumes_after_redis_restarts_empty(
             await asyncio.to_thread(cluster.redis.stop)
             await asyncio.to_thread(cluster.redis.start)  # the same port, no data
             assert holders(redis, users) == dict.fromkeys(users)
-            await wait_one_consumer_each(
+            held = await wait_one_consumer_each(
                 cluster, redis, accounts, TAKEOVER_BOUND_S + STARTED_WITHIN_S
             )
+            await wait_stats_agree(await sessions.admin(cluster[0].url), cluster, held, 10)
         truth = await settled_truth(cluster, accounts)
         for index, client in enumerate(clients):
             user = users[index]

@@ -21,6 +21,7 @@ from tests.soak.scenarios import SCENARIOS, Result, Scale, run
 
 MAX_CLIENTS = 5000
 MAX_SECONDS = 600
+MAX_KILLS = 500
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -63,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1000, help=f"at most {MAX_CLIENTS}")
     parser.add_argument("--seconds", type=float, default=60, help="held load per scenario")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma list of scenarios")
+    parser.add_argument(
+        "--kills", type=int, default=100, help=f"failover: holder SIGKILLs, at most {MAX_KILLS}"
+    )
     args = parser.parse_args(argv)
     clients = max(10, min(args.clients, MAX_CLIENTS))
     seconds = max(5.0, min(args.seconds, MAX_SECONDS))
+    kills = max(1, min(args.kills, MAX_KILLS))
     names = [n for n in args.only.split(",") if n]
     unknown = set(names) - set(SCENARIOS)
     if unknown:
@@ -78,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             scenario_dir = Path(workdir) / name
             scenario_dir.mkdir()
             print(f"soak: {name} ({clients} clients, {seconds:.0f}s)...", flush=True)
-            results.append(run(name, Scale(clients, seconds, scenario_dir)))
+            results.append(run(name, Scale(clients, seconds, scenario_dir, kills)))
     document = {
         "startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "scale": {"clients": clients, "seconds": seconds},
+        "scale": {"clients": clients, "seconds": seconds, "kills": kills},
         "machine": machine(),
         "scenarios": [
             {"name": r.name, "seconds": r.seconds, "figures": r.figures, "promises": r.promises}

@@ -4,7 +4,9 @@ time, and returns its figures and whether each promise held (docs/reliability.md
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import signal
 import socket
 import sqlite3
@@ -47,6 +49,7 @@ class Scale:
     clients: int
     seconds: float
     workdir: Path
+    kills: int = 100  # the failover scenario's SIGKILLs of an account's holder
 
 
 @dataclass
@@ -575,6 +578,41 @@ def scenario_descriptors(scale: Scale) -> Result:
     return result
 
 
+def scenario_failover(scale: Scale) -> Result:
+    """The failover kill loop of tests/nodes/test_failover.py, ``scale.kills`` times: three
+    real nodes, real Redis and PostgreSQL, the simulated broker filling orders on every account
+    all along; the holder of an account SIGKILLed and a fresh node started, over and over. Its
+    figures: each takeover's time (kill to the new holder's authenticated stream), the fills
+    made and checked, the longest overlap of two streams of one account."""
+    result = Result("failover")
+    figures = scale.workdir / "failover.json"
+    test = "tests/nodes/test_failover.py::test_killing_the_holder_again_and_again_loses_no_fill"
+    env = {
+        **os.environ,
+        "FAILOVER_KILLS": str(scale.kills),
+        "FAILOVER_RESULTS": str(figures),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+         str(scale.workdir / "pytest"), test],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    if figures.exists():
+        result.figures = json.loads(figures.read_text())
+    else:
+        result.figures = {"output": run.stdout[-2000:]}
+    takeovers = result.figures.get("takeovers", {})
+    result.promises = {
+        f"{scale.kills} kills: another node consumed within TTL + 5 s, every browser shows the "
+        "broker's positions, no overlap past the handshake": run.returncode == 0,
+        "every kill measured": takeovers.get("count", 0) >= scale.kills,
+    }
+    return result
+
+
 SCENARIOS: dict[str, Callable[[Scale], Result]] = {
     "load": scenario_load,
     "paused": scenario_paused,
@@ -582,6 +620,7 @@ SCENARIOS: dict[str, Callable[[Scale], Result]] = {
     "signals": scenario_signals,
     "floods": scenario_floods,
     "descriptors": scenario_descriptors,
+    "failover": scenario_failover,
 }
 
 
