@@ -13,6 +13,7 @@ bus it is given and finds an account's user through the lookup it is given.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from functools import cached_property
@@ -189,7 +190,10 @@ class BrokerBridge:
             return None
         if entry.stream is None:
             entry.standby = False
-            self._start_account(entry, self._plan)
+            # The previous holder may have stopped up to a lease's life (and a renewal) ago:
+            # the orders and fills of that time are read from REST.
+            since = time.time() - 2 * self._settings.lease_ttl_s
+            self._start_account(entry, self._plan, gap_started_at=since)
             self._ensure_prices()
             self._state_changed()
             log.info("[AlpacaStream] Consuming account", account=entry.account.username)
@@ -216,7 +220,9 @@ class BrokerBridge:
             reason=reason,
         )
 
-    def _start_account(self, entry: AccountRuntime, plan: BridgePlan) -> None:
+    def _start_account(
+        self, entry: AccountRuntime, plan: BridgePlan, gap_started_at: float | None = None
+    ) -> None:
         settings = self._settings
         assert entry.user_id is not None
         assert self._http is not None
@@ -229,6 +235,8 @@ class BrokerBridge:
             on_settled=self._state_changed,
             backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s),
             executor=self._rest_pool,
+            hold_until_reconciled=self.on_demand,
+            gap_started_at=gap_started_at,
         )
         stream = TradeUpdatesStream(
             account=entry.account.username,
