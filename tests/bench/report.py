@@ -59,7 +59,9 @@ TARGETS: list[tuple[str, str, str, str, str, Any]] = [
         "messages/s two nodes ÷ one",
         "x",
         ">= 1.7, same p99",
-        lambda v, s: v >= 1.7 and s["two.latencyP99Ms"]["median"] <= s["one.latencyP99Ms"]["median"],
+        lambda v, s: (
+            v >= 1.7 and s["two.latencyP99Ms"]["median"] <= s["one.latencyP99Ms"]["median"]
+        ),
     ),
     (
         "fanout",

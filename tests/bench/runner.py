@@ -61,6 +61,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, help="fanout and cluster users")
     parser.add_argument("--rate", type=float, help="fanout and cluster events/s")
     parser.add_argument("--window-ms", type=int, help="fanout and cluster batch window")
+    parser.add_argument(
+        "--cluster-config",
+        action="append",
+        choices=["inproc", "one", "two"],
+        help="cluster: run only this configuration (repeatable; default: all three)",
+    )
     parser.add_argument("--capacity-target", type=int)
     parser.add_argument("--measure-s", type=float)
     parser.add_argument(
@@ -89,6 +95,8 @@ def options(args: argparse.Namespace, workdir: Path) -> Options:
         keep_logs=args.keep_logs,
         server_env=dict(item.split("=", 1) for item in args.server_env),
     )
+    if args.cluster_config:
+        opts.cluster_configs = tuple(args.cluster_config)
     if args.quick:
         opts.warmup_s, opts.measure_s, opts.settle_s = 2.0, 4.0, 1.0
     if args.tiny:

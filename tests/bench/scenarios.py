@@ -45,6 +45,7 @@ class Options:
     cluster_users: int = 500
     cluster_rate: float = 5_000
     cluster_window_ms: int = 0
+    cluster_configs: tuple[str, ...] = ("inproc", "one", "two")
     ingest_users: int = 300
     ingest_seconds: float = 3.0
     warmup_s: float = 3.0
@@ -59,9 +60,7 @@ class Options:
     samples: dict[str, array[float]] = field(default_factory=dict)
 
     def users_needed(self) -> int:
-        return max(
-            self.capacity_users, self.fanout_users, self.latency_users, self.cluster_users
-        )
+        return max(self.capacity_users, self.fanout_users, self.latency_users, self.cluster_users)
 
 
 def log(message: str) -> None:
