@@ -71,7 +71,7 @@ def script(name: str) -> LuaScript:
 
 
 ALL_SCRIPTS = (
-    "apply_event",
+    "apply_events",
     "replace_state",
     "read_state",
     "admit",
