@@ -20,8 +20,8 @@ the number left out changes and the count in ``status()``.
 Alpaca allows one market-data connection per key, and a connection that died without a close
 keeps the slot for about 90 s: meanwhile every connect is refused with error 406 ("connection
 limit exceeded"). The SDK retries any failure with its backoff; here a 406 is made a websocket
-error so it retries with our backoff and one WARNING line (not a traceback per attempt), and
-``status()`` says ``slot_held`` until a connect gets through.
+error so it retries with our backoff (the SDK logs one line per attempt, not a traceback), we
+log one WARNING per episode, and ``status()`` says ``slot_held`` until a connect gets through.
 """
 
 from __future__ import annotations
