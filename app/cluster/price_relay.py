@@ -170,6 +170,9 @@ class RedisPriceRelay:
         self._on_prices, self._on_wanted = on_prices, on_wanted
 
     def publish(self, prices: Mapping[str, Decimal], epoch: int) -> None:
+        # The holder's own epoch counts as seen: a stale holder's batches are dropped here too.
+        if self._newest_epoch is None or epoch >= self._newest_epoch:
+            self._newest_epoch, self._newest_at = epoch, self._clock()
         self._deliver(prices)
         if epoch != self._outbox_epoch:
             self._outbox = {}
