@@ -88,6 +88,8 @@ ALL_SCRIPTS = (
     "lease_renew",
     "lease_release",
     "lease_presence",
+    "price_want_write",
+    "price_want_read",
 )
 
 
