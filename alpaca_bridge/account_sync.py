@@ -69,15 +69,23 @@ class AccountSync:
         on_settled: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         executor: Executor | None = None,
+        hold_until_reconciled: bool = False,
+        gap_started_at: float | None = None,
     ) -> None:
+        """``hold_until_reconciled``: until a first reconciliation succeeded, live updates wait
+        for it even while REST fails (a takeover in a cluster: the shared state keeps the last
+        holder's whole truth rather than get one built from an empty ledger)."""
         self.account = account
+        self._hold_until_reconciled = hold_until_reconciled
         self.ledger = AccountLedger(user_id)
         self._client = client
         self._bus = bus
         self._backoff = backoff
         self._on_symbols_changed = on_symbols_changed
         self._on_settled = on_settled
-        self._gap_started_at: float | None = None
+        # Orders updated since then are read again by the first reconciliation: a takeover
+        # passes when the previous holder may have stopped.
+        self._gap_started_at: float | None = gap_started_at
         self._clock = clock
         self._executor = executor  # None: the loop's default one
         self._held: deque[TradeUpdate] = deque(maxlen=MAX_HELD_UPDATES)
@@ -203,7 +211,8 @@ class AccountSync:
                 snapshot = await asyncio.get_running_loop().run_in_executor(self._executor, fetch)
             except Exception as exc:
                 # REST down, hung or refusing: try again later (see the module docstring).
-                self._release_held()
+                if self.reconciled_at is not None or not self._hold_until_reconciled:
+                    self._release_held()
                 self.problem = (
                     "rest_timeout" if isinstance(exc, RestTimeout) else "reconcile_failed"
                 )

@@ -11,6 +11,17 @@ The SDK is used inside the app's loop with care (research §4.3):
 
 Ticks are coalesced per symbol: the latest price of each symbol is handed on at most once per
 ``coalesce_s`` (100 ms by default), so a hot symbol cannot flood the bus.
+
+The feed's plan caps the symbols one connection may follow (30 on the free IEX feed, research
+§5; more gets error 405 and keeps the old set): past ``symbol_limit`` the symbols held by the
+most accounts are followed, ties by name, and the rest are left out, with one WARNING each time
+the number left out changes and the count in ``status()``.
+
+Alpaca allows one market-data connection per key, and a connection that died without a close
+keeps the slot for about 90 s: meanwhile every connect is refused with error 406 ("connection
+limit exceeded"). The SDK retries any failure with its backoff; here a 406 is made a websocket
+error so it retries with our backoff (the SDK logs one line per attempt, not a traceback), we
+log one WARNING per episode, and ``status()`` says ``slot_held`` until a connect gets through.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +37,7 @@ from alpaca.data.enums import DataFeed
 from alpaca.data.live.stock import StockDataStream
 from alpaca.data.models import Trade
 from pydantic import SecretStr
+from websockets.exceptions import WebSocketException
 
 from alpaca_bridge.wire_parser import MalformedUpdate, iso_from_epoch, parse_decimal
 from config.logging import get_logger
@@ -43,8 +55,45 @@ _WEBSOCKET_PARAMS = {
 }
 
 
+# Alpaca's error text for a second connection on one key (code 406).
+CONNECTION_LIMIT_TEXT = "connection limit exceeded"
+
+
+def choose_symbols(holders: Mapping[str, int], limit: int) -> tuple[list[str], list[str]]:
+    """The symbols to follow within ``limit`` (0: no limit) and those left out: most held
+    first, then by name, so every node and every run picks the same ones."""
+    ranked = sorted(holders, key=lambda symbol: (-holders[symbol], symbol))
+    if limit <= 0 or len(ranked) <= limit:
+        return ranked, []
+    return ranked[:limit], ranked[limit:]
+
+
+class SlotHeld(WebSocketException):
+    """Error 406 at auth: another connection (or a dead one not yet reaped) holds the slot."""
+
+
+class _DataStream(StockDataStream):
+    """The SDK's stream, telling the feed how each authentication went."""
+
+    def __init__(self, *args: Any, on_auth: Callable[[bool], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_auth = on_auth
+
+    async def _auth(self) -> None:
+        try:
+            await super()._auth()
+        except ValueError as error:
+            if CONNECTION_LIMIT_TEXT not in str(error):
+                raise
+            self._on_auth(False)
+            # A websocket error takes the SDK's quiet path: close, back off, reconnect.
+            raise SlotHeld(f"{CONNECTION_LIMIT_TEXT} (406)") from error
+        self._on_auth(True)
+
+
 class PriceFeed:
-    """Keeps one market-data subscription equal to ``want(symbols)``; calls ``on_prices``."""
+    """Keeps one market-data subscription equal to ``want(symbols)`` (within
+    ``symbol_limit``); calls ``on_prices``."""
 
     def __init__(
         self,
@@ -55,6 +104,9 @@ class PriceFeed:
         secret_key: SecretStr,
         on_prices: Callable[[dict[str, Decimal]], None],
         coalesce_s: float = COALESCE_S,
+        symbol_limit: int = 0,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._url = url
@@ -64,7 +116,13 @@ class PriceFeed:
         self._on_prices = on_prices
         self._coalesce_s = coalesce_s
         self._clock = clock
+        self._symbol_limit = symbol_limit
+        self._backoff = (backoff_initial_s, backoff_max_s)
         self._wanted: frozenset[str] = frozenset()
+        self._wanted_count = 0
+        self._dropped: list[str] = []
+        self._slot_held_since: float | None = None
+        self.slot_refusals = 0
         self._subscribed: set[str] = set()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -81,10 +139,52 @@ class PriceFeed:
             self._keep_subscribed(), name="alpaca-prices"
         )
 
-    def want(self, symbols: Iterable[str]) -> None:
-        """The symbols to follow from now on (the union of every account's positions)."""
-        self._wanted = frozenset(symbols)
+    def want(self, symbols: Mapping[str, int] | Iterable[str]) -> None:
+        """The symbols to follow from now on (the union of every account's positions), with
+        how many accounts hold each when given a mapping (which ones the limit keeps)."""
+        holders = dict(symbols) if isinstance(symbols, Mapping) else dict.fromkeys(symbols, 1)
+        chosen, dropped = choose_symbols(holders, self._symbol_limit)
+        if len(dropped) != len(self._dropped) and dropped:
+            log.warning(
+                "[AlpacaStream] Price symbols over the feed's limit: some get no prices",
+                feed=self._feed,
+                symbolLimit=self._symbol_limit,
+                symbolsWanted=len(holders),
+                symbolsDropped=len(dropped),
+                _dropped=dropped,
+            )
+        elif self._dropped and not dropped:
+            log.info(
+                "[AlpacaStream] Price symbols within the feed's limit again",
+                symbolLimit=self._symbol_limit,
+                symbolsWanted=len(holders),
+            )
+        self._dropped = dropped
+        self._wanted_count = len(holders)
+        self._wanted = frozenset(chosen)
         self._wake.set()
+
+    def _on_auth(self, accepted: bool) -> None:
+        now = self._clock()
+        if not accepted:
+            self.slot_refusals += 1
+            if self._slot_held_since is None:
+                self._slot_held_since = now
+                log.warning(
+                    "[AlpacaStream] Market-data connection refused: the key's one slot is "
+                    "still held (406); retrying with backoff",
+                    url=self._url,
+                    feed=self._feed,
+                )
+            return
+        if self._slot_held_since is not None:
+            log.info(
+                "[AlpacaStream] Market-data slot free again: connected",
+                url=self._url,
+                waitedS=round(now - self._slot_held_since, 3),
+                refusals=self.slot_refusals,
+            )
+            self._slot_held_since = None
 
     def status(self) -> dict[str, Any]:
         if self._stopped:
@@ -93,8 +193,11 @@ class PriceFeed:
             state = "idle"
         elif self._stream_task.done():
             state = "failed"
+        elif self._slot_held_since is not None:
+            state = "slot_held"
         else:
             state = "running"
+        held = self._slot_held_since
         return {
             "status": state,
             "url": self._url,
@@ -102,6 +205,12 @@ class PriceFeed:
             "symbols": sorted(self._subscribed),
             "ticks": self.ticks,
             "lastTickAt": None if self.last_tick_at is None else iso_from_epoch(self.last_tick_at),
+            "symbolLimit": self._symbol_limit or None,
+            "symbolsWanted": self._wanted_count,
+            "symbolsDropped": len(self._dropped),
+            "droppedSymbols": list(self._dropped),
+            "slotRefusals": self.slot_refusals,
+            "slotHeldSince": None if held is None else iso_from_epoch(held),
         }
 
     async def stop(self) -> None:
@@ -135,14 +244,17 @@ class PriceFeed:
         add = sorted(self._wanted - self._subscribed)
         remove = sorted(self._subscribed - self._wanted)
         if add and self._stream is None:
-            self._stream = StockDataStream(
+            self._stream = _DataStream(
                 self._key_id.get_secret_value(),
                 self._secret_key.get_secret_value(),
                 raw_data=True,
                 feed=DataFeed.SIP if self._feed == "sip" else DataFeed.IEX,
                 websocket_params=dict(_WEBSOCKET_PARAMS),
                 url_override=self._url,
+                on_auth=self._on_auth,
             )
+            # The SDK's reconnect backoff (exponential, equal jitter) with our bounds.
+            self._stream._reconnect_min_backoff, self._stream._reconnect_max_backoff = self._backoff
             self._stream.subscribe_trades(self._on_trade, *add)
             self._subscribed.update(add)
             self._stream_task = asyncio.get_running_loop().create_task(

@@ -5,6 +5,12 @@ With CONSUME_BROKER_STREAMS=false the node is a standby for every account: it ke
 account's REST client (test trades) but starts no stream, reconciliation or price feed, since
 another node of the cluster consumes them and publishes their events for all.
 
+Prices: the node's accounts' held symbols go to a ``PriceRelay`` (``app/broker.py``), and
+ticks come back from it. Without a relay given, it is the in-process one and the bridge runs the
+market-data connection itself while any account streams. Given one (a cluster), the connection
+runs only between ``start_prices(epoch)`` and ``stop_prices(reason)``, which the ``prices``
+lease's holder calls: one connection for the cluster, on the union of every node's symbols.
+
 ``BrokerBridge`` implements the app's ``Broker`` seam (``app/broker.py``); the app builds it,
 creates the users it reports in ``demo_logins``, starts it and stops it. It publishes on the
 bus it is given and finds an account's user through the lookup it is given.
@@ -13,6 +19,9 @@ bus it is given and finds an account's user through the lookup it is given.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from functools import cached_property
@@ -35,6 +44,8 @@ from app.broker import (
     BrokerHealth,
     BrokerReport,
     DemoLogin,
+    LocalPriceRelay,
+    PriceRelay,
     UnknownAccount,
     UserLookup,
 )
@@ -58,9 +69,12 @@ class BrokerBridge:
         find_user_id: UserLookup,
         *,
         on_demand: bool = False,
+        price_relay: PriceRelay | None = None,
     ) -> None:
         """``on_demand``: start no account at ``start``; the app calls ``consume`` and
-        ``stop_consuming`` per account (a cluster's leases decide which node consumes it)."""
+        ``stop_consuming`` per account (a cluster's leases decide which node consumes it).
+        ``price_relay``: the cluster's price relay; the market-data connection then runs only
+        between ``start_prices`` and ``stop_prices`` (the ``prices`` lease)."""
         self.mode: Literal["alpaca", "simulated"] = settings.broker_mode
         self.consumes_streams = settings.consume_broker_streams
         self.on_demand = on_demand and self.consumes_streams
@@ -69,6 +83,10 @@ class BrokerBridge:
         self._find_user_id = find_user_id
         self._accounts: dict[str, AccountRuntime] = {}
         self._prices: PriceFeed | None = None
+        # A relay given: the prices lease decides when this node runs the feed.
+        self._prices_by_lease = price_relay is not None
+        self._relay: PriceRelay = price_relay or LocalPriceRelay()
+        self._prices_epoch = 0
         self._http: aiohttp.ClientSession | None = None
         self._rest_pool: ThreadPoolExecutor | None = None
         self._plan: BridgePlan | None = None
@@ -152,27 +170,48 @@ class BrokerBridge:
             entry.user_id = user_id
             if self.consumes_streams and not self.on_demand:
                 self._start_account(entry, plan)
-        self._ensure_prices()
+        self._relay.subscribe(self._on_prices, self._on_wanted_changed)
+        await self._relay.start()
+        if not self._prices_by_lease and any(e.sync is not None for e in self._accounts.values()):
+            self.start_prices(0)
+        self._on_symbols_changed()
         self._state_changed()
 
-    def _ensure_prices(self) -> None:
-        """The price feed, once some account is consumed here."""
+    def start_prices(self, epoch: int) -> None:
+        """Run the market-data connection (this node holds the ``prices`` lease under
+        ``epoch``) on the cluster's wanted symbols; a call while it runs takes the new epoch."""
+        self._prices_epoch = epoch
         plan = self._plan
-        if self._prices is not None or plan is None:
+        if not self._running or plan is None or not plan.accounts or self._prices is not None:
             return
-        feeders = [e.account for e in self._accounts.values() if e.sync is not None]
-        if feeders:
-            # One market-data connection per key is the plan limit; the first account's will do.
-            self._prices = PriceFeed(
-                url=plan.data_stream_url,
-                feed=self._settings.alpaca_data_feed,
-                key_id=feeders[0].api_key,
-                secret_key=feeders[0].secret_key,
-                on_prices=self._on_prices,
-                coalesce_s=self._settings.price_coalesce_ms / 1000,
-            )
-            self._prices.start()
-            self._on_symbols_changed()
+        settings = self._settings
+        # One market-data connection per key is the plan limit. Every node picks the same
+        # account's key (the first configured), so a handover frees the slot the next takes.
+        account = plan.accounts[0]
+        self._prices = PriceFeed(
+            url=plan.data_stream_url,
+            feed=settings.alpaca_data_feed,
+            key_id=account.api_key,
+            secret_key=account.secret_key,
+            on_prices=self._on_feed_prices,
+            coalesce_s=settings.price_coalesce_ms / 1000,
+            symbol_limit=settings.alpaca_data_symbol_limit,
+            backoff_initial_s=settings.alpaca_backoff_initial_s,
+            backoff_max_s=settings.alpaca_backoff_max_s,
+        )
+        self._prices.start()
+        self._prices.want(self._relay.wanted())
+        if self._prices_by_lease:
+            log.info("[AlpacaStream] Price stream started on this node", epoch=epoch)
+
+    async def stop_prices(self, reason: str) -> None:
+        """Close the market-data connection (cleanly, so the next holder gets the slot at
+        once); the ``prices`` lease was lost or is being given back. Idempotent."""
+        feed, self._prices = self._prices, None
+        if feed is None:
+            return
+        await feed.stop()
+        log.info("[AlpacaStream] Price stream stopped on this node", reason=reason)
 
     def consumable_accounts(self) -> list[str]:
         """The accounts this node may consume on demand: those with a user (lower-cased)."""
@@ -189,8 +228,13 @@ class BrokerBridge:
             return None
         if entry.stream is None:
             entry.standby = False
-            self._start_account(entry, self._plan)
-            self._ensure_prices()
+            # The previous holder may have stopped up to a lease's life (and a renewal) ago:
+            # the orders and fills of that time are read from REST.
+            since = time.time() - 2 * self._settings.lease_ttl_s
+            self._start_account(entry, self._plan, gap_started_at=since)
+            if not self._prices_by_lease:
+                self.start_prices(0)
+            self._on_symbols_changed()
             self._state_changed()
             log.info("[AlpacaStream] Consuming account", account=entry.account.username)
         return entry.user_id
@@ -216,7 +260,9 @@ class BrokerBridge:
             reason=reason,
         )
 
-    def _start_account(self, entry: AccountRuntime, plan: BridgePlan) -> None:
+    def _start_account(
+        self, entry: AccountRuntime, plan: BridgePlan, gap_started_at: float | None = None
+    ) -> None:
         settings = self._settings
         assert entry.user_id is not None
         assert self._http is not None
@@ -229,6 +275,8 @@ class BrokerBridge:
             on_settled=self._state_changed,
             backoff=Backoff(settings.alpaca_backoff_initial_s, settings.alpaca_backoff_max_s),
             executor=self._rest_pool,
+            hold_until_reconciled=self.on_demand,
+            gap_started_at=gap_started_at,
         )
         stream = TradeUpdatesStream(
             account=entry.account.username,
@@ -257,6 +305,7 @@ class BrokerBridge:
             *(e.sync.stop() for e in entries if e.sync is not None),
             *([self._prices.stop()] if self._prices is not None else []),
         )
+        await self._relay.stop()
         if self._http is not None:
             await self._http.close()
         if self._rest_pool is not None:
@@ -293,9 +342,13 @@ class BrokerBridge:
         }
 
     def price_stream_status(self) -> dict[str, Any]:
+        """The market-data connection when this node runs it; else ``relayed`` (another node
+        of the cluster does) or ``idle``. ``relay`` is the relay's own figures."""
+        relay = {"relay": self._relay.status()}
         if self._prices is None:
-            return {"status": "idle", "symbols": [], "ticks": 0, "lastTickAt": None}
-        return self._prices.status()
+            state = "relayed" if self._prices_by_lease and self._running else "idle"
+            return {"status": state, "symbols": [], "ticks": 0, "lastTickAt": None, **relay}
+        return {**self._prices.status(), "epoch": self._prices_epoch, **relay}
 
     async def place_order(
         self, username: str, symbol: str, side: str, qty: Decimal
@@ -318,15 +371,24 @@ class BrokerBridge:
         )
         return {"username": entry.account.username, "userId": entry.user_id, **order}
 
-    def _on_prices(self, prices: dict[str, Decimal]) -> None:
+    def _on_prices(self, prices: Mapping[str, Decimal]) -> None:
+        """Ticks from the relay (this node's feed or another's) for every consumed account."""
+        batch = dict(prices)
         for entry in self._accounts.values():
             if entry.sync is not None:
-                entry.sync.on_prices(prices)
+                entry.sync.on_prices(batch)
+
+    def _on_feed_prices(self, prices: dict[str, Decimal]) -> None:
+        self._relay.publish(prices, self._prices_epoch)
+
+    def _on_wanted_changed(self) -> None:
+        if self._prices is not None:
+            self._prices.want(self._relay.wanted())
 
     def _on_symbols_changed(self) -> None:
-        if self._prices is not None:
-            self._prices.want(
-                set().union(
-                    *(e.sync.ledger.symbols for e in self._accounts.values() if e.sync is not None)
-                )
-            )
+        """Tell the relay which symbols this node's accounts hold, and by how many each."""
+        holders: Counter[str] = Counter()
+        for entry in self._accounts.values():
+            if entry.sync is not None:
+                holders.update(entry.sync.ledger.symbols)
+        self._relay.want(holders)

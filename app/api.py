@@ -210,6 +210,10 @@ async def cluster_stats(
             ],
         }
     document["node"] = here
+    if cluster.keeper is not None:
+        # This node's leases: held, epoch, renewals failing and when it would fence itself.
+        held = [status.to_json() for status in cluster.keeper.status()]
+        document["node"] = {**here, "leases": held}
     document["nodes"] = sorted(rows, key=lambda row: str(row["id"]))
     document["cluster"] = health
     return document

@@ -9,7 +9,7 @@ it (and on the bus and event contract), never the other way round.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Literal, Protocol, TypedDict
@@ -150,6 +150,14 @@ class Broker(Protocol):
         """Stop consuming the account here (nothing of it is published after this returns)."""
         ...
 
+    def start_prices(self, epoch: int) -> None:
+        """Run the market-data connection here (the ``prices`` lease, granted at ``epoch``)."""
+        ...
+
+    async def stop_prices(self, reason: str) -> None:
+        """Close the market-data connection here (the lease ended); idempotent."""
+        ...
+
     def report(self) -> BrokerReport | None:
         """For the stats document; None when there is no broker to report on."""
         ...
@@ -197,6 +205,12 @@ class NullBroker:
     async def stop_consuming(self, username: str, reason: str) -> None:
         return None
 
+    def start_prices(self, epoch: int) -> None:
+        return None
+
+    async def stop_prices(self, reason: str) -> None:
+        return None
+
     def report(self) -> BrokerReport | None:
         return None
 
@@ -207,3 +221,86 @@ class NullBroker:
         self, username: str, symbol: str, side: str, qty: Decimal
     ) -> dict[str, Any]:
         raise BrokerUnavailable("No broker bridge is running")
+
+
+# -- prices --------------------------------------------------------------------------------
+
+# Latest price per symbol, as one coalesced batch of the market-data stream.
+PriceSink = Callable[[Mapping[str, Decimal]], None]
+
+
+class PriceRelay(Protocol):
+    """How every node gets the prices of the one market-data connection, and tells its holder
+    which symbols it needs.
+
+    Each node says which symbols its consumed accounts hold (``want``, with how many accounts
+    hold each). Whichever node runs the market-data connection subscribes to the cluster's
+    union (``wanted``; ``on_wanted`` tells it when that changed) and hands each tick batch to
+    ``publish``; every node's ``on_prices`` gets it, the publisher's own included.
+    :class:`LocalPriceRelay` is the one-process loop; ``app.cluster.price_relay`` the Redis one.
+    """
+
+    def want(self, holders: Mapping[str, int]) -> None:
+        """This node's held symbols from now on: symbol -> how many of its accounts hold it."""
+        ...
+
+    def wanted(self) -> dict[str, int]:
+        """The cluster's union: symbol -> accounts holding it, over every live node."""
+        ...
+
+    def subscribe(self, on_prices: PriceSink, on_wanted: Callable[[], None]) -> None:
+        """``on_prices`` gets every tick batch; ``on_wanted`` is called when ``wanted``
+        changed. Call once, before ``start``."""
+        ...
+
+    def publish(self, prices: Mapping[str, Decimal], epoch: int) -> None:
+        """A tick batch from the market-data connection, run under the ``prices`` lease's
+        ``epoch`` (0 without leases): receivers drop batches from an older epoch while the
+        newer one is live."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Withdraw this node's symbols and stop relaying; idempotent."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """For the stats document's ``broker.prices.relay``."""
+        ...
+
+
+class LocalPriceRelay:
+    """One process: ``want`` is the union, and ``publish`` calls the subscriber directly."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+        self._on_prices: PriceSink | None = None
+        self._on_wanted: Callable[[], None] | None = None
+
+    def want(self, holders: Mapping[str, int]) -> None:
+        held = {symbol: count for symbol, count in holders.items() if count > 0}
+        if held == self._held:
+            return
+        self._held = held
+        if self._on_wanted is not None:
+            self._on_wanted()
+
+    def wanted(self) -> dict[str, int]:
+        return dict(self._held)
+
+    def subscribe(self, on_prices: PriceSink, on_wanted: Callable[[], None]) -> None:
+        self._on_prices, self._on_wanted = on_prices, on_wanted
+
+    def publish(self, prices: Mapping[str, Decimal], epoch: int) -> None:
+        if self._on_prices is not None:
+            self._on_prices(prices)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"kind": "local"}

@@ -20,6 +20,7 @@ from app import api, pages
 from app.broker import CONSUMING, AccountStatus, Broker, DemoLogin, NullBroker, UserLookup
 from app.bus import InProcessBus
 from app.cluster.login_throttle import login_throttle_for
+from app.cluster.price_relay import price_relay_for
 from app.cluster.runtime import ClusterRuntime
 from app.connection_budget import ConnectionBudget
 from app.csrf import csrf_middleware
@@ -206,7 +207,17 @@ def create_app(
     app[METRICS_KEY] = Metrics()
     app[THROTTLE_KEY] = login_throttle_for(settings, cluster.node if cluster else None)
     broker: Broker = (
-        BrokerBridge(settings, app[BUS_KEY], _user_lookup(app), on_demand=cluster is not None)
+        BrokerBridge(
+            settings,
+            app[BUS_KEY],
+            _user_lookup(app),
+            on_demand=cluster is not None,
+            price_relay=(
+                price_relay_for(settings, cluster.node.redis, cluster.node_id)
+                if cluster is not None
+                else None
+            ),
+        )
         if with_bridge
         else NullBroker()
     )

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     alpaca_backoff_max_s: float = Field(30.0, gt=0)
     # WebSocket ping cadence on the trade_updates connection (a dead peer is noticed in 1.5x).
     alpaca_stream_heartbeat_s: float = Field(20.0, gt=0)
+    # Symbols one market-data connection may follow (the free plan's 30 on IEX); past it the
+    # most held are followed. 0: no limit (a plan without one, e.g. Algo Trader Plus).
+    alpaca_data_symbol_limit: int = Field(30, ge=0, le=100_000)
     # Price ticks per symbol are folded to at most one per this interval before hitting the bus.
     price_coalesce_ms: int = Field(100, ge=0, le=10_000)
 

@@ -51,6 +51,8 @@ MAX_PENDING: Final = 100_000
 # How often an idle writer checks that Redis still holds the state it wrote (a flush or a
 # replacement that never broke a connection).
 GENERATION_CHECK_S: Final = 1.0
+# (user, epoch) pairs whose refused writes were logged, before the memory is cleared.
+MAX_REFUSALS_LOGGED: Final = 10_000
 
 Rebuild = Callable[[], Awaitable[None]]
 
@@ -120,6 +122,7 @@ class RedisBus:
         self._checked_at = float("-inf")
         self._rebuilds = 0
         self._refused = 0
+        self._refusals_logged: set[tuple[str, int]] = set()
 
     # -- EventBus ----------------------------------------------------------------------------
 
@@ -334,6 +337,11 @@ class RedisBus:
     def _check(self, result: WriteResult, user_id: str, epoch: int) -> None:
         if not result.applied:
             self._refused += 1
+            if (user_id, epoch) in self._refusals_logged:
+                return  # one line per user and stale epoch: a woken holder may have many
+            if len(self._refusals_logged) >= MAX_REFUSALS_LOGGED:
+                self._refusals_logged.clear()
+            self._refusals_logged.add((user_id, epoch))
             log.warning(
                 "[Cluster] Write refused: a newer writer holds this account",
                 userId=user_id,

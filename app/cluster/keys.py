@@ -139,3 +139,16 @@ def lease_grants_key(name: str) -> str:
 # The nodes that take leases: ZSET node id -> expiry (ms, Redis time), what the spreading
 # divides the leases by (a node that consumes no broker streams is not in it).
 LEASE_NODES: Final = f"{PREFIX}:{{leases}}:nodes"
+
+
+# Prices: one node runs the market-data connection (the ``prices`` lease); every node keeps the
+# symbols its accounts hold here, and ticks reach every node on one channel.
+PRICES_TAG: Final = "{prices}"
+PRICE_NODES: Final = f"{PREFIX}:{PRICES_TAG}:nodes"
+"""ZSET node id -> when its symbol set lapses (ms, Redis time) unless written again."""
+PRICE_WANTS: Final = f"{PREFIX}:{PRICES_TAG}:want"
+"""HASH node id -> JSON object symbol -> how many of that node's accounts hold it."""
+PRICES_CHANNEL: Final = f"{PREFIX}.prices"
+"""Tick batches from the market-data connection's holder (JSON, see app/cluster/price_relay)."""
+PRICE_WANTS_CHANNEL: Final = f"{PREFIX}.prices.want"
+"""A node's symbol set changed (the payload is its id): the holder reads the union again."""

@@ -22,6 +22,7 @@ from app.cluster.admission import Admission
 from app.cluster.bus import RedisBus
 from app.cluster.leases import (
     ACCOUNT_LEASE_PREFIX,
+    PRICES_LEASE,
     LeaseKeeper,
     LeaseRow,
     LeaseTable,
@@ -122,9 +123,14 @@ class ClusterRuntime:
         names = [account_lease(username) for username in broker.consumable_accounts()]
         if not names:
             return
+        # The market-data connection too: Alpaca allows one per key (406 for a second).
+        names.append(PRICES_LEASE)
         bus = self.bus
 
         async def acquired(name: str, epoch: int) -> None:
+            if name == PRICES_LEASE:
+                broker.start_prices(epoch)
+                return
             user_id = await broker.consume(name.removeprefix(ACCOUNT_LEASE_PREFIX))
             if user_id is not None:
                 # Before the account's first publish: its stream is still connecting.
@@ -132,6 +138,9 @@ class ClusterRuntime:
                 self._consumed_users[name] = user_id
 
         async def lost(name: str, epoch: int, reason: str) -> None:
+            if name == PRICES_LEASE:
+                await broker.stop_prices(reason)
+                return
             await broker.stop_consuming(name.removeprefix(ACCOUNT_LEASE_PREFIX), reason)
             user_id = self._consumed_users.pop(name, None)
             if user_id is not None:

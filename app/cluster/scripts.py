@@ -71,7 +71,7 @@ def script(name: str) -> LuaScript:
 
 
 ALL_SCRIPTS = (
-    "apply_event",
+    "apply_events",
     "replace_state",
     "read_state",
     "admit",
@@ -88,6 +88,8 @@ ALL_SCRIPTS = (
     "lease_renew",
     "lease_release",
     "lease_presence",
+    "price_want_write",
+    "price_want_read",
 )
 
 

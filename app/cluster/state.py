@@ -64,55 +64,68 @@ class SharedPortfolio:
         self._redis = redis
         self._recent_limit = recent_orders_limit
         self._timeout = timeout_s
-        self._apply = script("apply_event")
+        self._apply = script("apply_events")
         self._replace = script("replace_state")
         self._read = script("read_state")
 
-    def _call(self, event: Event, epoch: int) -> tuple[list[str], list[Arg]]:
-        validate_payload(event.type, event.payload)
-        keys = UserKeys.of(event.user_id)
-        kind, payload, field, terminal, emitted_at, quiet = script_args(event)
+    def _call(
+        self, user_id: str, events: Sequence[Event], epoch: int
+    ) -> tuple[list[str], list[Arg]]:
+        """One call of the write script for a run of one user's events."""
+        keys = UserKeys.of(user_id)
         args: list[Arg] = [
             epoch,
             # Used only if the user has no state yet: a fresh epoch per state lifetime.
             secrets.token_hex(6),
-            kind,
-            payload,
-            field,
-            terminal,
             self._recent_limit,
             keys.channel,
-            emitted_at,
-            quiet,
         ]
+        for event in events:
+            validate_payload(event.type, event.payload)
+            args.extend(script_args(event))
         return keys.state_keys, args
 
     async def apply(self, event: Event, *, epoch: int) -> WriteResult:
         """Write one event as the holder of account epoch ``epoch``."""
-        keys, args = self._call(event, epoch)
-        async with bounded(self._timeout):
-            answer = await self._apply.run(self._redis, keys, args)
-        return _write_result(answer, epoch)
+        [result] = await self.apply_many([event], epoch=epoch)
+        return result
 
     async def apply_many(
         self, events: Sequence[Event], *, epoch: int | Sequence[int]
     ) -> list[WriteResult]:
-        """Write events in order in one round trip; results in the same order. ``epoch`` is
-        the writer's account epoch for all of them, or one per event.
+        """Write events in one round trip; results in the same order. ``epoch`` is the
+        writer's account epoch for all of them, or one per event.
 
-        A call that failed in Redis raises after the others were applied: the caller learns
-        which by the exception, and everything before it is written.
+        Each user's events go in one script call per epoch, in their order (users' offsets
+        are independent, so the order between users does not matter). A call that failed in
+        Redis raises after the others were applied: everything before it is written.
         """
         if not events:
             return []
         epochs = [epoch] * len(events) if isinstance(epoch, int) else list(epoch)
-        calls = [self._call(event, e) for event, e in zip(events, epochs, strict=True)]
+        runs: dict[tuple[str, int], list[int]] = {}
+        for index, (event, e) in enumerate(zip(events, epochs, strict=True)):
+            runs.setdefault((event.user_id, e), []).append(index)
+        groups = list(runs.items())
+        calls = [
+            self._call(user_id, [events[i] for i in indexes], e) for (user_id, e), indexes in groups
+        ]
         async with bounded(self._timeout):
             answers = await self._apply.run_many(self._redis, calls)
-        for answer in answers:
+        results: list[WriteResult | None] = [None] * len(events)
+        for ((_, e), indexes), answer in zip(groups, answers, strict=True):
             if isinstance(answer, Exception):
                 raise answer
-        return [_write_result(answer, e) for answer, e in zip(answers, epochs, strict=True)]
+            if int(answer[0]) == 1:
+                state_epoch, last = answer[1].decode(), int(answer[2])
+                first = last - len(indexes) + 1
+                for n, index in enumerate(indexes):
+                    results[index] = WriteResult(True, state_epoch, first + n, e)
+            else:
+                refused = WriteResult(False, None, None, int(answer[1]))
+                for index in indexes:
+                    results[index] = refused
+        return [r for r in results if r is not None]
 
     async def replace(self, user_id: str, events: Sequence[Event], *, epoch: int) -> WriteResult:
         """Make ``events`` the user's whole state, in one step under a new state epoch; readers

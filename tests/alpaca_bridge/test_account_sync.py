@@ -126,3 +126,44 @@ async def test_after_a_first_success_updates_flow_live_while_rest_is_down(
     assert sync.reconciling
     await collected.wait_for(lambda e: e.type == "trade:executed")
     await sync.stop()
+
+
+async def test_a_takeover_holds_live_updates_until_its_first_reconciliation_succeeds(
+    broker: SimulatedBroker,
+    bus: InProcessBus,
+    collected: Any,
+    log_lines: Any,
+) -> None:
+    """A new holder of an account (a cluster's takeover) publishes nothing built from an empty
+    ledger: while REST fails, the fill it hears waits; once REST answers, the reconciled whole
+    state goes out, then the fill, counted once."""
+    order = await broker.submit_order(KEY, "AAPL", "buy", Decimal(3))
+    [fill] = await asyncio.wait_for(broker.wait_trade_updates(KEY, 1, event="fill"), 5)
+    broker.fail_rest(500, api_key=KEY)
+    settled: asyncio.Queue[None] = asyncio.Queue()
+    account = BrokerAccount("alice", SecretStr(KEY), SecretStr(SECRET))
+    sync = AccountSync(
+        account="alice",
+        user_id="user-1",
+        client=trading_client(account, broker.base_url, timeout_s=5),
+        bus=bus,
+        backoff=Backoff(0.02, 0.05),
+        on_symbols_changed=lambda: None,
+        on_settled=lambda: settled.put_nowait(None),
+        hold_until_reconciled=True,
+        gap_started_at=time.time() - 60,
+    )
+    sync.on_connected(None)
+    await asyncio.wait_for(log_lines.wait_for("Reconciliation failed"), 5)
+    sync.on_update(parse_trade_update(fill["data"]))
+    await asyncio.wait_for(settled.get(), 5)
+    assert collected.events == []  # nothing from an empty ledger
+
+    broker.clear_rest_faults()
+    await collected.wait_for(lambda e: e.type == "trade:executed")
+    assert sync.ledger.positions["AAPL"].qty == 3
+    assert sync.ledger.orders[order["id"]].status == "filled"
+    kinds = [e.type for e in collected.events]
+    assert kinds.index("position:updated") < kinds.index("trade:executed")
+    assert len(collected.of_type("trade:executed")) == 1
+    await sync.stop()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from alpaca_bridge.prices import PriceFeed
+from alpaca_bridge.prices import PriceFeed, choose_symbols
 from alpaca_bridge.simulator import SimulatedBroker
 
 KEY, SECRET = "PKPRICES", "prices-secret"
@@ -101,3 +102,98 @@ async def test_stop_is_prompt_while_streaming(
     assert loop.time() - begun < 1.0
     assert prices.status()["status"] == "stopped"
     await asyncio.wait_for(broker.wait_data_subscription("AAPL", subscribed=False), 5)
+
+
+def test_the_symbol_limit_keeps_the_most_held_then_by_name() -> None:
+    holders = {"MSFT": 1, "AAPL": 3, "NVDA": 2, "KO": 2, "T": 1}
+    assert choose_symbols(holders, 3) == (["AAPL", "KO", "NVDA"], ["MSFT", "T"])
+    assert choose_symbols(holders, 0) == (["AAPL", "KO", "NVDA", "MSFT", "T"], [])
+    assert choose_symbols(holders, 5) == (["AAPL", "KO", "NVDA", "MSFT", "T"], [])
+
+
+async def test_symbols_past_the_limit_are_left_out_and_said_so(
+    broker: SimulatedBroker, log_lines: Any
+) -> None:
+    # 31 symbols on IEX: the simulator, like Alpaca, refuses a 31st with error 405.
+    symbols = {f"S{n:02d}": 1 for n in range(31)} | {"AAPL": 2}
+    prices = PriceFeed(
+        url=broker.data_stream_url,
+        feed="iex",
+        key_id=SecretStr(KEY),
+        secret_key=SecretStr(SECRET),
+        on_prices=lambda _: None,
+        symbol_limit=30,
+    )
+    prices.start()
+    try:
+        prices.want(symbols)
+        # Most held first, then by name: AAPL and S00..S28 are followed, S29 and S30 are not.
+        # (One subscribe of all 32 would have been refused whole, and AAPL never followed.)
+        await asyncio.wait_for(broker.wait_data_subscription("AAPL"), 5)
+        await asyncio.wait_for(broker.wait_data_subscription("S28"), 5)
+        status = prices.status()
+        assert status["symbols"] == sorted(["AAPL", *(f"S{n:02d}" for n in range(29))])
+        assert (status["symbolLimit"], status["symbolsWanted"], status["symbolsDropped"]) == (
+            30,
+            32,
+            2,
+        )
+        assert status["droppedSymbols"] == ["S29", "S30"]
+        [warning] = log_lines.matching(
+            "WARNING [AlpacaStream] Price symbols over the feed's limit: some get no prices"
+        )
+        assert "symbolsDropped=2" in warning
+        prices.want(symbols)  # the same again: no second line
+        prices.want({"AAPL": 1})
+        await asyncio.wait_for(broker.wait_data_subscription("S00", subscribed=False), 5)
+        assert prices.status()["symbolsDropped"] == 0
+        assert len(log_lines.matching("Price symbols over the feed's limit")) == 1
+        assert log_lines.matching("INFO [AlpacaStream] Price symbols within the feed's limit again")
+    finally:
+        await prices.stop()
+
+
+async def test_a_held_data_slot_is_retried_until_it_frees(
+    broker: SimulatedBroker, log_lines: Any
+) -> None:
+    # A connection that died uncleanly keeps the key's one slot (Alpaca: about 90 s): every
+    # connect meanwhile is refused with 406.
+    broker.hold_data_slot(KEY, 60)
+    batches: asyncio.Queue[dict[str, Decimal]] = asyncio.Queue()
+    prices = PriceFeed(
+        url=broker.data_stream_url,
+        feed="iex",
+        key_id=SecretStr(KEY),
+        secret_key=SecretStr(SECRET),
+        on_prices=batches.put_nowait,
+        coalesce_s=0.01,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.2,
+    )
+    prices.start()
+    try:
+        prices.want({"AAPL"})
+        await log_lines.wait_for(
+            "WARNING [AlpacaStream] Market-data connection refused: the key's one slot is "
+            "still held (406); retrying with backoff"
+        )
+        # The SDK's own line per attempt: one line each, no traceback.
+        await asyncio.wait_for(log_lines.wait_for("connection limit exceeded (406)", count=3), 5)
+        status = prices.status()
+        assert status["status"] == "slot_held"
+        assert status["slotHeldSince"].endswith("Z")
+        assert broker.data_connections(KEY) == 0
+        # Several refusals, one warning of ours, and no traceback.
+        assert len(log_lines.matching("Market-data connection refused")) == 1
+        assert not log_lines.matching("Traceback")
+
+        broker.hold_data_slot(KEY, 0)
+        await asyncio.wait_for(broker.wait_data_subscription("AAPL"), 5)
+        await log_lines.wait_for("INFO [AlpacaStream] Market-data slot free again: connected")
+        broker.set_price("AAPL", Decimal("187.25"))
+        assert await asyncio.wait_for(batches.get(), 5) == {"AAPL": Decimal("187.25")}
+        status = prices.status()
+        assert (status["status"], status["slotHeldSince"]) == ("running", None)
+        assert status["slotRefusals"] >= 3
+    finally:
+        await prices.stop()

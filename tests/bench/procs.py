@@ -231,7 +231,8 @@ class ClientGroup:
                 "conns": share,
                 **self.options,
             }
-            path = self.workdir / f"client-{self.protocol}-{i}.json"
+            # Named after the server: groups of several servers run side by side (cluster).
+            path = self.workdir / f"client-{self.server.name}-{self.protocol}-{i}.json"
             path.write_text(json.dumps(config))
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -302,7 +303,7 @@ class ClientGroup:
         await self._all({"cmd": "reset"}, "reset")
 
     async def report(self) -> dict[str, Any]:
-        base = self.workdir / f"lat-{self.protocol}"
+        base = self.workdir / f"lat-{self.server.name}-{self.protocol}"
         replies = await self._all({"cmd": "report", "latency_file": str(base)}, "report")
         total: dict[str, Any] = {}
         for key in (

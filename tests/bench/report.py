@@ -46,6 +46,24 @@ TARGETS: list[tuple[str, str, str, str, str, Any]] = [
         lambda v, s: v >= 200_000,
     ),
     (
+        "cluster",
+        "redisHopP99AddedMs",
+        "p99 the Redis hop adds",
+        "ms",
+        "<= 5 at 10,000/s",
+        lambda v, s: v <= 5 and s["one.eventsInPerS"]["median"] >= 9_900,
+    ),
+    (
+        "cluster",
+        "twoOverOneMessages",
+        "messages/s two nodes ÷ one",
+        "x",
+        ">= 1.7, same p99",
+        lambda v, s: (
+            v >= 1.7 and s["two.latencyP99Ms"]["median"] <= s["one.latencyP99Ms"]["median"]
+        ),
+    ),
+    (
         "fanout",
         "cpuPerDeliverySocketioOverService",
         "CPU/update socketio ÷ service",
@@ -121,6 +139,40 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("service.clientCpuUtil", "load client CPU (cores)"),
         ("service.foreignCpuCores", "other load on the machine (cores)"),
         ("service.clientErrors", "client errors"),
+    ],
+    "cluster": [
+        ("windowMs", "batch window ms"),
+        *(
+            row
+            for prefix, title in (
+                ("inproc", "1 node, no Redis"),
+                ("one", "1 node, Redis"),
+                ("two", "2 nodes, Redis"),
+            )
+            for row in (
+                (f"{prefix}.connections", f"{title}: connections"),
+                (f"{prefix}.eventsInPerS", f"{title}: events/s in"),
+                (f"{prefix}.messagesOutPerS", f"{title}: messages/s out"),
+                (f"{prefix}.deliveredShare", f"{title}: delivered share"),
+                (f"{prefix}.latencyP50Ms", f"{title}: p50 ms"),
+                (f"{prefix}.latencyP99Ms", f"{title}: p99 ms"),
+                (f"{prefix}.latencyMaxMs", f"{title}: max ms"),
+                (f"{prefix}.serverCpuUtil", f"{title}: node CPU (cores)"),
+                (f"{prefix}.nodeA.cpuUtil", f"{title}: node a CPU (cores)"),
+                (f"{prefix}.nodeB.cpuUtil", f"{title}: node b CPU (cores)"),
+                (f"{prefix}.nodeB.messagesOutPerS", f"{title}: node b messages/s"),
+                (f"{prefix}.redisCpuUtil", f"{title}: redis-server CPU (cores)"),
+                (f"{prefix}.cpuPerDeliveryUs", f"{title}: CPU/delivery µs"),
+                (f"{prefix}.clientCpuUtil", f"{title}: load client CPU (cores)"),
+                (f"{prefix}.foreignCpuCores", f"{title}: other load (cores)"),
+                (f"{prefix}.clientErrors", f"{title}: client errors"),
+                (f"{prefix}.clientDropped", f"{title}: dropped"),
+            )
+        ),
+        ("redisHopP50AddedMs", "p50 the Redis hop adds ms"),
+        ("redisHopP99AddedMs", "p99 the Redis hop adds ms"),
+        ("twoOverOneMessages", "messages/s two nodes ÷ one"),
+        ("twoMinusOneP99Ms", "p99 two nodes − one ms"),
     ],
     "ingest": [
         ("eventsPerCoreS", "events/s per core"),
@@ -257,7 +309,11 @@ def plot(samples: dict[str, array[float]], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    panels = [("fanout", "fanout, last run"), ("latency", "latency (window 0), last run")]
+    panels = [
+        ("fanout", "fanout, last run"),
+        ("latency", "latency (window 0), last run"),
+        ("cluster", "cluster, last run"),
+    ]
     present = [(k, t) for k, t in panels if any(n.startswith(k) for n in samples)]
     if not present:
         return None

@@ -57,10 +57,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="pyinstrument the fanout server and the ingest run (slower!)",
     )
     parser.add_argument("--client-procs", type=int, default=4)
-    parser.add_argument("--connections", type=int, help="fanout connections")
-    parser.add_argument("--users", type=int, help="fanout users")
-    parser.add_argument("--rate", type=float, help="fanout events/s")
-    parser.add_argument("--window-ms", type=int, help="fanout batch window")
+    parser.add_argument("--connections", type=int, help="fanout and cluster connections")
+    parser.add_argument("--users", type=int, help="fanout and cluster users")
+    parser.add_argument("--rate", type=float, help="fanout and cluster events/s")
+    parser.add_argument("--window-ms", type=int, help="fanout and cluster batch window")
+    parser.add_argument(
+        "--cluster-config",
+        action="append",
+        choices=["inproc", "one", "two"],
+        help="cluster: run only this configuration (repeatable; default: all three)",
+    )
     parser.add_argument("--capacity-target", type=int)
     parser.add_argument("--measure-s", type=float)
     parser.add_argument(
@@ -89,6 +95,8 @@ def options(args: argparse.Namespace, workdir: Path) -> Options:
         keep_logs=args.keep_logs,
         server_env=dict(item.split("=", 1) for item in args.server_env),
     )
+    if args.cluster_config:
+        opts.cluster_configs = tuple(args.cluster_config)
     if args.quick:
         opts.warmup_s, opts.measure_s, opts.settle_s = 2.0, 4.0, 1.0
     if args.tiny:
@@ -98,20 +106,22 @@ def options(args: argparse.Namespace, workdir: Path) -> Options:
         opts.fanout_rate, opts.fanout_window_ms = 400, 200
         opts.latency_connections, opts.latency_users, opts.latency_rate = 20, 10, 200
         opts.ingest_users, opts.ingest_seconds = 20, 0.5
+        opts.cluster_connections, opts.cluster_users, opts.cluster_rate = 20, 10, 200
         opts.warmup_s, opts.measure_s, opts.settle_s = 0.5, 1.0, 0.3
         opts.client_procs = min(opts.client_procs, 2)
         opts.ramp_timeout_s = 30
-    for name, attr in (
-        ("connections", "fanout_connections"),
-        ("users", "fanout_users"),
-        ("rate", "fanout_rate"),
-        ("window_ms", "fanout_window_ms"),
-        ("capacity_target", "capacity_target"),
-        ("measure_s", "measure_s"),
+    for name, attrs in (
+        ("connections", ("fanout_connections", "cluster_connections")),
+        ("users", ("fanout_users", "cluster_users")),
+        ("rate", ("fanout_rate", "cluster_rate")),
+        ("window_ms", ("fanout_window_ms", "cluster_window_ms")),
+        ("capacity_target", ("capacity_target",)),
+        ("measure_s", ("measure_s",)),
     ):
         value = getattr(args, name)
         if value is not None:
-            setattr(opts, attr, value)
+            for attr in attrs:
+                setattr(opts, attr, value)
     return opts
 
 

@@ -1,9 +1,10 @@
-"""The four scenarios and their baselines; each returns one run's flat metrics.
+"""The five scenarios and their baselines; each returns one run's flat metrics.
 
 capacity  ramp to N connections (or the first failure) on the service, then on bare aiohttp
 fanout    N connections, R events/s, batch window W; then the python-socketio build, same job
 latency   BATCH_WINDOW_MS=0, R events/s
 ingest    the bus + batcher alone, in process, no sockets (see ingest.py)
+cluster   one node on Redis, two nodes on one Redis, one node without (see cluster.py)
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ class Options:
     latency_connections: int = 1_000
     latency_users: int = 500
     latency_rate: float = 1_000
+    # cluster: the latency scenario's load (window 0, so the hop is not hidden in a window),
+    # which one node with Redis, a second node, redis-server and the load clients can carry
+    # on 2 cores; 10,000 events/s is past what one node with Redis can write (performance.md).
+    cluster_connections: int = 1_000
+    cluster_users: int = 500
+    cluster_rate: float = 1_000
+    cluster_window_ms: int = 0
+    cluster_configs: tuple[str, ...] = ("inproc", "one", "two")
     ingest_users: int = 300
     ingest_seconds: float = 3.0
     warmup_s: float = 3.0
@@ -53,7 +62,7 @@ class Options:
     samples: dict[str, array[float]] = field(default_factory=dict)
 
     def users_needed(self) -> int:
-        return max(self.capacity_users, self.fanout_users, self.latency_users)
+        return max(self.capacity_users, self.fanout_users, self.latency_users, self.cluster_users)
 
 
 def log(message: str) -> None:
@@ -420,4 +429,16 @@ def sio_available() -> bool:
     return True
 
 
-SCENARIOS = {"capacity": capacity, "fanout": fanout, "latency": latency, "ingest": ingest}
+async def cluster(opts: Options, users: BenchUsers) -> dict[str, Any]:
+    from tests.bench.cluster import cluster as run
+
+    return await run(opts, users)
+
+
+SCENARIOS = {
+    "capacity": capacity,
+    "fanout": fanout,
+    "latency": latency,
+    "ingest": ingest,
+    "cluster": cluster,
+}
