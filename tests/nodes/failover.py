@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from alpaca_bridge.simulator.control_client import SimControl, StreamConnection
 from app.cluster.keys import UserKeys, lease_key
-from app.cluster.leases import account_lease
+from app.cluster.leases import PRICES_LEASE, account_lease
 from tests.nodes.browser import Admin, Tab, broker_qty, eventually
 from tests.nodes.harness import Account, Cluster, Node
 
@@ -69,6 +69,15 @@ def lease_holder(redis: Redis, username: str) -> Holder | None:
     if not node:
         return None
     return Holder(str(node), int(epoch or 0))
+
+
+def prices_holder(redis: Redis) -> Holder | None:
+    """The market-data stream's lease as Redis has it now."""
+    try:
+        node, epoch = redis.hmget(lease_key(PRICES_LEASE), ["node", "epoch"])
+    except (RedisError, OSError):
+        return None
+    return Holder(str(node), int(epoch or 0)) if node else None
 
 
 def holders(redis: Redis, usernames: Iterable[str]) -> dict[str, Holder | None]:
@@ -136,8 +145,9 @@ async def wait_one_consumer_each(
 ) -> dict[str, Holder]:
     """Until every account's lease is held by a live node and the broker sees exactly one
     authenticated ``trade_updates`` connection of each key open; with ``spread``, also until
-    every live node holds its fair share (the account count over the nodes, rounded down or
-    up): no node takes every account while others idle."""
+    every live node holds its fair share of the leases (theirs and the market data's, over the
+    nodes, rounded down or up): no node takes every account while others idle, and no
+    rebalancing is still under way."""
     sim = cluster.simulator.control
     accounts = list(accounts)
 
@@ -153,8 +163,13 @@ async def wait_one_consumer_each(
                 return None
             found[account.username] = holder
         if spread:
-            floor, extra = divmod(len(accounts), len(live))
-            counts = Counter(holder.node for holder in found.values())
+            # The market-data lease is spread with the accounts' (one lease among them).
+            prices = prices_holder(redis)
+            if prices is None or prices.node not in live:
+                return None
+            leases = [*found.values(), prices]
+            floor, extra = divmod(len(leases), len(live))
+            counts = Counter(holder.node for holder in leases)
             if any(not floor <= counts[node] <= floor + bool(extra) for node in live):
                 return None
         return found
