@@ -374,8 +374,8 @@ def start(cluster: Cluster, stop: threading.Event) -> str:
             "DATABASE_URL": database_url,
             "BROKER": "alpaca",
             "ACCOUNTS_FILE": str(accounts),
-            # One consumer per account: node-1 streams every account, the others only trade.
-            "CONSUME_BROKER_STREAMS": "true" if number == 1 else "false",
+            # Every node may consume: the leases give each account (and the price stream) to
+            # exactly one of them, spread over the three, and hand it over when one stops.
             **urls,
         }
         cluster.spawn(f"node-{number}", [*cli_command(), "serve"], base_env(node_env))

@@ -230,8 +230,12 @@ class RedisPriceRelay:
     async def _write_loop(self) -> None:
         failing = False
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the task's
+            # cancellation when the event is set in the same instant (CPython gh-86296), and
+            # ``stop`` then waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._write_now.wait(), self._refresh_s)
+                async with asyncio.timeout(self._refresh_s):
+                    await self._write_now.wait()
             self._write_now.clear()
             try:
                 async with bounded(self._timeout):
@@ -279,8 +283,9 @@ class RedisPriceRelay:
                             self._on_wanted()
                         except Exception:
                             log.exception("[Cluster] Price symbols handler failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._read_now.wait(), self._refresh_s)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see _write_loop
+                async with asyncio.timeout(self._refresh_s):
+                    await self._read_now.wait()
             self._read_now.clear()
 
     # -- ticks -------------------------------------------------------------------------------
