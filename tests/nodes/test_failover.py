@@ -30,8 +30,10 @@ from tests.nodes.browser import LiveTab, Tab, eventually, qty_map
 from tests.nodes.conftest import TRADERS, ClusterFactory, Sessions, World
 from tests.nodes.failover import (
     FAILOVER_SETTINGS,
+    LEASE_RENEW_S,
     OVERLAP_BOUND_S,
     TAKEOVER_BOUND_S,
+    Holder,
     Takeovers,
     fencing_epoch,
     fill_mismatches,
@@ -251,6 +253,82 @@ async def test_a_paused_holder_that_wakes_after_losing_its_lease_changes_nothing
     await check_browsers_equal_broker(http, cluster, [alice], tokens_all)
     for node in cluster.alive:
         assert node.tracebacks() == 0, node.log()
+
+
+async def test_a_paused_holder_that_missed_fills_overwrites_nothing_when_it_wakes(
+    world: World, own_cluster: ClusterFactory, http: aiohttp.ClientSession, sessions: Sessions
+) -> None:
+    """The paused holder's view is made older than the broker's: its stream is cut while it
+    sleeps, and fills follow. Whatever it still has queued or buffered when it wakes would
+    put older quantities back; none may land."""
+    cluster = failover_cluster(own_cluster)
+    accounts = world.accounts
+    alice = accounts[0]
+    redis = redis_client(cluster)
+    sim = cluster.simulator.control
+    admin = await sessions.admin(cluster[0].url)
+    tokens = await login_all(sessions, cluster, [alice.username])
+    held = await wait_one_consumer_each(cluster, redis, accounts, STARTED_WITHIN_S)
+    sleeper = node_by_id(cluster, held[alice.username].node)
+    async with order_flow(cluster, [alice]):
+        stopped_at = wall()
+        sleeper.proc.send_signal(signal.SIGSTOP)
+        try:
+            holder, _ = await wait_taken_over(
+                cluster, redis, alice, dead=sleeper.id, since=stopped_at,
+                timeout_s=TAKEOVER_BOUND_S,
+            )  # fmt: skip
+            before = len(await asyncio.to_thread(sim.fills, alice.api_key))
+            await eventually(
+                lambda: len(sim.fills(alice.api_key)) > before + 3, "fills after the takeover"
+            )
+            # Cut both streams: the sleeper sees nothing after this; the new holder reconnects.
+            cut_at = wall()
+            await asyncio.to_thread(sim.drop_trading, alice.api_key)
+            seen_by_sleeper = {f.symbol for f in await asyncio.to_thread(sim.fills, alice.api_key)}
+            await wait_taken_over(
+                cluster, redis, alice, dead=sleeper.id, since=cut_at, timeout_s=TAKEOVER_BOUND_S
+            )
+        except BaseException:
+            sleeper.proc.send_signal(signal.SIGCONT)
+            raise
+    try:
+        # Newer than anything the sleeper saw, on every symbol it saw.
+        for symbol in sorted(seen_by_sleeper):
+            await admin.trade(holder_url(cluster, holder), alice.username, symbol, "buy", 1)
+        truth = await settled_truth(cluster, [alice])
+        watcher = await Tab.open(http, holder_url(cluster, holder), tokens[alice.username])
+        await watcher.wait(
+            lambda t: t.qty() == truth[alice.username],
+            "the new holder's state equal to the broker's",
+            CONVERGED_WITHIN_S,
+        )
+    finally:
+        sleeper.proc.send_signal(signal.SIGCONT)
+    try:
+        await eventually(
+            lambda: STOPPED_CONSUMING.search(sleeper.log()),
+            "the woken node logging that it stopped consuming",
+        )
+        # Room for whatever the woken node had in flight to arrive, were it let through.
+        await eventually(
+            lambda: sim.trading_streams(alice.api_key).open == 1, "one stream of the account"
+        )
+        await asyncio.sleep(LEASE_RENEW_S)  # no event to await: the absence of a write
+        assert watcher.qty() == truth[alice.username]
+    finally:
+        await watcher.close()
+    assert lease_holder(redis, alice.username) == holder
+    assert fencing_epoch(redis, user_id_of(watcher)) == holder.epoch
+    await check_browsers_equal_broker(http, cluster, [alice], tokens)
+
+
+def holder_url(cluster: Cluster, holder: Holder) -> str:
+    return node_by_id(cluster, holder.node).url
+
+
+def user_id_of(tab: Tab) -> str:
+    return str(tab.connected["userId"])
 
 
 class FencingWatch:
