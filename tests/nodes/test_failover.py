@@ -246,9 +246,10 @@ async def test_a_paused_holder_that_wakes_after_losing_its_lease_changes_nothing
         finally:
             seen.stop()
         assert sleeper.alive
-        assert lease_holder(redis, alice.username) == holder
+    # Never the woken node's epoch again: only the new holder's, or a later grant's (the
+    # woken node counts among the live nodes again, and the spreading may move a lease).
     assert seen.values and min(seen.values) == holder.epoch, seen.values
-    assert fencing_epoch(redis, user_id) == holder.epoch
+    await wait_fenced_by_current_grant(redis, alice.username, user_id, holder)
     tokens_all = await login_all(sessions, cluster, [alice.username])
     await check_browsers_equal_broker(http, cluster, [alice], tokens_all)
     for node in cluster.alive:
@@ -318,9 +319,23 @@ async def test_a_paused_holder_that_missed_fills_overwrites_nothing_when_it_wake
         assert watcher.qty() == truth[alice.username]
     finally:
         await watcher.close()
-    assert lease_holder(redis, alice.username) == holder
-    assert fencing_epoch(redis, user_id_of(watcher)) == holder.epoch
+    await wait_fenced_by_current_grant(redis, alice.username, user_id_of(watcher), holder)
     await check_browsers_equal_broker(http, cluster, [alice], tokens)
+
+
+async def wait_fenced_by_current_grant(
+    redis: Any, username: str, user_id: str, taker: Holder
+) -> None:
+    """Until the user's state carries the epoch of the account's current grant: the taker's,
+    or a later one's (a rebalance after the woken node rejoined), never an older one."""
+
+    def current() -> bool:
+        holder = lease_holder(redis, username)
+        fenced = fencing_epoch(redis, user_id)
+        assert fenced is None or fenced >= taker.epoch, (fenced, taker)
+        return holder is not None and holder.epoch >= taker.epoch and fenced == holder.epoch
+
+    await eventually(current, f"{username}'s state fenced by its current grant")
 
 
 def holder_url(cluster: Cluster, holder: Holder) -> str:
