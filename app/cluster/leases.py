@@ -450,8 +450,9 @@ class LeaseKeeper:
         ]
         mine = len(self._held)
         if mine > ceil or (mine > floor and needy and not free):
-            # One per round: the others take it up before the next goes.
-            least = min(self._held, key=self._preference)
+            # One per round: the others take it up before the next goes. The market-data
+            # lease goes last: moving it restarts the cluster's one price connection.
+            least = min(self._held, key=lambda name: (name == PRICES_LEASE, self._preference(name)))
             await self._give_back(least, RELEASED_SHARE)
             return
         wanted = (floor if needy else ceil) - mine

@@ -508,6 +508,31 @@ async def test_a_lone_keeper_takes_every_lease_and_gives_back_one_per_round(
     await b.close()
 
 
+async def test_a_keeper_over_its_share_keeps_the_market_data_lease_to_the_last(
+    redis: Redis,
+) -> None:
+    """Moving the ``prices`` lease restarts the cluster's one price connection: a rebalance
+    gives the account leases back first."""
+    names = (ALICE, account_lease("bob"), account_lease("carol"), PRICES_LEASE)
+    # Each node tries leases in an order of its own: several node ids, so that some would
+    # give the market-data lease back first if nothing kept it.
+    for first in range(8):
+        await redis.flushall()
+        ledger = Ledger()
+        a = keeper(table(redis), f"node-{first}", ledger, names)
+        b = keeper(table(redis), "node-joining", ledger, names)
+        await a.step()
+        assert set(a.held()) == set(names)
+        await b.step()  # node-joining arrives: a share of 2 each
+        for _ in range(3):
+            await a.step()
+            await b.step()
+        assert PRICES_LEASE in a.held() and len(a.held()) == 2, (first, a.held())
+        assert ledger.violations == []
+        await a.close()
+        await b.close()
+
+
 # --- settings ---------------------------------------------------------------------------
 
 
