@@ -3,6 +3,7 @@ gap in stdout or LOG_FILE shows on a dashboard, not only in the log itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -32,4 +33,7 @@ async def test_dropped_log_lines_are_counted_in_metrics(
     finally:
         reader.close()  # what is still queued for the pipe then fails at once
         configure_logging(make_settings(tmp_path))  # a fresh sink; the flooded one retires
-        writer.close()
+        # Lines the flooded sink left in the file's buffer cannot reach a closed pipe: closing
+        # still releases the descriptor, and the EPIPE it reports is the point of the test.
+        with contextlib.suppress(BrokenPipeError):
+            writer.close()
