@@ -103,16 +103,7 @@ class InProcessBus:
         self._closed = True
 
     def subscribe(self, event_type: str, handler: Handler) -> Unsubscribe:
-        handlers = self._handlers.setdefault(event_type, [])
-        handlers.append(handler)
-
-        def unsubscribe() -> None:
-            current = self._handlers.get(event_type)
-            if current is not None and handler in current:
-                # Copy-on-write: a drain in progress keeps iterating the old list.
-                self._handlers[event_type] = [h for h in current if h is not handler]
-
-        return unsubscribe
+        return subscribe_to(self._handlers, event_type, handler)
 
     def publish(self, event_type: str, payload: dict[str, Any], *, quiet: bool = False) -> Event:
         if self._closed:
@@ -140,6 +131,21 @@ class InProcessBus:
         while queue:
             event = queue.popleft()
             dispatch(event, self._handlers.get(event.type, ()))
+
+
+def subscribe_to(
+    handlers: dict[str, list[Handler]], event_type: str, handler: Handler
+) -> Unsubscribe:
+    """Add ``handler`` to a bus's table; returns the function that removes it again."""
+    handlers.setdefault(event_type, []).append(handler)
+
+    def unsubscribe() -> None:
+        current = handlers.get(event_type)
+        if current is not None and handler in current:
+            # Copy-on-write: a drain in progress keeps iterating the old list.
+            handlers[event_type] = [h for h in current if h is not handler]
+
+    return unsubscribe
 
 
 def dispatch(event: Event, handlers: list[Handler] | tuple[Handler, ...]) -> None:

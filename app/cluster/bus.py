@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.backoff import Backoff
-from app.bus import BusClosed, Handler, Unsubscribe, dispatch, log_emit
+from app.bus import BusClosed, Handler, Unsubscribe, dispatch, log_emit, subscribe_to
 from app.cluster.client import bounded
 from app.cluster.keys import GENERATION
 from app.cluster.state import SharedPortfolio, WriteResult
@@ -160,15 +160,7 @@ class RedisBus:
         self._enqueue(_Replacement(user_id, tuple(events), self._epochs.get(user_id, 0)))
 
     def subscribe(self, event_type: str, handler: Handler) -> Unsubscribe:
-        handlers = self._handlers.setdefault(event_type, [])
-        handlers.append(handler)
-
-        def unsubscribe() -> None:
-            current = self._handlers.get(event_type)
-            if current is not None and handler in current:
-                self._handlers[event_type] = [h for h in current if h is not handler]
-
-        return unsubscribe
+        return subscribe_to(self._handlers, event_type, handler)
 
     async def start(self) -> None:
         self._running = True
