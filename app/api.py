@@ -19,7 +19,7 @@ from app.auth import (
     set_session_cookie,
     store_unavailable,
 )
-from app.broker import CONSUMING, AccountStatus, BrokerUnavailable, OrderRejected, UnknownAccount
+from app.broker import AccountStatus, BrokerUnavailable, OrderRejected, UnknownAccount
 from app.cluster.leases import LeaseRow, account_lease
 from app.cluster.registry import NodeFigures, NodeRow
 from app.cluster.runtime import ClusterRuntime
@@ -168,7 +168,7 @@ async def cluster_stats(
     document is this node's alone, and ``cluster`` says so."""
     settings = app[SETTINGS_KEY]
     stream, bus = app[STREAM_KEY], app[BUS_KEY]
-    consumed = [a for a in app[BROKER_KEY].accounts_status() if a["status"] in CONSUMING]
+    consumed = cluster.consumed_accounts(app[BROKER_KEY])
     mine = dataclasses.replace(local, events_emitted=bus.events_emitted)
     figures = cluster.figures(
         stream.active_connections, len(stream.connections_by_user()), consumed, mine

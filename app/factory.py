@@ -17,7 +17,7 @@ from aiohttp import web
 
 from alpaca_bridge.service import BrokerBridge
 from app import api, pages
-from app.broker import CONSUMING, AccountStatus, Broker, DemoLogin, NullBroker, UserLookup
+from app.broker import AccountStatus, Broker, DemoLogin, NullBroker, UserLookup
 from app.bus import InProcessBus
 from app.cluster.login_throttle import login_throttle_for
 from app.cluster.price_relay import price_relay_for
@@ -76,14 +76,15 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
 async def cluster_reports_ctx(app: web.Application) -> AsyncIterator[None]:
     """This node's row in the cluster's stats, written once the stream serves."""
     stream, stats, broker, bus = app[STREAM_KEY], app[STATS_KEY], app[BROKER_KEY], app[BUS_KEY]
+    cluster = app[CLUSTER_KEY]
 
     def collect() -> tuple[int, int, list[AccountStatus], StatsTotals]:
         active = stream.active_connections
-        consumed = [a for a in broker.accounts_status() if a["status"] in CONSUMING]
+        consumed = cluster.consumed_accounts(broker)
         totals = dataclasses.replace(stats.totals(active), events_emitted=bus.events_emitted)
         return active, len(stream.connections_by_user()), consumed, totals
 
-    app[CLUSTER_KEY].start_reports(collect)
+    cluster.start_reports(collect)
     yield
 
 

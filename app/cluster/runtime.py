@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
-from app.broker import AccountStatus, Broker
+from app.broker import CONSUMING, AccountStatus, Broker
 from app.cluster.admission import Admission
 from app.cluster.bus import RedisBus
 from app.cluster.leases import (
@@ -175,9 +175,10 @@ class ClusterRuntime:
         except (RedisError, OSError):
             return []
 
-    def consumed_accounts(self, broker: Broker) -> list[AccountStatus]:
+    @staticmethod
+    def consumed_accounts(broker: Broker) -> list[AccountStatus]:
         """The status of each account consumed here, for this node's stats row."""
-        return [a for a in broker.accounts_status() if a["status"] != "standby"]
+        return [a for a in broker.accounts_status() if a["status"] in CONSUMING]
 
     async def close(self) -> None:
         await self.stop_leases()
