@@ -101,7 +101,14 @@ async def test_one_node_consumes_an_account_and_hands_it_over_when_it_stops(
     await eventually(lambda: _consumer_known(consumer), timeout_s=10)
     holder, epoch = await consumer()
     assert holder in ("node-a", "node-b") and epoch is not None
-    # Both nodes answer the same: the holder's own view of the account, with its epoch.
+
+    # Both nodes answer the same: the holder's own view of the account, with its epoch (the
+    # holder's report reaches the other node within a report interval).
+    async def b_sees_the_holders_view() -> bool:
+        [row] = await accounts(b, admin)
+        return bool(row["status"] == "connected")
+
+    await eventually(b_sees_the_holders_view, timeout_s=5, what="node-b to show the holder's view")
     [seen_by_b] = await accounts(b, admin)
     assert (seen_by_b["consumer"], seen_by_b["epoch"], seen_by_b["status"]) == (
         holder,
